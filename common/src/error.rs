@@ -1,0 +1,66 @@
+//! The crate's one error type.
+//!
+//! Split by cause, in the style of `rustls::Error`: what the peer sent
+//! ([`Error::Attestation`], [`Error::Cms`], [`Error::Protocol`],
+//! [`Error::Kms`]), what the local caller got wrong ([`Error::InvalidArgument`]),
+//! and what the environment failed to do ([`Error::Crypto`]). Each module owns
+//! the detail enum for its format. The mapping to wire error codes lives in one
+//! place, [`crate::protocol::ErrorCode::from`].
+//!
+//! No variant ever carries key material: details are lengths, field names,
+//! OIDs, certificate subjects and times.
+
+use crate::attestation::AttestationError;
+use crate::cms::CmsError;
+use crate::kms::KmsError;
+use crate::protocol::ProtocolError;
+
+/// Everything that can go wrong in `keybroker-common`.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Peer data: an attestation document is malformed or does not verify.
+    #[error("attestation document rejected: {0}")]
+    Attestation(#[from] AttestationError),
+    /// Peer data: a CMS `EnvelopedData` is malformed, unsupported or does not
+    /// decrypt.
+    #[error("CMS EnvelopedData rejected: {0}")]
+    Cms(#[from] CmsError),
+    /// Peer data: a wire frame or message violates the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Upstream: KMS (or the proxy on its behalf) answered with an error.
+    #[error("{0}")]
+    Kms(#[from] KmsError),
+    /// Local misuse: the caller passed an argument this API cannot accept.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Environment: the cryptographic backend failed (randomness, key
+    /// generation). Not caused by input data.
+    #[error("cryptographic backend failure: {0}")]
+    Crypto(&'static str),
+}
+
+/// The broad cause of an [`Error`], for deciding who to blame and whether a
+/// retry can help.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The peer (or the input file) sent bad data. Retrying the same input fails again.
+    Peer,
+    /// The local caller misused the API.
+    Local,
+    /// The environment or an upstream service failed; a retry may succeed.
+    Environment,
+}
+
+impl Error {
+    /// Who is to blame for this error.
+    pub fn cause(&self) -> Cause {
+        match self {
+            Error::Attestation(_) | Error::Cms(_) | Error::Protocol(_) => Cause::Peer,
+            Error::InvalidArgument(_) => Cause::Local,
+            Error::Kms(_) | Error::Crypto(_) => Cause::Environment,
+        }
+    }
+}

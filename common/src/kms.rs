@@ -1,0 +1,862 @@
+//! Typed KMS requests and responses, in the shapes of the AWS KMS API
+//! (AWS JSON 1.1, `X-Amz-Target: TrentService.<Operation>`).
+//!
+//! Field names and JSON spellings follow the KMS API reference: serialized
+//! with `serde_json` these types are exactly the request and response bodies
+//! KMS sends and accepts (blobs as base64 strings, absent optionals omitted).
+//! Serialized with a binary format (CBOR on the enclave <-> proxy wire), blobs
+//! are byte strings. Unknown response fields are ignored, as SDKs do.
+//!
+//! Plaintext fields (`Plaintext`, `PrivateKeyPlaintext`) are
+//! [`SecretBytes`]: zeroized on drop and redacted in `Debug`.
+
+use std::collections::BTreeMap;
+
+use core::fmt;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::SecretBytes;
+
+/// KMS `EncryptionContext`: a string map matched exactly (case-sensitive) on
+/// decrypt; order is irrelevant, so it is kept sorted.
+pub type EncryptionContext = BTreeMap<String, String>;
+
+/// A binary blob (`CiphertextBlob`, `PublicKey`, `AttestationDocument`, ...):
+/// base64 in JSON, a byte string in CBOR. Not secret.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Blob(pub Vec<u8>);
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.0.len())
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(v: Vec<u8>) -> Self {
+        Blob(v)
+    }
+}
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        blob_serde::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        blob_serde::deserialize(d).map(Blob)
+    }
+}
+
+/// Blob encoding: base64 for human-readable formats (JSON), bytes otherwise.
+pub(crate) mod blob_serde {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use core::fmt;
+    use serde::de::{Error as _, Visitor};
+
+    pub(crate) fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&STANDARD.encode(b))
+        } else {
+            s.serialize_bytes(b)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a base64 string or a byte string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                STANDARD
+                    .decode(v)
+                    .map_err(|_| E::custom("blob is not valid base64"))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        if d.is_human_readable() {
+            d.deserialize_str(V)
+        } else {
+            d.deserialize_bytes(V)
+        }
+        .map_err(|e: D::Error| D::Error::custom(e))
+    }
+}
+
+/// KMS `KeySpec` for `GenerateDataKey`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DataKeySpec {
+    /// 256-bit symmetric key.
+    #[serde(rename = "AES_256")]
+    Aes256,
+    /// 128-bit symmetric key.
+    #[serde(rename = "AES_128")]
+    Aes128,
+}
+
+impl DataKeySpec {
+    /// Key length in bytes.
+    pub const fn len(self) -> usize {
+        match self {
+            DataKeySpec::Aes256 => 32,
+            DataKeySpec::Aes128 => 16,
+        }
+    }
+}
+
+/// KMS `KeyPairSpec` for `GenerateDataKeyPair[WithoutPlaintext]`.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DataKeyPairSpec {
+    #[serde(rename = "RSA_2048")]
+    Rsa2048,
+    #[serde(rename = "RSA_3072")]
+    Rsa3072,
+    #[serde(rename = "RSA_4096")]
+    Rsa4096,
+    #[serde(rename = "ECC_NIST_P256")]
+    EccNistP256,
+    #[serde(rename = "ECC_NIST_P384")]
+    EccNistP384,
+    #[serde(rename = "ECC_NIST_P521")]
+    EccNistP521,
+    #[serde(rename = "ECC_SECG_P256K1")]
+    EccSecgP256k1,
+    #[serde(rename = "SM2")]
+    Sm2,
+    #[serde(rename = "ECC_NIST_EDWARDS25519")]
+    EccNistEdwards25519,
+}
+
+impl DataKeyPairSpec {
+    /// Every spec, in the order of the KMS API reference.
+    pub const ALL: [DataKeyPairSpec; 9] = [
+        Self::Rsa2048,
+        Self::Rsa3072,
+        Self::Rsa4096,
+        Self::EccNistP256,
+        Self::EccNistP384,
+        Self::EccNistP521,
+        Self::EccSecgP256k1,
+        Self::Sm2,
+        Self::EccNistEdwards25519,
+    ];
+
+    /// The KMS spelling, e.g. `"RSA_2048"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Rsa2048 => "RSA_2048",
+            Self::Rsa3072 => "RSA_3072",
+            Self::Rsa4096 => "RSA_4096",
+            Self::EccNistP256 => "ECC_NIST_P256",
+            Self::EccNistP384 => "ECC_NIST_P384",
+            Self::EccNistP521 => "ECC_NIST_P521",
+            Self::EccSecgP256k1 => "ECC_SECG_P256K1",
+            Self::Sm2 => "SM2",
+            Self::EccNistEdwards25519 => "ECC_NIST_EDWARDS25519",
+        }
+    }
+}
+
+/// KMS `KeyEncryptionAlgorithm` of a `Recipient`. KMS supports exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyEncryptionAlgorithm {
+    /// RSAES-OAEP with SHA-256 and MGF1-SHA-256.
+    #[serde(rename = "RSAES_OAEP_SHA_256")]
+    RsaesOaepSha256,
+}
+
+/// KMS `EncryptionAlgorithm` (`Encrypt`, `Decrypt`, `ReEncrypt`).
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EncryptionAlgorithm {
+    #[serde(rename = "SYMMETRIC_DEFAULT")]
+    SymmetricDefault,
+    #[serde(rename = "RSAES_OAEP_SHA_1")]
+    RsaesOaepSha1,
+    #[serde(rename = "RSAES_OAEP_SHA_256")]
+    RsaesOaepSha256,
+    #[serde(rename = "SM2PKE")]
+    Sm2Pke,
+}
+
+/// KMS `RecipientInfo`: the attestation document whose public key KMS
+/// encrypts the response to (`CiphertextForRecipient`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RecipientInfo {
+    /// Must be `RSAES_OAEP_SHA_256`.
+    pub key_encryption_algorithm: KeyEncryptionAlgorithm,
+    /// The signed NSM attestation document (1..=262144 bytes).
+    pub attestation_document: Blob,
+}
+
+impl RecipientInfo {
+    /// A recipient for `document` with the one algorithm KMS supports.
+    pub fn new(document: Vec<u8>) -> Self {
+        Self {
+            key_encryption_algorithm: KeyEncryptionAlgorithm::RsaesOaepSha256,
+            attestation_document: Blob(document),
+        }
+    }
+}
+
+macro_rules! kms_shape {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty,)* }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        pub struct $name {
+            $($(#[$fm])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $f: $t,)*
+        }
+    };
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKey` request.
+    pub struct GenerateDataKeyRequest {
+        /// Key id, key ARN, alias name or alias ARN (1..=2048 chars). Required.
+        pub key_id: Option<String>,
+        /// Exactly one of `KeySpec` and `NumberOfBytes`.
+        pub key_spec: Option<DataKeySpec>,
+        /// 1..=1024.
+        pub number_of_bytes: Option<u32>,
+        /// Bound to the ciphertext; must match exactly on decrypt.
+        pub encryption_context: Option<EncryptionContext>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// With it, `Plaintext` is absent and `CiphertextForRecipient` returned.
+        pub recipient: Option<RecipientInfo>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKey` response.
+    pub struct GenerateDataKeyResponse {
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// The data key encrypted under the KMS key.
+        pub ciphertext_blob: Option<Blob>,
+        /// Absent when the request had a `Recipient`.
+        pub plaintext: Option<SecretBytes>,
+        /// CMS EnvelopedData to the recipient's public key.
+        pub ciphertext_for_recipient: Option<Blob>,
+        /// Identifies the key material (newer KMS responses).
+        pub key_material_id: Option<String>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKeyWithoutPlaintext` request (no `Recipient`).
+    pub struct GenerateDataKeyWithoutPlaintextRequest {
+        /// Key id, key ARN, alias name or alias ARN. Required.
+        pub key_id: Option<String>,
+        /// Exactly one of `KeySpec` and `NumberOfBytes`.
+        pub key_spec: Option<DataKeySpec>,
+        /// 1..=1024.
+        pub number_of_bytes: Option<u32>,
+        /// Bound to the ciphertext.
+        pub encryption_context: Option<EncryptionContext>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKeyWithoutPlaintext` response.
+    pub struct GenerateDataKeyWithoutPlaintextResponse {
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// The data key encrypted under the KMS key.
+        pub ciphertext_blob: Option<Blob>,
+        /// Identifies the key material.
+        pub key_material_id: Option<String>,
+    }
+}
+
+kms_shape! {
+    /// KMS `Decrypt` request.
+    pub struct DecryptRequest {
+        /// Ciphertext from `Encrypt`/`GenerateDataKey*` (1..=6144 bytes). Required.
+        pub ciphertext_blob: Option<Blob>,
+        /// Must equal the context used at encryption.
+        pub encryption_context: Option<EncryptionContext>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// Optional for symmetric keys; when given it must be the key that encrypted.
+        pub key_id: Option<String>,
+        /// Defaults to `SYMMETRIC_DEFAULT`.
+        pub encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// With it, `Plaintext` is absent and `CiphertextForRecipient` returned.
+        pub recipient: Option<RecipientInfo>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+    }
+}
+
+kms_shape! {
+    /// KMS `Decrypt` response.
+    pub struct DecryptResponse {
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// Absent when the request had a `Recipient`.
+        pub plaintext: Option<SecretBytes>,
+        /// The algorithm used.
+        pub encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// CMS EnvelopedData to the recipient's public key.
+        pub ciphertext_for_recipient: Option<Blob>,
+        /// Identifies the key material.
+        pub key_material_id: Option<String>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKeyPair` request.
+    pub struct GenerateDataKeyPairRequest {
+        /// Bound to the private key ciphertext.
+        pub encryption_context: Option<EncryptionContext>,
+        /// Symmetric KMS key that encrypts the private key. Required.
+        pub key_id: Option<String>,
+        /// Required.
+        pub key_pair_spec: Option<DataKeyPairSpec>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// With it, `PrivateKeyPlaintext` is absent and `CiphertextForRecipient` returned.
+        pub recipient: Option<RecipientInfo>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKeyPair` response.
+    pub struct GenerateDataKeyPairResponse {
+        /// The private key (PKCS#8 DER) encrypted under the KMS key.
+        pub private_key_ciphertext_blob: Option<Blob>,
+        /// PKCS#8 DER private key; absent when the request had a `Recipient`.
+        pub private_key_plaintext: Option<SecretBytes>,
+        /// DER SubjectPublicKeyInfo.
+        pub public_key: Option<Blob>,
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// The spec generated.
+        pub key_pair_spec: Option<DataKeyPairSpec>,
+        /// CMS EnvelopedData of the private key to the recipient's public key.
+        pub ciphertext_for_recipient: Option<Blob>,
+        /// Identifies the key material.
+        pub key_material_id: Option<String>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKeyPairWithoutPlaintext` request (no `Recipient`).
+    pub struct GenerateDataKeyPairWithoutPlaintextRequest {
+        /// Bound to the private key ciphertext.
+        pub encryption_context: Option<EncryptionContext>,
+        /// Symmetric KMS key. Required.
+        pub key_id: Option<String>,
+        /// Required.
+        pub key_pair_spec: Option<DataKeyPairSpec>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateDataKeyPairWithoutPlaintext` response.
+    pub struct GenerateDataKeyPairWithoutPlaintextResponse {
+        /// The private key (PKCS#8 DER) encrypted under the KMS key.
+        pub private_key_ciphertext_blob: Option<Blob>,
+        /// DER SubjectPublicKeyInfo.
+        pub public_key: Option<Blob>,
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// The spec generated.
+        pub key_pair_spec: Option<DataKeyPairSpec>,
+        /// Identifies the key material.
+        pub key_material_id: Option<String>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateRandom` request (no `DryRun`).
+    pub struct GenerateRandomRequest {
+        /// 1..=1024.
+        pub number_of_bytes: Option<u32>,
+        /// Generate in a CloudHSM key store.
+        pub custom_key_store_id: Option<String>,
+        /// With it, `Plaintext` is absent and `CiphertextForRecipient` returned.
+        pub recipient: Option<RecipientInfo>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GenerateRandom` response.
+    pub struct GenerateRandomResponse {
+        /// The random bytes; absent when the request had a `Recipient`.
+        pub plaintext: Option<SecretBytes>,
+        /// CMS EnvelopedData of the random bytes to the recipient.
+        pub ciphertext_for_recipient: Option<Blob>,
+    }
+}
+
+kms_shape! {
+    /// KMS `Encrypt` request (served by the mock KMS; never by the broker,
+    /// since it would send plaintext through the parent).
+    pub struct EncryptRequest {
+        /// Required.
+        pub key_id: Option<String>,
+        /// 1..=4096 bytes. Required.
+        pub plaintext: Option<SecretBytes>,
+        /// Bound to the ciphertext.
+        pub encryption_context: Option<EncryptionContext>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// Defaults to `SYMMETRIC_DEFAULT`.
+        pub encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+    }
+}
+
+kms_shape! {
+    /// KMS `Encrypt` response.
+    pub struct EncryptResponse {
+        /// The ciphertext.
+        pub ciphertext_blob: Option<Blob>,
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// The algorithm used.
+        pub encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// Identifies the key material.
+        pub key_material_id: Option<String>,
+    }
+}
+
+kms_shape! {
+    /// KMS `ReEncrypt` request.
+    pub struct ReEncryptRequest {
+        /// Required.
+        pub ciphertext_blob: Option<Blob>,
+        /// Context of the source ciphertext.
+        pub source_encryption_context: Option<EncryptionContext>,
+        /// Optional source key.
+        pub source_key_id: Option<String>,
+        /// Required.
+        pub destination_key_id: Option<String>,
+        /// Context for the new ciphertext.
+        pub destination_encryption_context: Option<EncryptionContext>,
+        /// Source algorithm.
+        pub source_encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// Destination algorithm.
+        pub destination_encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+    }
+}
+
+kms_shape! {
+    /// KMS `ReEncrypt` response.
+    pub struct ReEncryptResponse {
+        /// The new ciphertext.
+        pub ciphertext_blob: Option<Blob>,
+        /// ARN of the source key.
+        pub source_key_id: Option<String>,
+        /// ARN of the destination key.
+        pub key_id: Option<String>,
+        /// Source algorithm.
+        pub source_encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// Destination algorithm.
+        pub destination_encryption_algorithm: Option<EncryptionAlgorithm>,
+        /// Source key material id.
+        pub source_key_material_id: Option<String>,
+        /// Destination key material id.
+        pub destination_key_material_id: Option<String>,
+    }
+}
+
+kms_shape! {
+    /// KMS `DescribeKey` request.
+    pub struct DescribeKeyRequest {
+        /// Key id, key ARN, alias name or alias ARN. Required.
+        pub key_id: Option<String>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+    }
+}
+
+kms_shape! {
+    /// KMS `DescribeKey` response.
+    pub struct DescribeKeyResponse {
+        /// The key's metadata.
+        pub key_metadata: Option<KeyMetadata>,
+    }
+}
+
+/// KMS `KeyMetadata` (the fields Keybroker uses; others are ignored).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyMetadata {
+    /// 12-digit account id.
+    #[serde(rename = "AWSAccountId", default, skip_serializing_if = "Option::is_none")]
+    pub aws_account_id: Option<String>,
+    /// The key id (UUID).
+    pub key_id: String,
+    /// The key ARN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arn: Option<String>,
+    /// Seconds since the epoch (KMS sends a JSON number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_date: Option<f64>,
+    /// Whether the key is enabled.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `ENCRYPT_DECRYPT`, `SIGN_VERIFY`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_usage: Option<String>,
+    /// `Enabled`, `Disabled`, `PendingDeletion`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_state: Option<String>,
+    /// When a key pending deletion is deleted (epoch seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_date: Option<f64>,
+    /// `AWS_KMS`, `EXTERNAL`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    /// `CUSTOMER` or `AWS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_manager: Option<String>,
+    /// `SYMMETRIC_DEFAULT`, `RSA_2048`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_spec: Option<String>,
+    /// Deprecated twin of `KeySpec`, still sent by KMS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_master_key_spec: Option<String>,
+    /// Algorithms the key supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_algorithms: Option<Vec<EncryptionAlgorithm>>,
+    /// Whether the key is multi-Region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_region: Option<bool>,
+}
+
+/// The KMS operations the broker carries between enclave and parent. Names
+/// are the `X-Amz-Target` suffixes (`TrentService.<name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Operation {
+    /// `GenerateDataKey`
+    GenerateDataKey,
+    /// `GenerateDataKeyWithoutPlaintext`
+    GenerateDataKeyWithoutPlaintext,
+    /// `Decrypt`
+    Decrypt,
+    /// `GenerateDataKeyPair`
+    GenerateDataKeyPair,
+    /// `GenerateDataKeyPairWithoutPlaintext`
+    GenerateDataKeyPairWithoutPlaintext,
+    /// `GenerateRandom`
+    GenerateRandom,
+    /// `DescribeKey`
+    DescribeKey,
+}
+
+impl Operation {
+    /// Every brokered operation.
+    pub const ALL: [Operation; 7] = [
+        Self::GenerateDataKey,
+        Self::GenerateDataKeyWithoutPlaintext,
+        Self::Decrypt,
+        Self::GenerateDataKeyPair,
+        Self::GenerateDataKeyPairWithoutPlaintext,
+        Self::GenerateRandom,
+        Self::DescribeKey,
+    ];
+
+    /// The KMS operation name, e.g. `"GenerateDataKey"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::GenerateDataKey => "GenerateDataKey",
+            Self::GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            Self::Decrypt => "Decrypt",
+            Self::GenerateDataKeyPair => "GenerateDataKeyPair",
+            Self::GenerateDataKeyPairWithoutPlaintext => "GenerateDataKeyPairWithoutPlaintext",
+            Self::GenerateRandom => "GenerateRandom",
+            Self::DescribeKey => "DescribeKey",
+        }
+    }
+
+    /// Parses a KMS operation name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+
+    /// Whether KMS returns plaintext key material for this operation unless
+    /// the request carries a `Recipient`.
+    pub const fn returns_plaintext(self) -> bool {
+        matches!(
+            self,
+            Self::GenerateDataKey | Self::Decrypt | Self::GenerateDataKeyPair | Self::GenerateRandom
+        )
+    }
+}
+
+/// A brokered KMS request.
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum KmsRequest {
+    GenerateDataKey(GenerateDataKeyRequest),
+    GenerateDataKeyWithoutPlaintext(GenerateDataKeyWithoutPlaintextRequest),
+    Decrypt(DecryptRequest),
+    GenerateDataKeyPair(GenerateDataKeyPairRequest),
+    GenerateDataKeyPairWithoutPlaintext(GenerateDataKeyPairWithoutPlaintextRequest),
+    GenerateRandom(GenerateRandomRequest),
+    DescribeKey(DescribeKeyRequest),
+}
+
+impl KmsRequest {
+    /// The operation this request is for.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Self::GenerateDataKey(_) => Operation::GenerateDataKey,
+            Self::GenerateDataKeyWithoutPlaintext(_) => Operation::GenerateDataKeyWithoutPlaintext,
+            Self::Decrypt(_) => Operation::Decrypt,
+            Self::GenerateDataKeyPair(_) => Operation::GenerateDataKeyPair,
+            Self::GenerateDataKeyPairWithoutPlaintext(_) => {
+                Operation::GenerateDataKeyPairWithoutPlaintext
+            }
+            Self::GenerateRandom(_) => Operation::GenerateRandom,
+            Self::DescribeKey(_) => Operation::DescribeKey,
+        }
+    }
+
+    /// The `Recipient` of the request, for the operations that accept one.
+    pub fn recipient(&self) -> Option<&RecipientInfo> {
+        match self {
+            Self::GenerateDataKey(r) => r.recipient.as_ref(),
+            Self::Decrypt(r) => r.recipient.as_ref(),
+            Self::GenerateDataKeyPair(r) => r.recipient.as_ref(),
+            Self::GenerateRandom(r) => r.recipient.as_ref(),
+            Self::GenerateDataKeyWithoutPlaintext(_)
+            | Self::GenerateDataKeyPairWithoutPlaintext(_)
+            | Self::DescribeKey(_) => None,
+        }
+    }
+
+    /// The key named by the request, if any (`KeyId`).
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Self::GenerateDataKey(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyWithoutPlaintext(r) => r.key_id.as_deref(),
+            Self::Decrypt(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyPair(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => r.key_id.as_deref(),
+            Self::GenerateRandom(_) => None,
+            Self::DescribeKey(r) => r.key_id.as_deref(),
+        }
+    }
+}
+
+/// A brokered KMS response.
+#[allow(missing_docs)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum KmsResponse {
+    GenerateDataKey(GenerateDataKeyResponse),
+    GenerateDataKeyWithoutPlaintext(GenerateDataKeyWithoutPlaintextResponse),
+    Decrypt(DecryptResponse),
+    GenerateDataKeyPair(GenerateDataKeyPairResponse),
+    GenerateDataKeyPairWithoutPlaintext(GenerateDataKeyPairWithoutPlaintextResponse),
+    GenerateRandom(GenerateRandomResponse),
+    DescribeKey(DescribeKeyResponse),
+}
+
+impl KmsResponse {
+    /// The operation this response answers.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Self::GenerateDataKey(_) => Operation::GenerateDataKey,
+            Self::GenerateDataKeyWithoutPlaintext(_) => Operation::GenerateDataKeyWithoutPlaintext,
+            Self::Decrypt(_) => Operation::Decrypt,
+            Self::GenerateDataKeyPair(_) => Operation::GenerateDataKeyPair,
+            Self::GenerateDataKeyPairWithoutPlaintext(_) => {
+                Operation::GenerateDataKeyPairWithoutPlaintext
+            }
+            Self::GenerateRandom(_) => Operation::GenerateRandom,
+            Self::DescribeKey(_) => Operation::DescribeKey,
+        }
+    }
+
+    /// Whether the response carries a plaintext field (`Plaintext` or
+    /// `PrivateKeyPlaintext`). The proxy refuses to relay such responses.
+    pub fn has_plaintext(&self) -> bool {
+        match self {
+            Self::GenerateDataKey(r) => r.plaintext.is_some(),
+            Self::Decrypt(r) => r.plaintext.is_some(),
+            Self::GenerateDataKeyPair(r) => r.private_key_plaintext.is_some(),
+            Self::GenerateRandom(r) => r.plaintext.is_some(),
+            Self::GenerateDataKeyWithoutPlaintext(_)
+            | Self::GenerateDataKeyPairWithoutPlaintext(_)
+            | Self::DescribeKey(_) => false,
+        }
+    }
+}
+
+/// A KMS error (`{"__type": ..., "message": ...}` in AWS JSON 1.1), as KMS
+/// sent it or as the proxy produced it on KMS's behalf. Never carries key
+/// material.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct KmsError {
+    /// The `__type`, without any namespace prefix, e.g. `NotFoundException`.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+    /// HTTP status KMS answers with for this error.
+    pub status: u16,
+    /// Whether the AWS SDKs would retry this error (5xx and throttling).
+    pub retryable: bool,
+}
+
+impl KmsError {
+    /// An error with the status and retry behaviour real KMS gives `code`
+    /// (DESIGN.md: 400 for client errors; 500 `KMSInternalException`,
+    /// `KeyUnavailableException`; 503 `DependencyTimeoutException`;
+    /// throttling retryable).
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        let code = code.into();
+        let (status, retryable) = match code.as_str() {
+            "KMSInternalException" | "KeyUnavailableException" => (500, true),
+            "DependencyTimeoutException" => (503, true),
+            "ThrottlingException" | "LimitExceededException" => (400, code == "ThrottlingException"),
+            _ => (400, false),
+        };
+        Self {
+            code,
+            message: message.into(),
+            status,
+            retryable,
+        }
+    }
+
+    /// Strips a `namespace#` prefix from a `__type` such as
+    /// `com.amazonaws.kms#NotFoundException`, as the AWS SDKs do.
+    pub fn normalize_code(raw: &str) -> &str {
+        let tail = raw.rsplit_once('#').map_or(raw, |(_, t)| t);
+        tail.split_once(':').map_or(tail, |(h, _)| h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_data_key_json_matches_kms_shape() {
+        let req = GenerateDataKeyRequest {
+            key_id: Some("alias/app".into()),
+            key_spec: Some(DataKeySpec::Aes256),
+            encryption_context: Some([("purpose".to_string(), "test".to_string())].into()),
+            recipient: Some(RecipientInfo::new(vec![1, 2, 3])),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "KeyId": "alias/app",
+                "KeySpec": "AES_256",
+                "EncryptionContext": {"purpose": "test"},
+                "Recipient": {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": "AQID"}
+            })
+        );
+        let back: GenerateDataKeyRequest = serde_json::from_value(json).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn response_ignores_unknown_fields_and_decodes_blobs() {
+        let r: GenerateDataKeyResponse = serde_json::from_str(
+            r#"{"KeyId":"arn:aws:kms:us-east-1:111122223333:key/x","CiphertextBlob":"AAE=","CiphertextForRecipient":"AgM=","SomethingNew":1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.ciphertext_blob, Some(Blob(vec![0, 1])));
+        assert_eq!(r.ciphertext_for_recipient, Some(Blob(vec![2, 3])));
+        assert!(r.plaintext.is_none());
+    }
+
+    #[test]
+    fn bad_base64_is_an_error_not_a_panic() {
+        let r = serde_json::from_str::<DecryptRequest>(r#"{"CiphertextBlob":"!!!"}"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn error_codes_map_to_kms_status() {
+        assert_eq!(KmsError::new("NotFoundException", "x").status, 400);
+        assert!(!KmsError::new("AccessDeniedException", "x").retryable);
+        assert!(KmsError::new("ThrottlingException", "x").retryable);
+        let e = KmsError::new("KMSInternalException", "x");
+        assert_eq!((e.status, e.retryable), (500, true));
+        assert_eq!(KmsError::new("DependencyTimeoutException", "x").status, 503);
+        assert_eq!(
+            KmsError::normalize_code("com.amazonaws.kms#NotFoundException"),
+            "NotFoundException"
+        );
+    }
+
+    #[test]
+    fn operation_names_round_trip() {
+        for op in Operation::ALL {
+            assert_eq!(Operation::from_name(op.as_str()), Some(op));
+        }
+        assert_eq!(Operation::from_name("Encrypt"), None);
+    }
+}
+
+#[cfg(test)]
+mod cbor_tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_cbor_byte_strings() {
+        let r = KmsResponse::GenerateDataKey(GenerateDataKeyResponse {
+            key_id: Some("k".into()),
+            ciphertext_blob: Some(Blob(vec![0xAA; 4])),
+            plaintext: Some(SecretBytes::from_slice(&[7; 3])),
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        ciborium::into_writer(&r, &mut out).unwrap();
+        // A byte string header for 4 bytes (0x44), not base64 text.
+        assert!(out.windows(5).any(|w| w == [0x44, 0xAA, 0xAA, 0xAA, 0xAA]));
+        let back: KmsResponse = ciborium::from_reader(out.as_slice()).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,44 @@
+//! # keybroker-common
+//!
+//! The sans-I/O core of Keybroker. Everything here works on plain bytes and
+//! values handed in by the caller: no sockets, files, clocks or global
+//! randomness. Time is a caller-supplied [`UnixMillis`], randomness a
+//! [`aws_lc_rs::rand::SecureRandom`] passed by reference, so every decoder and
+//! verifier is deterministic, unit-testable and fuzzable.
+//!
+//! - [`attestation`]: NSM attestation documents (COSE_Sign1, ES384), parsing,
+//!   chain and signature verification, and building/signing for the mock NSM.
+//! - [`cms`]: the CMS `EnvelopedData` that KMS returns as
+//!   `CiphertextForRecipient` (RFC 5652), decode, decrypt and encode.
+//! - [`protocol`]: the framed enclave <-> parent-proxy wire protocol.
+//! - [`kms`]: typed KMS requests and responses (AWS JSON 1.1 shapes).
+//! - [`secret`]: zeroizing containers for plaintext key material.
+#![forbid(unsafe_code)]
+
+pub mod attestation;
+pub mod cms;
+mod error;
+pub mod kms;
+pub mod protocol;
+pub mod secret;
+
+pub use attestation::AttestationError;
+pub use cms::CmsError;
+pub use error::{Cause, Error};
+pub use protocol::ProtocolError;
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// A point in time as milliseconds since the Unix epoch (UTC), the unit of the
+/// NSM document's `timestamp` field. Verifiers take one from the caller
+/// instead of reading a clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    /// Whole seconds since the epoch.
+    pub const fn as_secs(self) -> u64 {
+        self.0 / 1000
+    }
+}

@@ -1,0 +1,2 @@
+//! keybroker-enclave
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! keybroker-proxy
+#![forbid(unsafe_code)]

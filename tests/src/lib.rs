@@ -1,0 +1,2 @@
+//! keybroker-harness
+#![forbid(unsafe_code)]
