@@ -58,9 +58,33 @@ impl Error {
     /// Who is to blame for this error.
     pub fn cause(&self) -> Cause {
         match self {
+            // The peer relayed a transient failure (upstream unavailable,
+            // timeout, shutdown, busy): the environment, not its data.
+            Error::Protocol(p) if p.is_retryable() => Cause::Environment,
             Error::Attestation(_) | Error::Cms(_) | Error::Protocol(_) => Cause::Peer,
             Error::InvalidArgument(_) => Cause::Local,
             Error::Kms(_) | Error::Crypto(_) => Cause::Environment,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    #[test]
+    fn causes() {
+        let remote = |retryable| {
+            Error::Protocol(ProtocolError::Remote {
+                code: ErrorCode::Unavailable,
+                message: "kms unreachable".into(),
+                retryable,
+            })
+        };
+        assert_eq!(remote(true).cause(), Cause::Environment);
+        assert_eq!(remote(false).cause(), Cause::Peer);
+        assert_eq!(Error::InvalidArgument("x".into()).cause(), Cause::Local);
+        assert_eq!(Error::Crypto("rng").cause(), Cause::Environment);
     }
 }

@@ -90,10 +90,13 @@ pub(crate) mod blob_serde {
                 Ok(v)
             }
         }
+        // `deserialize_byte_buf`, not `deserialize_bytes`: ciborium serves
+        // borrowed bytes only from a 4 KiB scratch buffer and rejects longer
+        // byte strings (attestation documents are ~4.5 KiB).
         if d.is_human_readable() {
             d.deserialize_str(V)
         } else {
-            d.deserialize_bytes(V)
+            d.deserialize_byte_buf(V)
         }
         .map_err(|e: D::Error| D::Error::custom(e))
     }
@@ -112,7 +115,7 @@ pub enum DataKeySpec {
 
 impl DataKeySpec {
     /// Key length in bytes.
-    pub const fn len(self) -> usize {
+    pub const fn byte_len(self) -> usize {
         match self {
             DataKeySpec::Aes256 => 32,
             DataKeySpec::Aes128 => 16,
@@ -523,7 +526,11 @@ kms_shape! {
 #[serde(rename_all = "PascalCase")]
 pub struct KeyMetadata {
     /// 12-digit account id.
-    #[serde(rename = "AWSAccountId", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "AWSAccountId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub aws_account_id: Option<String>,
     /// The key id (UUID).
     pub key_id: String,
@@ -623,7 +630,10 @@ impl Operation {
     pub const fn returns_plaintext(self) -> bool {
         matches!(
             self,
-            Self::GenerateDataKey | Self::Decrypt | Self::GenerateDataKeyPair | Self::GenerateRandom
+            Self::GenerateDataKey
+                | Self::Decrypt
+                | Self::GenerateDataKeyPair
+                | Self::GenerateRandom
         )
     }
 }
@@ -754,7 +764,9 @@ impl KmsError {
         let (status, retryable) = match code.as_str() {
             "KMSInternalException" | "KeyUnavailableException" => (500, true),
             "DependencyTimeoutException" => (503, true),
-            "ThrottlingException" | "LimitExceededException" => (400, code == "ThrottlingException"),
+            "ThrottlingException" | "LimitExceededException" => {
+                (400, code == "ThrottlingException")
+            }
             _ => (400, false),
         };
         Self {
@@ -854,6 +866,18 @@ mod cbor_tests {
         });
         let mut out = Vec::new();
         ciborium::into_writer(&r, &mut out).unwrap();
+        let big = DecryptRequest {
+            ciphertext_blob: Some(Blob(vec![0x5A; 10_000])),
+            recipient: Some(RecipientInfo::new(vec![0xA5; 20_000])),
+            ..Default::default()
+        };
+        let mut big_cbor = Vec::new();
+        ciborium::into_writer(&big, &mut big_cbor).unwrap();
+        let back: DecryptRequest = ciborium::from_reader(big_cbor.as_slice()).unwrap();
+        assert_eq!(
+            back, big,
+            "blobs larger than ciborium's scratch buffer decode"
+        );
         // A byte string header for 4 bytes (0x44), not base64 text.
         assert!(out.windows(5).any(|w| w == [0x44, 0xAA, 0xAA, 0xAA, 0xAA]));
         let back: KmsResponse = ciborium::from_reader(out.as_slice()).unwrap();

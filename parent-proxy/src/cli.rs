@@ -1,0 +1,538 @@
+//! Command line of `keybroker-proxy`.
+//!
+//! ```text
+//! keybroker-proxy attestation verify [--root PEM]... [--at MS_OR_RFC3339] FILE
+//! ```
+//!
+//! `attestation verify` checks an NSM attestation document (raw CBOR or
+//! base64 text; `-` reads standard input) against the AWS Nitro Enclaves
+//! Root-G1 plus any `--root` certificates, at `--at` (default: now), and
+//! prints a JSON summary. Exit codes: 0 valid, 1 invalid (`invalid: <reason>`
+//! on stderr), 2 usage or I/O error.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use clap::{Args, Parser, Subcommand};
+use keybroker_common::UnixMillis;
+use keybroker_common::attestation::{
+    AttestationError, MAX_DOCUMENT_LEN, VerifiedAttestation, Verifier,
+};
+use serde::Serialize;
+
+/// Exit code: the document verified.
+pub const EXIT_VALID: u8 = 0;
+/// Exit code: the document was read but does not verify.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code: bad usage or an I/O error (clap's convention for usage errors).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Largest input file read, in bytes: a maximal document as base64 with
+/// line breaks fits with room to spare.
+pub const MAX_INPUT_LEN: usize = 4 * MAX_DOCUMENT_LEN;
+
+/// Largest `--root` file read, in bytes.
+pub const MAX_ROOT_FILE_LEN: usize = 1 << 20;
+
+/// Top-level arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keybroker-proxy",
+    version,
+    about = "Keybroker parent-instance proxy"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands of `keybroker-proxy`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with NSM attestation documents.
+    #[command(subcommand)]
+    Attestation(AttestationCommand),
+}
+
+/// Subcommands of `keybroker-proxy attestation`.
+#[derive(Debug, Subcommand)]
+pub enum AttestationCommand {
+    /// Verify an attestation document and print a JSON summary.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `attestation verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Also trust this root certificate (PEM, or DER); repeatable. The AWS
+    /// Nitro Enclaves Root-G1 is always trusted.
+    #[arg(long = "root", value_name = "PEM")]
+    pub roots: Vec<PathBuf>,
+    /// Verification time: milliseconds since the Unix epoch or an RFC 3339
+    /// timestamp. Default: now.
+    #[arg(long, value_name = "MS_OR_RFC3339", value_parser = parse_time)]
+    pub at: Option<UnixMillis>,
+    /// The document: raw CBOR or base64 text; `-` for standard input.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// Why `attestation verify` did not print a summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Usage or I/O problem (exit 2).
+    Usage(String),
+    /// The document does not verify (exit 1).
+    Invalid(AttestationError),
+}
+
+impl VerifyError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VerifyError::Usage(_) => EXIT_USAGE,
+            VerifyError::Invalid(_) => EXIT_INVALID,
+        }
+    }
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyError::Usage(msg) => write!(f, "error: {msg}"),
+            VerifyError::Invalid(e) => write!(f, "invalid: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// JSON summary of a verified document, printed by `attestation verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Always `true`: only verified documents are summarised.
+    pub valid: bool,
+    /// NSM module id.
+    pub module_id: String,
+    /// PCR digest function (`SHA384`).
+    pub digest: &'static str,
+    /// Document creation time, milliseconds since the epoch.
+    pub timestamp_ms: u64,
+    /// Document creation time, RFC 3339 UTC.
+    pub timestamp: String,
+    /// Time the chain was verified at, milliseconds since the epoch.
+    pub verified_at_ms: u64,
+    /// Time the chain was verified at, RFC 3339 UTC.
+    pub verified_at: String,
+    /// PCR index to lower-case hex value.
+    pub pcrs: BTreeMap<u8, String>,
+    /// What the `public_key` field holds, e.g. `RSA-2048 SubjectPublicKeyInfo
+    /// (294 bytes)`; `null` when absent.
+    pub public_key: Option<String>,
+    /// Length of `user_data`; `null` when absent.
+    pub user_data_len: Option<usize>,
+    /// Length of `nonce`; `null` when absent.
+    pub nonce_len: Option<usize>,
+    /// Certificate subjects, leaf first, root last.
+    pub chain: Vec<String>,
+}
+
+impl Summary {
+    /// Summarises a verified document.
+    pub fn new(v: &VerifiedAttestation) -> Self {
+        Summary {
+            valid: true,
+            module_id: v.module_id().to_owned(),
+            digest: v.document().digest.as_str(),
+            timestamp_ms: v.timestamp().0,
+            timestamp: rfc3339(v.timestamp()),
+            verified_at_ms: v.verified_at().0,
+            verified_at: rfc3339(v.verified_at()),
+            pcrs: v.pcrs().iter().map(|(i, p)| (*i, hex::encode(p))).collect(),
+            public_key: v.public_key().map(describe_public_key),
+            user_data_len: v.user_data().map(<[u8]>::len),
+            nonce_len: v.nonce().map(<[u8]>::len),
+            chain: v.chain_subjects().to_vec(),
+        }
+    }
+}
+
+/// The current time from the system clock.
+pub fn now() -> UnixMillis {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    UnixMillis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the command line `args` (program name first) with the given
+/// streams, and returns the process exit code. `now` is the default
+/// verification time.
+pub fn run<I, T>(
+    args: I,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    now: UnixMillis,
+) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with exit 0; usage errors to
+            // stderr with exit 2.
+            let out: &mut dyn Write = if e.use_stderr() { stderr } else { stdout };
+            let text = e.render().to_string();
+            let newline = if text.ends_with('\n') { "" } else { "\n" };
+            let _ = write!(out, "{text}{newline}");
+            return u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE);
+        }
+    };
+    match cli.command {
+        Command::Attestation(AttestationCommand::Verify(args)) => match verify(&args, stdin, now) {
+            Ok(summary) => match serde_json::to_string_pretty(&summary) {
+                Ok(json) => {
+                    if writeln!(stdout, "{json}").is_err() {
+                        return EXIT_USAGE;
+                    }
+                    EXIT_VALID
+                }
+                Err(e) => {
+                    let _ = writeln!(stderr, "error: JSON output: {e}");
+                    EXIT_USAGE
+                }
+            },
+            Err(e) => {
+                let _ = writeln!(stderr, "{e}");
+                e.exit_code()
+            }
+        },
+    }
+}
+
+/// `attestation verify`: reads the roots and the document, verifies it at
+/// `--at` (or `now`), and summarises it.
+pub fn verify(
+    args: &VerifyArgs,
+    stdin: &mut dyn Read,
+    now: UnixMillis,
+) -> Result<Summary, VerifyError> {
+    let mut verifier = Verifier::aws_nitro();
+    for path in &args.roots {
+        let bytes = read_limited(&mut open(path)?, MAX_ROOT_FILE_LEN)
+            .map_err(|e| VerifyError::Usage(format!("{}: {e}", path.display())))?;
+        let certs = parse_certificates(&bytes)
+            .map_err(|e| VerifyError::Usage(format!("{}: {e}", path.display())))?;
+        for der in certs {
+            verifier
+                .add_trusted_root(&der)
+                .map_err(|e| VerifyError::Usage(format!("{}: {e}", path.display())))?;
+        }
+    }
+
+    let input = if args.file.as_os_str() == "-" {
+        read_limited(stdin, MAX_INPUT_LEN)
+            .map_err(|e| VerifyError::Usage(format!("standard input: {e}")))?
+    } else {
+        read_limited(&mut open(&args.file)?, MAX_INPUT_LEN)
+            .map_err(|e| VerifyError::Usage(format!("{}: {e}", args.file.display())))?
+    };
+    let document = decode_document(&input).map_err(VerifyError::Invalid)?;
+    let verified = verifier
+        .verify(&document, args.at.unwrap_or(now))
+        .map_err(VerifyError::Invalid)?;
+    Ok(Summary::new(&verified))
+}
+
+fn open(path: &Path) -> Result<std::fs::File, VerifyError> {
+    std::fs::File::open(path).map_err(|e| VerifyError::Usage(format!("{}: {e}", path.display())))
+}
+
+/// Reads at most `max` bytes; more is an error.
+fn read_limited(r: &mut dyn Read, max: usize) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    r.take(limit)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() > max {
+        return Err(format!("input is larger than {max} bytes"));
+    }
+    Ok(buf)
+}
+
+/// Returns the raw document from file contents that are either raw CBOR or
+/// base64 text (standard or URL-safe alphabet, padding optional, whitespace
+/// ignored).
+///
+/// Raw CBOR is recognised by its first byte: `0x84` (untagged COSE_Sign1
+/// array) or `0xD2` (tag 18); neither is printable ASCII, so text is never
+/// mistaken for it.
+pub fn decode_document(input: &[u8]) -> Result<Vec<u8>, AttestationError> {
+    if matches!(input.first(), Some(0x84 | 0xD2)) {
+        return Ok(input.to_vec());
+    }
+    let text: Vec<u8> = input
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let is_b64 =
+        |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=');
+    if text.is_empty() || !text.iter().all(is_b64) {
+        return Err(AttestationError::Malformed(
+            "input is neither a CBOR COSE_Sign1 nor base64 text".into(),
+        ));
+    }
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let alphabet = if text.iter().any(|b| matches!(b, b'-' | b'_')) {
+        &base64::alphabet::URL_SAFE
+    } else {
+        &base64::alphabet::STANDARD
+    };
+    GeneralPurpose::new(alphabet, config)
+        .decode(&text)
+        .map_err(|e| AttestationError::Malformed(format!("base64: {e}")))
+}
+
+/// Extracts the DER certificates from PEM text (`-----BEGIN CERTIFICATE-----`
+/// blocks, RFC 7468 section 5). A file with no PEM block that looks like DER
+/// (starts with a SEQUENCE, `0x30`) is returned as one certificate.
+pub fn parse_certificates(bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    if bytes.first() == Some(&0x30) {
+        return Ok(vec![bytes.to_vec()]);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "not PEM text or DER".to_owned())?;
+    let mut certs = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let after = rest.get(start + BEGIN.len()..).unwrap_or_default();
+        let end = after
+            .find(END)
+            .ok_or_else(|| "unterminated PEM certificate block".to_owned())?;
+        let body: String = after
+            .get(..end)
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|e| format!("PEM base64: {e}"))?;
+        certs.push(der);
+        rest = after.get(end + END.len()..).unwrap_or_default();
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(certs)
+}
+
+/// Parses `--at`: milliseconds since the epoch, or an RFC 3339 timestamp.
+pub fn parse_time(s: &str) -> Result<UnixMillis, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(UnixMillis)
+            .map_err(|e| format!("milliseconds: {e}"));
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("expected milliseconds since the epoch or RFC 3339: {e}"))?;
+    let ms = t.unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms)
+        .map(UnixMillis)
+        .map_err(|_| "time before 1970 is not supported".to_owned())
+}
+
+/// Formats a time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: UnixMillis) -> String {
+    let nanos = i128::from(t.0) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|dt| {
+            dt.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{} ms", t.0))
+}
+
+/// Describes an attestation `public_key` field: `RSA-<bits>
+/// SubjectPublicKeyInfo (<n> bytes)` when it is a DER RSA
+/// SubjectPublicKeyInfo (RFC 5280 section 4.1.2.7, the KMS Recipient shape),
+/// else `opaque (<n> bytes)`.
+pub fn describe_public_key(key: &[u8]) -> String {
+    match aws_lc_rs::rsa::PublicEncryptingKey::from_der(key) {
+        Ok(rsa) => format!(
+            "RSA-{} SubjectPublicKeyInfo ({} bytes)",
+            rsa.key_size_bits(),
+            key.len()
+        ),
+        Err(_) => format!("opaque ({} bytes)", key.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_time_accepts_ms_and_rfc3339() {
+        assert_eq!(
+            parse_time("1725719859545"),
+            Ok(UnixMillis(1_725_719_859_545))
+        );
+        assert_eq!(
+            parse_time("2024-09-07T14:37:39.545Z"),
+            Ok(UnixMillis(1_725_719_859_545))
+        );
+        assert_eq!(
+            parse_time("2024-09-07T16:37:39.545+02:00"),
+            Ok(UnixMillis(1_725_719_859_545))
+        );
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("1969-12-31T23:59:59Z").is_err());
+        assert!(parse_time("").is_err());
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        let t = UnixMillis(1_725_719_859_545);
+        assert_eq!(rfc3339(t), "2024-09-07T14:37:39.545Z");
+        assert_eq!(parse_time(&rfc3339(t)), Ok(t));
+    }
+
+    #[test]
+    fn decode_document_detects_raw_and_base64() {
+        let raw = [0x84, 0x44, 0xA1, 0x01, 0x38, 0x22, 0xA0, 0xFF];
+        assert_eq!(decode_document(&raw).unwrap(), raw);
+        let tagged = [0xD2, 0x84];
+        assert_eq!(decode_document(&tagged).unwrap(), tagged);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        let wrapped = format!("{}\n{}\n", &b64[..4], &b64[4..]);
+        assert_eq!(decode_document(wrapped.as_bytes()).unwrap(), raw);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        assert_eq!(decode_document(url.as_bytes()).unwrap(), raw);
+        assert!(matches!(
+            decode_document(b"not base64!"),
+            Err(AttestationError::Malformed(_))
+        ));
+        assert!(decode_document(b"").is_err());
+    }
+
+    #[test]
+    fn parse_certificates_reads_pem_blocks_and_der() {
+        let pem = "junk\n-----BEGIN CERTIFICATE-----\nMIIB\nAAAA\n-----END CERTIFICATE-----\n\
+                   -----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let certs = parse_certificates(pem.as_bytes()).unwrap();
+        assert_eq!(
+            certs,
+            vec![vec![0x30, 0x82, 0x01, 0, 0, 0], vec![0x30, 0x00]]
+        );
+        assert_eq!(
+            parse_certificates(&[0x30, 0x00]).unwrap(),
+            vec![vec![0x30, 0x00]]
+        );
+        assert!(parse_certificates(b"nothing here").is_err());
+        assert!(parse_certificates(b"-----BEGIN CERTIFICATE-----\nMAA=").is_err());
+    }
+
+    #[test]
+    fn describe_public_key_recognises_rsa_spki() {
+        use aws_lc_rs::encoding::AsDer;
+        assert_eq!(describe_public_key(&[1, 2, 3, 4, 5]), "opaque (5 bytes)");
+        let key = aws_lc_rs::rsa::PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .unwrap();
+        let spki = key.public_key().as_der().unwrap();
+        assert_eq!(
+            describe_public_key(spki.as_ref()),
+            "RSA-2048 SubjectPublicKeyInfo (294 bytes)"
+        );
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_help_exits_0() {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let now = UnixMillis(0);
+        let code = run(
+            ["keybroker-proxy", "attestation", "verify"],
+            &mut std::io::empty(),
+            &mut out,
+            &mut err,
+            now,
+        );
+        assert_eq!(code, EXIT_USAGE);
+        assert!(String::from_utf8_lossy(&err).contains("FILE"));
+
+        let code = run(
+            [
+                "keybroker-proxy",
+                "attestation",
+                "verify",
+                "--at",
+                "soon",
+                "x",
+            ],
+            &mut std::io::empty(),
+            &mut out,
+            &mut err,
+            now,
+        );
+        assert_eq!(code, EXIT_USAGE);
+
+        let code = run(
+            [
+                "keybroker-proxy",
+                "attestation",
+                "verify",
+                "/nonexistent/doc.cbor",
+            ],
+            &mut std::io::empty(),
+            &mut out,
+            &mut err,
+            now,
+        );
+        assert_eq!(code, EXIT_USAGE);
+
+        out.clear();
+        let code = run(
+            ["keybroker-proxy", "--help"],
+            &mut std::io::empty(),
+            &mut out,
+            &mut err,
+            now,
+        );
+        assert_eq!(code, EXIT_VALID);
+        assert!(String::from_utf8_lossy(&out).contains("attestation"));
+    }
+
+    #[test]
+    fn garbage_on_stdin_is_invalid_not_usage() {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let code = run(
+            ["keybroker-proxy", "attestation", "verify", "-"],
+            &mut &b"\x84\x01"[..],
+            &mut out,
+            &mut err,
+            UnixMillis(0),
+        );
+        assert_eq!(code, EXIT_INVALID);
+        assert_eq!(
+            String::from_utf8_lossy(&err),
+            "invalid: document is truncated\n"
+        );
+        assert!(out.is_empty());
+    }
+}
