@@ -15,6 +15,7 @@
 //! - [`secret`]: zeroizing containers for plaintext key material.
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod attestation;
 pub mod cms;
 mod error;
