@@ -1,0 +1,302 @@
+//! A local AWS KMS for development and tests that speaks the real protocol
+//! (AWS JSON 1.1, `TrentService`) and honours `Recipient` (Nitro Enclaves
+//! attestation) on `Decrypt`, `GenerateDataKey`, `GenerateDataKeyPair` and
+//! `GenerateRandom`.
+//!
+//! Run it in-process:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), keybroker_harness::Error> {
+//! use keybroker_harness::mock_kms::{MockKms, MockKmsConfig};
+//! let running = MockKms::new(MockKmsConfig::default())?.spawn("127.0.0.1:0").await?;
+//! let endpoint = running.endpoint(); // "http://127.0.0.1:PORT"
+//! # running.shutdown().await; Ok(()) }
+//! ```
+//!
+//! or as the `keybroker-mock-kms` binary (see `tests/README.md`).
+//!
+//! Modules: [`server`] (HTTP), [`ops`] (operations and validation),
+//! [`store`] (keys, aliases, state and seed files), [`policy`] (key policy
+//! evaluation), [`ciphertext`] (the blob format), [`recipient`]
+//! (attestation and `CiphertextForRecipient`).
+
+pub mod ciphertext;
+pub mod ops;
+pub mod policy;
+pub mod recipient;
+mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::{TcpListener, ToSocketAddrs};
+
+use crate::Error;
+use ops::{Engine, EngineConfig};
+use recipient::RecipientVerifier;
+use server::ServerState;
+use store::{SeedFile, Store};
+
+/// Default account in ARNs (the AWS documentation's example account).
+pub const DEFAULT_ACCOUNT_ID: &str = "111122223333";
+/// Default region in ARNs.
+pub const DEFAULT_REGION: &str = "us-east-1";
+/// Default request body limit: 1 MiB (a 256 KiB attestation document is
+/// about 350 KiB in base64).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Default maximum age of an attestation document: 5 minutes.
+pub const DEFAULT_MAX_ATTESTATION_AGE: Duration = Duration::from_secs(300);
+
+/// Configuration of a mock KMS.
+#[derive(Debug, Clone)]
+pub struct MockKmsConfig {
+    /// Region used in ARNs (`us-east-1`).
+    pub region: String,
+    /// Account used in ARNs and the default key policy (`111122223333`).
+    pub account_id: String,
+    /// The principal every request is evaluated as, in key policies
+    /// (`arn:aws:iam::111122223333:root`). The mock does not map access keys
+    /// to principals.
+    pub caller_principal: String,
+    /// Persist keys, aliases and policies to this JSON file (secret!).
+    pub state_file: Option<PathBuf>,
+    /// Create these keys at start (see [`store`] for the format).
+    pub seed_file: Option<PathBuf>,
+    /// Extra trusted attestation roots (DER), beside the AWS Nitro Enclaves
+    /// Root-G1 which is always trusted.
+    pub attestation_roots_der: Vec<Vec<u8>>,
+    /// Attestation documents older than this are rejected.
+    pub max_attestation_age: Duration,
+    /// Request bodies larger than this are rejected.
+    pub max_body_bytes: usize,
+    /// Accept requests without a SigV4 `Authorization` header (curl).
+    pub allow_unsigned: bool,
+}
+
+impl Default for MockKmsConfig {
+    fn default() -> Self {
+        Self {
+            region: DEFAULT_REGION.into(),
+            account_id: DEFAULT_ACCOUNT_ID.into(),
+            caller_principal: format!("arn:aws:iam::{DEFAULT_ACCOUNT_ID}:root"),
+            state_file: None,
+            seed_file: None,
+            attestation_roots_der: Vec::new(),
+            max_attestation_age: DEFAULT_MAX_ATTESTATION_AGE,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            allow_unsigned: false,
+        }
+    }
+}
+
+impl MockKmsConfig {
+    /// Adds the certificates of a PEM file's text as trusted attestation
+    /// roots.
+    pub fn add_attestation_roots_pem(&mut self, pem: &str) -> Result<&mut Self, Error> {
+        let ders = pem_certificates(pem)?;
+        if ders.is_empty() {
+            return Err(Error::Config("no CERTIFICATE block in the PEM text".into()));
+        }
+        self.attestation_roots_der.extend(ders);
+        Ok(self)
+    }
+}
+
+/// Decodes every `-----BEGIN CERTIFICATE-----` block of a PEM text (RFC 7468).
+pub fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, Error> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        match (&mut current, line) {
+            (None, "-----BEGIN CERTIFICATE-----") => current = Some(String::new()),
+            (Some(b64), "-----END CERTIFICATE-----") => {
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .map_err(|_| {
+                        Error::Config("a PEM CERTIFICATE block is not valid base64".into())
+                    })?;
+                out.push(der);
+                current = None;
+            }
+            (Some(b64), l) => b64.push_str(l),
+            (None, _) => {}
+        }
+    }
+    if current.is_some() {
+        return Err(Error::Config("unterminated PEM CERTIFICATE block".into()));
+    }
+    Ok(out)
+}
+
+/// A configured mock KMS, ready to serve.
+#[derive(Debug, Clone)]
+pub struct MockKms {
+    state: Arc<ServerState>,
+}
+
+#[allow(clippy::cast_precision_loss)] // epoch milliseconds fit an f64
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64 / 1000.0)
+}
+
+impl MockKms {
+    /// Loads the state file (if it exists), applies the seed file, and
+    /// prepares the attestation verifier.
+    pub fn new(config: MockKmsConfig) -> Result<Self, Error> {
+        let mut store = match &config.state_file {
+            Some(p) if p.exists() => Store::load(p, &config.region, &config.account_id)?,
+            _ => Store::new(&config.region, &config.account_id),
+        };
+        if let Some(seed) = &config.seed_file {
+            store.apply_seed(&SeedFile::load(seed)?, now_secs())?;
+        }
+        if let Some(p) = &config.state_file {
+            store.save(p)?;
+        }
+        let max_age_ms = u64::try_from(config.max_attestation_age.as_millis()).unwrap_or(u64::MAX);
+        let recipient = RecipientVerifier::new(
+            config.attestation_roots_der.iter().map(Vec::as_slice),
+            max_age_ms,
+        )?;
+        let engine = Engine::new(
+            EngineConfig {
+                region: config.region.clone(),
+                account_id: config.account_id.clone(),
+                caller_principal: config.caller_principal.clone(),
+                state_file: config.state_file.clone(),
+            },
+            store,
+            recipient,
+        );
+        Ok(Self {
+            state: Arc::new(ServerState {
+                engine,
+                max_body_bytes: config.max_body_bytes,
+                allow_unsigned: config.allow_unsigned,
+                request_counter: std::sync::atomic::AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Calls an operation directly, without HTTP: `op` is the operation
+    /// name (`"GenerateDataKey"`), `body` the JSON request.
+    pub fn call(
+        &self,
+        op: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, keybroker_common::kms::KmsError> {
+        self.state.engine.handle(op, body.to_string().as_bytes())
+    }
+
+    fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(server::handle)
+            .with_state(Arc::clone(&self.state))
+    }
+
+    /// Serves on `listener` until the future is dropped.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), Error> {
+        axum::serve(listener, self.router())
+            .await
+            .map_err(|e| Error::Io(format!("server failed: {e}")))
+    }
+
+    /// Binds `addr` (use port 0 for any free port) and serves in a
+    /// background task.
+    pub async fn spawn(self, addr: impl ToSocketAddrs) -> Result<RunningMockKms, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Io(format!("cannot bind: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Io(format!("cannot read the bound address: {e}")))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let router = self.router();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "mock KMS server failed");
+            }
+        });
+        Ok(RunningMockKms {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+}
+
+/// A mock KMS serving in the background. Dropping it stops the server.
+#[derive(Debug)]
+pub struct RunningMockKms {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningMockKms {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, for an SDK endpoint override.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits (up to 5 s, then aborts) for
+    /// open connections to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RunningMockKms {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_decode() {
+        let pem = "junk\n-----BEGIN CERTIFICATE-----\nAQID\nBA==\n-----END CERTIFICATE-----\n";
+        assert_eq!(pem_certificates(pem).unwrap(), vec![vec![1, 2, 3, 4]]);
+        assert!(pem_certificates("-----BEGIN CERTIFICATE-----\nAQID\n").is_err());
+        assert!(
+            MockKmsConfig::default()
+                .add_attestation_roots_pem("nothing")
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Shared helpers for the mock KMS integration tests: start a mock in
+//! process, build a real `aws-sdk-kms` client for it, make attestation
+//! documents signed by a test CA, speak raw HTTP.
+#![allow(
+    dead_code,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kms::error::ProvideErrorMetadata;
+use keybroker_common::UnixMillis;
+use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
+use keybroker_harness::mock_kms::{MockKms, MockKmsConfig, RunningMockKms};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P384_SHA384,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+pub const ACCOUNT: &str = "111122223333";
+pub const ROOT_PRINCIPAL: &str = "arn:aws:iam::111122223333:root";
+
+/// A real `aws-sdk-kms` client for `endpoint`, with static test credentials
+/// (the mock does not verify signatures) and region us-east-1.
+pub fn client(endpoint: &str) -> aws_sdk_kms::Client {
+    let conf = aws_sdk_kms::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            "AKIAMOCKKMSTEST00000",
+            "mock-kms-test-secret",
+            None,
+            None,
+            "keybroker-harness-tests",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_kms::Client::from_conf(conf)
+}
+
+/// Starts a mock on 127.0.0.1:0 and returns it with a client.
+pub async fn start(config: MockKmsConfig) -> (RunningMockKms, aws_sdk_kms::Client) {
+    let running = MockKms::new(config)
+        .unwrap()
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap();
+    let c = client(&running.endpoint());
+    (running, c)
+}
+
+/// The KMS error code and message of an SDK error.
+pub fn code_of<E: ProvideErrorMetadata>(e: &E) -> (String, String) {
+    (
+        e.code().unwrap_or("<no code>").to_owned(),
+        e.message().unwrap_or("").to_owned(),
+    )
+}
+
+/// Asserts the error code of a failed SDK call and returns its message.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
+    r: Result<T, E>,
+    code: &str,
+) -> String {
+    match r {
+        Ok(v) => panic!("expected {code}, got success: {v:?}"),
+        Err(e) => {
+            let (c, m) = code_of(&e);
+            assert_eq!(c, code, "unexpected error: {e:?}");
+            m
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// A test attestation PKI: root -> intermediate -> leaf, P-384, like the
+/// Nitro PKI (without its short leaf lifetime: rcgen's default validity).
+pub struct TestPki {
+    pub root_der: Vec<u8>,
+    pub root_pem: String,
+    pub inter_der: Vec<u8>,
+    pub leaf_der: Vec<u8>,
+    pub leaf_key: EcdsaKeyPair,
+}
+
+fn params(cn: &str, is_ca: IsCa) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Keybroker harness test");
+    p.key_usages = if matches!(is_ca, IsCa::Ca(_)) {
+        vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ]
+    } else {
+        vec![KeyUsagePurpose::DigitalSignature]
+    };
+    p.is_ca = is_ca;
+    p
+}
+
+pub fn test_pki() -> TestPki {
+    let gen_key = || KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+    let root_key = gen_key();
+    let root_params = params(
+        "harness test root",
+        IsCa::Ca(BasicConstraints::Unconstrained),
+    );
+    let root = root_params.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(root_params, root_key);
+    let inter_key = gen_key();
+    let inter_params = params(
+        "harness test intermediate",
+        IsCa::Ca(BasicConstraints::Constrained(0)),
+    );
+    let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
+    let inter_issuer = Issuer::new(inter_params, inter_key);
+    let leaf_key = gen_key();
+    let leaf = params("harness test leaf", IsCa::ExplicitNoCa)
+        .signed_by(&leaf_key, &inter_issuer)
+        .unwrap();
+    let leaf_key =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &leaf_key.serialize_der())
+            .unwrap();
+    TestPki {
+        root_der: root.der().to_vec(),
+        root_pem: root.pem(),
+        inter_der: inter.der().to_vec(),
+        leaf_der: leaf.der().to_vec(),
+        leaf_key,
+    }
+}
+
+/// 16 PCRs of 48 bytes; PCR0 = `pcr0`, PCRi = [i; 48] otherwise.
+pub fn pcrs(pcr0: [u8; 48]) -> BTreeMap<u8, Vec<u8>> {
+    let mut m: BTreeMap<u8, Vec<u8>> = (0u8..16).map(|i| (i, vec![i; 48])).collect();
+    m.insert(0, pcr0.to_vec());
+    m
+}
+
+/// A signed attestation document carrying `public_key`.
+pub fn attestation(
+    pki: &TestPki,
+    pcrs: BTreeMap<u8, Vec<u8>>,
+    public_key: Option<Vec<u8>>,
+    timestamp_ms: u64,
+) -> Vec<u8> {
+    let doc = AttestationDocument {
+        module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
+        digest: Digest::Sha384,
+        timestamp: UnixMillis(timestamp_ms),
+        pcrs,
+        certificate: pki.leaf_der.clone(),
+        cabundle: vec![pki.root_der.clone(), pki.inter_der.clone()],
+        public_key,
+        user_data: None,
+        nonce: None,
+    };
+    build_signed_document(&doc, &pki.leaf_key, &SystemRandom::new()).unwrap()
+}
+
+/// A config trusting `pki`'s root (through the PEM path, as the CLI does).
+pub fn config_trusting(pki: &TestPki) -> MockKmsConfig {
+    let mut c = MockKmsConfig::default();
+    c.add_attestation_roots_pem(&pki.root_pem).unwrap();
+    c
+}
+
+/// A raw HTTP/1.1 exchange; returns (status, body).
+pub async fn raw_http(
+    addr: std::net::SocketAddr,
+    request_head: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{request_head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (and stop reading) before an oversized body is
+    // fully sent: keep whatever response arrived.
+    let _ = s.write_all(body).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A KMS JSON request head for `op` with a (fake) SigV4 header.
+pub fn kms_head(op: &str) -> String {
+    format!(
+        "POST / HTTP/1.1\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: TrentService.{op}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AKIAMOCK/20240101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=00"
+    )
+}
