@@ -1184,11 +1184,14 @@ impl Engine {
 
     /// Pagination shared by ListKeys and ListAliases: the marker is the
     /// index of the next item (opaque to callers, as in KMS).
-    fn page<T>(
-        items: Vec<T>,
+    /// One page of a list response: `{field: [...], "Truncated": bool}` plus
+    /// `NextMarker` when more remain (KMS pagination; the marker is an offset).
+    fn page(
+        field: &str,
+        items: Vec<Value>,
         limit: Option<u32>,
         marker: Option<&str>,
-    ) -> Result<(Vec<T>, Option<String>), KmsError> {
+    ) -> Result<Value, KmsError> {
         let start = match marker {
             None => 0,
             Some(m) => m
@@ -1200,10 +1203,14 @@ impl Engine {
         let limit = usize::try_from(limit.unwrap_or(100)).unwrap_or(100);
         let end = start.saturating_add(limit).min(items.len());
         let next = (end < items.len()).then(|| end.to_string());
-        Ok((
-            items.into_iter().skip(start).take(end - start).collect(),
-            next,
-        ))
+        let page: Vec<Value> = items.into_iter().skip(start).take(end - start).collect();
+        let mut out = serde_json::Map::new();
+        out.insert(field.into(), Value::Array(page));
+        out.insert("Truncated".into(), Value::Bool(next.is_some()));
+        if let Some(n) = next {
+            out.insert("NextMarker".into(), Value::String(n));
+        }
+        Ok(Value::Object(out))
     }
 
     fn list_keys(&self, raw: &Map<String, Value>) -> Result<Value, KmsError> {
@@ -1217,12 +1224,7 @@ impl Engine {
             .keys()
             .map(|k| json!({"KeyId": k.key_id, "KeyArn": store.key_arn(&k.key_id)}))
             .collect();
-        let (keys, next) = Self::page(all, req.limit, req.marker.as_deref())?;
-        let mut out = json!({"Keys": keys, "Truncated": next.is_some()});
-        if let (Some(n), Some(o)) = (next, out.as_object_mut()) {
-            o.insert("NextMarker".into(), Value::String(n));
-        }
-        Ok(out)
+        Self::page("Keys", all, req.limit, req.marker.as_deref())
     }
 
     fn list_aliases(&self, raw: &Map<String, Value>) -> Result<Value, KmsError> {
@@ -1250,12 +1252,7 @@ impl Engine {
                 })
             })
             .collect();
-        let (aliases, next) = Self::page(all, req.limit, req.marker.as_deref())?;
-        let mut out = json!({"Aliases": aliases, "Truncated": next.is_some()});
-        if let (Some(n), Some(o)) = (next, out.as_object_mut()) {
-            o.insert("NextMarker".into(), Value::String(n));
-        }
-        Ok(out)
+        Self::page("Aliases", all, req.limit, req.marker.as_deref())
     }
 
     fn create_alias(&self, raw: &Map<String, Value>) -> Result<Value, KmsError> {
