@@ -1,2 +1,57 @@
-//! keybroker-enclave
+//! # keybroker-enclave
+//!
+//! The enclave side of Keybroker: gets AWS KMS data keys through the parent
+//! proxy so that their plaintext exists only inside the Nitro Enclave.
+//!
+//! - [`nsm`]: the [`nsm::Nsm`] trait over the Nitro Secure Module API, and the
+//!   real `/dev/nsm` driver ([`nsm::NsmDevice`]);
+//! - `mock_nsm` (cargo feature `mock-nsm`, development only): `MockNsm`, a
+//!   mock NSM with its own persisted development CA;
+//! - [`keys`]: [`RecipientKeys`], the ephemeral RSA-2048 key and attestation
+//!   document attached to requests as KMS `Recipient`, rotated in the
+//!   background by age and use count;
+//! - [`client`]: [`Client`], the broker operations over the framed protocol
+//!   of `keybroker_common::protocol`, with concurrent requests on one
+//!   connection, reconnection and deadlines;
+//! - [`transport`]: `vsock://`, `tcp://` and `unix://` connections;
+//! - [`cli`]: the `keybroker-enclave` command line (`demo`, `mock-nsm`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keybroker_enclave::Error> {
+//! use std::sync::Arc;
+//! use keybroker_common::kms::{DataKeySpec, GenerateDataKeyRequest};
+//! use keybroker_enclave::{Client, ClientConfig, RecipientKeys, RecipientKeysConfig};
+//! use keybroker_enclave::nsm::NsmDevice;
+//!
+//! let keys = RecipientKeys::new(Arc::new(NsmDevice::open()?), RecipientKeysConfig::default()).await?;
+//! let client = Client::connect(ClientConfig::new("vsock://3:5000".parse()?), keys).await?;
+//! let key = client
+//!     .generate_data_key(GenerateDataKeyRequest {
+//!         key_id: Some("alias/app".into()),
+//!         key_spec: Some(DataKeySpec::Aes256),
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! assert_eq!(key.plaintext.len(), 32);
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+mod error;
+pub mod keys;
+#[cfg(feature = "mock-nsm")]
+pub mod mock_nsm;
+pub mod nsm;
+pub mod transport;
+
+pub use client::{Client, ClientConfig, ClientStats, DataKey, DataKeyPair, Decrypted};
+pub use error::Error;
+pub use keys::{KeyStats, RecipientKeyPair, RecipientKeys, RecipientKeysConfig};
+#[cfg(feature = "mock-nsm")]
+pub use mock_nsm::{MockCa, MockNsm, MockNsmConfig};
+pub use nsm::{Nsm, NsmDevice};
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;

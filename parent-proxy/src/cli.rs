@@ -2,7 +2,14 @@
 //!
 //! ```text
 //! keybroker-proxy attestation verify [--root PEM]... [--at MS_OR_RFC3339] FILE
+//! keybroker-proxy serve [--config FILE] [--listen ADDR] [--kms-endpoint URL] ...
 //! ```
+//!
+//! `serve` runs the proxy (see [`crate::server`]) until SIGINT or SIGTERM. Once
+//! bound it prints `listening: ADDRESS` on standard output (the real port for
+//! `tcp://127.0.0.1:0`); logs go to standard error. Exit codes: 0 after a
+//! clean shutdown, 1 if serving failed (e.g. the address cannot be bound), 2
+//! for usage or configuration errors.
 //!
 //! `attestation verify` checks an NSM attestation document (raw CBOR or
 //! base64 text; `-` reads standard input) against the AWS Nitro Enclaves
@@ -30,6 +37,8 @@ pub const EXIT_VALID: u8 = 0;
 pub const EXIT_INVALID: u8 = 1;
 /// Exit code: bad usage or an I/O error (clap's convention for usage errors).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code of `serve`: the server failed (bind, runtime).
+pub const EXIT_FAILURE: u8 = 1;
 
 /// Largest input file read, in bytes: a maximal document as base64 with
 /// line breaks fits with room to spare.
@@ -57,6 +66,65 @@ pub enum Command {
     /// Work with NSM attestation documents.
     #[command(subcommand)]
     Attestation(AttestationCommand),
+    /// Relay enclave requests to KMS until SIGINT/SIGTERM.
+    Serve(Box<ServeArgs>),
+}
+
+/// Arguments of `serve`. Flags override the `--config` file; list flags
+/// (`--allow-key`, `--allow-operation`, `--pcr`, `--attestation-root`) add
+/// to the file's lists.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see parent-proxy/examples/proxy.toml).
+    #[arg(long, value_name = "FILE", env = "KEYBROKER_PROXY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Listening address: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH.
+    /// Default: vsock://4294967295:5000 (any CID).
+    #[arg(long, value_name = "ADDR", env = "KEYBROKER_PROXY_LISTEN")]
+    pub listen: Option<String>,
+    /// KMS endpoint override, e.g. http://127.0.0.1:4566 for the mock KMS.
+    #[arg(long, value_name = "URL", env = "KEYBROKER_KMS_ENDPOINT")]
+    pub kms_endpoint: Option<String>,
+    /// AWS region (default: the AWS default chain).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// KMS attempts per call, the first included.
+    #[arg(long, value_name = "N")]
+    pub kms_max_attempts: Option<u32>,
+    /// Log format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// Only forward requests for this KeyId (exact string); repeatable.
+    #[arg(long = "allow-key", value_name = "KEY")]
+    pub allow_keys: Vec<String>,
+    /// Only forward this operation (KMS name, e.g. GenerateDataKey); repeatable.
+    #[arg(long = "allow-operation", value_name = "OPERATION")]
+    pub allow_operations: Vec<String>,
+    /// Require this PCR value in the Recipient attestation document
+    /// (INDEX=HEX); repeatable. Documents are then verified.
+    #[arg(long = "pcr", value_name = "INDEX=HEX", value_parser = crate::config::parse_pcr_flag)]
+    pub pcrs: Vec<(u8, Vec<u8>)>,
+    /// Also trust this attestation root (PEM or DER), e.g. the mock NSM's
+    /// CA; repeatable. The AWS Nitro root is always trusted.
+    #[arg(long = "attestation-root", value_name = "PEM")]
+    pub attestation_roots: Vec<PathBuf>,
+    /// Refuse requests whose encoded size exceeds this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_request_len: Option<usize>,
+    /// Enclave connections served at once.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Requests in flight per connection.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
+    /// On shutdown, how long in-flight requests may still run (ms).
+    #[arg(long, value_name = "MS")]
+    pub drain_timeout_ms: Option<u64>,
+    /// Forward plaintext-returning operations without Recipient and let the
+    /// KMS key policy decide (a plaintext answer is still never relayed).
+    /// For demonstrations only.
+    #[arg(long)]
+    pub dangerous_forward_without_recipient: bool,
 }
 
 /// Subcommands of `keybroker-proxy attestation`.
@@ -197,6 +265,7 @@ where
         }
     };
     match cli.command {
+        Command::Serve(args) => serve(&args, stdout, stderr),
         Command::Attestation(AttestationCommand::Verify(args)) => match verify(&args, stdin, now) {
             Ok(summary) => match serde_json::to_string_pretty(&summary) {
                 Ok(json) => {
@@ -215,6 +284,123 @@ where
                 e.exit_code()
             }
         },
+    }
+}
+
+/// Everything `serve` needs, from the file and the flags.
+#[derive(Debug)]
+pub struct ServeSettings {
+    /// The server configuration.
+    pub proxy: crate::config::ProxyConfig,
+    /// How to reach KMS.
+    pub kms: crate::config::KmsSettings,
+    /// Log format.
+    pub log_format: crate::config::LogFormat,
+}
+
+/// Merges the `--config` file (if any) and the flags.
+pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
+    use crate::config::{FileConfig, ProxyConfig, add_roots, parse_operation};
+    let mut file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    if let Some(listen) = &args.listen {
+        file.listen = Some(listen.clone());
+    }
+    let l = &mut file.limits;
+    l.max_connections = args.max_connections.or(l.max_connections);
+    l.max_in_flight_per_connection = args.max_in_flight.or(l.max_in_flight_per_connection);
+    l.drain_timeout_ms = args.drain_timeout_ms.or(l.drain_timeout_ms);
+    let k = &mut file.kms;
+    k.endpoint = args.kms_endpoint.clone().or(k.endpoint.take());
+    k.region = args.region.clone().or(k.region.take());
+    k.max_attempts = args.kms_max_attempts.or(k.max_attempts);
+
+    let mut policy = file.policy()?;
+    if args.dangerous_forward_without_recipient {
+        policy.dangerous_forward_without_recipient = true;
+    }
+    if !args.allow_keys.is_empty() {
+        policy
+            .allowed_keys
+            .get_or_insert_with(Default::default)
+            .extend(args.allow_keys.iter().cloned());
+    }
+    for name in &args.allow_operations {
+        let op = parse_operation(name)?;
+        policy
+            .allowed_operations
+            .get_or_insert_with(Default::default)
+            .insert(op);
+    }
+    for (index, value) in &args.pcrs {
+        policy.expected_pcrs.insert(*index, value.clone());
+    }
+    for path in &args.attestation_roots {
+        add_roots(&mut policy.verifier, path)?;
+    }
+    if args.max_request_len.is_some() {
+        policy.max_request_len = args.max_request_len;
+    }
+    Ok(ServeSettings {
+        proxy: ProxyConfig {
+            listen: file.listen_address()?,
+            limits: file.server_limits()?,
+            policy,
+        },
+        kms: file.kms_settings(),
+        log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+    })
+}
+
+/// `serve`: runs the proxy until SIGINT/SIGTERM and returns the exit code.
+pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -> u8 {
+    let settings = match serve_settings(args) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    // A subscriber may already be installed (tests calling `run` twice).
+    let _ = crate::audit::init_logging(settings.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: tokio runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    let ServeSettings { proxy, kms, .. } = settings;
+    let bound = runtime.block_on(async {
+        let backend = crate::backend::SdkKmsBackend::from_settings(&kms).await;
+        let signal = crate::server::shutdown_signal()?;
+        let proxy = crate::server::Proxy::bind(proxy, backend).await?;
+        Ok::<_, crate::Error>((proxy, signal))
+    });
+    let (proxy, signal) = match bound {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            let _ = writeln!(stderr, "error: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    // The launcher and tests read the real address from here.
+    if writeln!(stdout, "listening: {}", proxy.local_addr()).is_err() || stdout.flush().is_err() {
+        return EXIT_FAILURE;
+    }
+    match runtime.block_on(proxy.run_until(signal)) {
+        Ok(()) => EXIT_VALID,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            let _ = writeln!(stderr, "error: {e}");
+            EXIT_FAILURE
+        }
     }
 }
 

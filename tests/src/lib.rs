@@ -2,6 +2,8 @@
 //!
 //! Test infrastructure for Keybroker:
 //!
+//! - [`local`]: the `keybroker-local` launcher (`demo`, `up`): the whole
+//!   stack as separate processes on loopback.
 //! - [`mock_kms`]: a local KMS (`keybroker-mock-kms`) that speaks the AWS
 //!   JSON 1.1 protocol of the real service and honours `Recipient`
 //!   (attestation documents, `CiphertextForRecipient`) and key policies with
@@ -10,6 +12,7 @@
 //!   a plain JSON file.
 #![forbid(unsafe_code)]
 
+pub mod local;
 pub mod mock_kms;
 
 /// Errors of the harness itself (configuration, state and seed files, I/O).

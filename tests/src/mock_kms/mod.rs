@@ -21,6 +21,7 @@
 //! (attestation and `CiphertextForRecipient`).
 
 pub mod ciphertext;
+pub mod cli;
 pub mod ops;
 pub mod policy;
 pub mod recipient;

@@ -1,0 +1,1050 @@
+//! The broker client: KMS operations through the parent proxy, with
+//! plaintext only inside the enclave.
+//!
+//! # What a call does
+//!
+//! For the plaintext-returning operations (`GenerateDataKey`, `Decrypt`,
+//! `GenerateDataKeyPair`, `GenerateRandom`) the client takes the caller's KMS
+//! request unchanged (key id, encryption context, grant tokens, dry run, ...
+//! pass through), attaches a `Recipient` from [`RecipientKeys`] (the current
+//! attestation document), sends it, and decrypts the `CiphertextForRecipient`
+//! of the answer with the matching private key (`keybroker_common::cms`).
+//! The plaintext is returned as [`SecretBytes`]. A response that carries a
+//! `Plaintext`/`PrivateKeyPlaintext` field is refused: the frame decoder
+//! rejects it ([`ProtocolError::PlaintextOnWire`]) and, since framing cannot
+//! resynchronise, the connection is dropped and every request in flight on it
+//! fails with that error. Where the plaintext length is known (a data key of
+//! `KeySpec`/`NumberOfBytes`, `GenerateRandom`), a plaintext of another length
+//! is reported as the same [`CmsError::DecryptionFailed`] as a padding failure
+//! (see `crate::keys`, "Use count").
+//!
+//! The other operations (`GenerateDataKeyWithoutPlaintext`,
+//! `GenerateDataKeyPairWithoutPlaintext`, `DescribeKey`) are relayed as they are.
+//!
+//! # Connection
+//!
+//! One connection carries every request: each gets a fresh id, a writer task
+//! sends frames, a reader task dispatches responses (in any order) to the
+//! waiting callers. A supervisor task connects, performs the `Hello`
+//! handshake (`keybroker_common::protocol`), and reconnects when the proxy
+//! goes away or says `Goodbye`, with capped exponential backoff and jitter.
+//!
+//! # Deadlines and retries
+//!
+//! Every call has a deadline ([`ClientConfig::request_timeout`], default 10 s,
+//! or [`Client::with_timeout`]); the remaining time goes to the proxy as
+//! `timeout_ms`. Nothing outlives it: waiting for a connection ends in
+//! [`Error::Unavailable`], waiting for the answer in [`Error::Timeout`].
+//!
+//! A request is retried (once, within the same deadline) only when that
+//! cannot repeat an effect:
+//! - it never reached the wire (its connection closed before the write);
+//! - the proxy answered `Shutdown` (it is draining and did not forward it);
+//! - its connection died while it was in flight and the operation is
+//!   read-only at KMS: `Decrypt`, `GenerateRandom`, `DescribeKey`.
+//!
+//! In-flight `GenerateDataKey*` requests are not retried after a lost
+//! connection: KMS may already have minted (and logged) the key, and the
+//! caller, not the library, decides whether a second key is acceptable. They
+//! fail with [`Error::ConnectionLost`], which is retryable.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use keybroker_common::CmsError;
+use keybroker_common::address::Address;
+use keybroker_common::cms;
+use keybroker_common::kms::{
+    Blob, DataKeyPairSpec, DecryptRequest, DescribeKeyRequest, DescribeKeyResponse,
+    EncryptionAlgorithm, GenerateDataKeyPairRequest, GenerateDataKeyPairWithoutPlaintextRequest,
+    GenerateDataKeyPairWithoutPlaintextResponse, GenerateDataKeyRequest,
+    GenerateDataKeyWithoutPlaintextRequest, GenerateDataKeyWithoutPlaintextResponse,
+    GenerateRandomRequest, KmsRequest, KmsResponse, Operation,
+};
+use keybroker_common::protocol::{
+    self, ErrorCode, FrameDecoder, Limits, MAX_FRAME_LEN, Message, ProtocolError,
+    SUPPORTED_VERSIONS,
+};
+use keybroker_common::secret::SecretBytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::Error;
+use crate::keys::{RecipientKeyPair, RecipientKeys};
+use crate::transport::{self, BoxStream};
+
+/// Default [`ClientConfig::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ClientConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`ClientConfig::backoff_initial`].
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+/// Default [`ClientConfig::backoff_max`].
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Frames queued for the writer before callers wait for room.
+const OUTGOING_QUEUE: usize = 1024;
+/// A connection that lived at least this long resets the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+/// Read buffer size.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Configuration of a [`Client`].
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Where the parent proxy listens (`vsock://3:PORT` in an enclave).
+    pub address: Address,
+    /// Deadline of each call, unless overridden with [`Client::with_timeout`].
+    pub request_timeout: Duration,
+    /// Limit on one connection attempt (connect plus `Hello` handshake), and
+    /// how long [`Client::connect`] waits for the first connection.
+    pub connect_timeout: Duration,
+    /// First reconnection delay; doubled after each failed attempt.
+    pub backoff_initial: Duration,
+    /// Largest reconnection delay.
+    pub backoff_max: Duration,
+    /// Largest frame accepted from the proxy (at most
+    /// [`MAX_FRAME_LEN`]).
+    pub max_frame_len: usize,
+    /// Software id sent in `Hello`, for the proxy's logs.
+    pub client_id: String,
+}
+
+impl ClientConfig {
+    /// Defaults for `address`: 10 s request deadline, 5 s connection
+    /// attempts, backoff 50 ms doubling to 5 s.
+    pub fn new(address: Address) -> Self {
+        Self {
+            address,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            max_frame_len: MAX_FRAME_LEN,
+            client_id: concat!("keybroker-enclave/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+
+    /// Reconnection delay before attempt `attempt` (0-based): exponential,
+    /// capped at [`Self::backoff_max`], with jitter in `[d/2, d]` so enclaves
+    /// that lost the same proxy do not reconnect in lockstep.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+        let d = self
+            .backoff_initial
+            .saturating_mul(factor)
+            .min(self.backoff_max);
+        let mut r = [0u8; 2];
+        let jitter = match SystemRandom::new().fill(&mut r) {
+            Ok(()) => f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX),
+            Err(_) => 1.0,
+        };
+        d.mul_f64(0.5 + 0.5 * jitter)
+    }
+}
+
+/// A data key from [`Client::generate_data_key`].
+#[derive(Debug)]
+pub struct DataKey {
+    /// ARN of the KMS key (`KeyId` of the response).
+    pub key_id: Option<String>,
+    /// The data key encrypted under the KMS key: store it, and recover the
+    /// data key later with [`Client::decrypt`].
+    pub ciphertext_blob: Blob,
+    /// The data key. Zeroized on drop.
+    pub plaintext: SecretBytes,
+    /// `KeyMaterialId` of the response.
+    pub key_material_id: Option<String>,
+}
+
+/// The result of [`Client::decrypt`].
+#[derive(Debug)]
+pub struct Decrypted {
+    /// ARN of the KMS key that decrypted.
+    pub key_id: Option<String>,
+    /// The algorithm used.
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
+    /// The plaintext. Zeroized on drop.
+    pub plaintext: SecretBytes,
+    /// `KeyMaterialId` of the response.
+    pub key_material_id: Option<String>,
+}
+
+/// A data key pair from [`Client::generate_data_key_pair`].
+#[derive(Debug)]
+pub struct DataKeyPair {
+    /// ARN of the KMS key.
+    pub key_id: Option<String>,
+    /// The spec generated.
+    pub key_pair_spec: Option<DataKeyPairSpec>,
+    /// DER `SubjectPublicKeyInfo`.
+    pub public_key: Option<Blob>,
+    /// The private key encrypted under the KMS key.
+    pub private_key_ciphertext_blob: Blob,
+    /// The private key, DER PKCS#8. Zeroized on drop.
+    pub private_key_plaintext: SecretBytes,
+    /// `KeyMaterialId` of the response.
+    pub key_material_id: Option<String>,
+}
+
+/// Counters of a [`Client`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Connections established (handshake completed).
+    pub connections: u64,
+    /// Request frames handed to a connection (retries included).
+    pub requests_sent: u64,
+    /// Requests sent again after a lost connection or a `Shutdown` answer.
+    pub retries: u64,
+    /// Requests waiting for an answer right now.
+    pub in_flight: usize,
+}
+
+/// The broker client (see the [module docs](self)). Cheap to clone; the
+/// connection and its tasks stop when the last clone drops.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    timeout: Duration,
+}
+
+impl core::fmt::Debug for Client {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.inner.config.address)
+            .field("timeout", &self.timeout)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    keys: RecipientKeys,
+    state: watch::Receiver<ConnState>,
+    next_id: AtomicU64,
+    counters: Arc<Counters>,
+    _supervisor: TaskGuard,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    requests_sent: AtomicU64,
+    retries: AtomicU64,
+}
+
+#[derive(Clone)]
+enum ConnState {
+    Connecting { last_error: Option<Arc<str>> },
+    Connected(Arc<Conn>),
+}
+
+/// Aborts a task when dropped.
+struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Client {
+    /// A client that connects in the background (now, and again whenever the
+    /// connection is lost). Calls made before the first connection wait for
+    /// it, within their deadline.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when called outside a tokio runtime.
+    pub fn new(config: ClientConfig, keys: RecipientKeys) -> Result<Self, Error> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::InvalidArgument("Client::new needs a tokio runtime".into()))?;
+        let (state_tx, state) = watch::channel(ConnState::Connecting { last_error: None });
+        let counters = Arc::new(Counters::default());
+        let supervisor = handle.spawn(supervise(config.clone(), state_tx, counters.clone()));
+        let timeout = config.request_timeout;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                keys,
+                state,
+                next_id: AtomicU64::new(1),
+                counters,
+                _supervisor: TaskGuard(supervisor),
+            }),
+            timeout,
+        })
+    }
+
+    /// [`Client::new`], then waits up to [`ClientConfig::connect_timeout`] for
+    /// the first connection.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] with the last connection error if no connection
+    /// was established in time.
+    pub async fn connect(config: ClientConfig, keys: RecipientKeys) -> Result<Self, Error> {
+        let wait = config.connect_timeout;
+        let client = Self::new(config, keys)?;
+        client.wait_connected(wait).await?;
+        Ok(client)
+    }
+
+    /// Waits until a connection is established, up to `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] with the last connection error.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        match tokio::time::timeout(timeout, self.connection()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(self.unavailable()),
+        }
+    }
+
+    /// Whether a usable connection exists right now.
+    pub fn is_connected(&self) -> bool {
+        matches!(&*self.inner.state.borrow(), ConnState::Connected(c) if c.is_usable())
+    }
+
+    /// A handle whose calls use `timeout` as their deadline (sharing this
+    /// client's connection).
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            timeout,
+        }
+    }
+
+    /// The recipient keys the client attaches.
+    pub fn keys(&self) -> &RecipientKeys {
+        &self.inner.keys
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.counters;
+        let in_flight = match &*self.inner.state.borrow() {
+            ConnState::Connected(conn) => conn.in_flight(),
+            ConnState::Connecting { .. } => 0,
+        };
+        ClientStats {
+            connections: c.connections.load(Ordering::Relaxed),
+            requests_sent: c.requests_sent.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            in_flight,
+        }
+    }
+
+    /// KMS `GenerateDataKey` with `Recipient`: a new data key, in plaintext
+    /// (inside the enclave) and encrypted under the KMS key.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] if `request.recipient` is set (the client
+    /// attaches its own); the errors of a call (module docs); a relayed KMS
+    /// error as `Error::Common(Kms(_))`; a refusal by the proxy as
+    /// `Error::Common(Protocol(Remote { code: PolicyDenied, .. }))`.
+    pub async fn generate_data_key(
+        &self,
+        mut request: GenerateDataKeyRequest,
+    ) -> Result<DataKey, Error> {
+        const OP: Operation = Operation::GenerateDataKey;
+        no_recipient(request.recipient.is_some())?;
+        let expected = match (request.key_spec, request.number_of_bytes) {
+            (Some(spec), None) => Some(spec.byte_len()),
+            (None, Some(n)) => usize::try_from(n).ok(),
+            _ => None,
+        };
+        let pair = self.inner.keys.acquire();
+        request.recipient = Some(pair.recipient());
+        let KmsResponse::GenerateDataKey(r) = self
+            .call(KmsRequest::GenerateDataKey(request), self.timeout)
+            .await?
+        else {
+            return Err(mismatch(OP));
+        };
+        refuse_plaintext(OP, r.plaintext.is_some())?;
+        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
+        let ciphertext_blob = required(OP, r.ciphertext_blob, "no CiphertextBlob")?;
+        let plaintext = open(pair, cfr, expected).await?;
+        Ok(DataKey {
+            key_id: r.key_id,
+            ciphertext_blob,
+            plaintext,
+            key_material_id: r.key_material_id,
+        })
+    }
+
+    /// KMS `Decrypt` with `Recipient`: the plaintext of a `CiphertextBlob`,
+    /// inside the enclave. The encryption context must match the one used to
+    /// encrypt.
+    ///
+    /// # Errors
+    /// As [`Client::generate_data_key`].
+    pub async fn decrypt(&self, mut request: DecryptRequest) -> Result<Decrypted, Error> {
+        const OP: Operation = Operation::Decrypt;
+        no_recipient(request.recipient.is_some())?;
+        let pair = self.inner.keys.acquire();
+        request.recipient = Some(pair.recipient());
+        let KmsResponse::Decrypt(r) = self
+            .call(KmsRequest::Decrypt(request), self.timeout)
+            .await?
+        else {
+            return Err(mismatch(OP));
+        };
+        refuse_plaintext(OP, r.plaintext.is_some())?;
+        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
+        let plaintext = open(pair, cfr, None).await?;
+        Ok(Decrypted {
+            key_id: r.key_id,
+            encryption_algorithm: r.encryption_algorithm,
+            plaintext,
+            key_material_id: r.key_material_id,
+        })
+    }
+
+    /// KMS `GenerateDataKeyPair` with `Recipient`: a key pair whose private
+    /// key is returned in plaintext (DER PKCS#8) inside the enclave.
+    ///
+    /// # Errors
+    /// As [`Client::generate_data_key`].
+    pub async fn generate_data_key_pair(
+        &self,
+        mut request: GenerateDataKeyPairRequest,
+    ) -> Result<DataKeyPair, Error> {
+        const OP: Operation = Operation::GenerateDataKeyPair;
+        no_recipient(request.recipient.is_some())?;
+        let pair = self.inner.keys.acquire();
+        request.recipient = Some(pair.recipient());
+        let KmsResponse::GenerateDataKeyPair(r) = self
+            .call(KmsRequest::GenerateDataKeyPair(request), self.timeout)
+            .await?
+        else {
+            return Err(mismatch(OP));
+        };
+        refuse_plaintext(OP, r.private_key_plaintext.is_some())?;
+        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
+        let private_key_ciphertext_blob = required(
+            OP,
+            r.private_key_ciphertext_blob,
+            "no PrivateKeyCiphertextBlob",
+        )?;
+        let private_key_plaintext = open(pair, cfr, None).await?;
+        Ok(DataKeyPair {
+            key_id: r.key_id,
+            key_pair_spec: r.key_pair_spec,
+            public_key: r.public_key,
+            private_key_ciphertext_blob,
+            private_key_plaintext,
+            key_material_id: r.key_material_id,
+        })
+    }
+
+    /// KMS `GenerateRandom` with `Recipient`: random bytes from KMS, in
+    /// plaintext only inside the enclave.
+    ///
+    /// # Errors
+    /// As [`Client::generate_data_key`].
+    pub async fn generate_random(
+        &self,
+        mut request: GenerateRandomRequest,
+    ) -> Result<SecretBytes, Error> {
+        const OP: Operation = Operation::GenerateRandom;
+        no_recipient(request.recipient.is_some())?;
+        let expected = request
+            .number_of_bytes
+            .and_then(|n| usize::try_from(n).ok());
+        let pair = self.inner.keys.acquire();
+        request.recipient = Some(pair.recipient());
+        let KmsResponse::GenerateRandom(r) = self
+            .call(KmsRequest::GenerateRandom(request), self.timeout)
+            .await?
+        else {
+            return Err(mismatch(OP));
+        };
+        refuse_plaintext(OP, r.plaintext.is_some())?;
+        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
+        open(pair, cfr, expected).await
+    }
+
+    /// KMS `GenerateDataKeyWithoutPlaintext`, relayed as is.
+    ///
+    /// # Errors
+    /// The errors of a call (module docs) and relayed KMS errors.
+    pub async fn generate_data_key_without_plaintext(
+        &self,
+        request: GenerateDataKeyWithoutPlaintextRequest,
+    ) -> Result<GenerateDataKeyWithoutPlaintextResponse, Error> {
+        match self
+            .call(
+                KmsRequest::GenerateDataKeyWithoutPlaintext(request),
+                self.timeout,
+            )
+            .await?
+        {
+            KmsResponse::GenerateDataKeyWithoutPlaintext(r) => Ok(r),
+            _ => Err(mismatch(Operation::GenerateDataKeyWithoutPlaintext)),
+        }
+    }
+
+    /// KMS `GenerateDataKeyPairWithoutPlaintext`, relayed as is.
+    ///
+    /// # Errors
+    /// The errors of a call (module docs) and relayed KMS errors.
+    pub async fn generate_data_key_pair_without_plaintext(
+        &self,
+        request: GenerateDataKeyPairWithoutPlaintextRequest,
+    ) -> Result<GenerateDataKeyPairWithoutPlaintextResponse, Error> {
+        match self
+            .call(
+                KmsRequest::GenerateDataKeyPairWithoutPlaintext(request),
+                self.timeout,
+            )
+            .await?
+        {
+            KmsResponse::GenerateDataKeyPairWithoutPlaintext(r) => Ok(r),
+            _ => Err(mismatch(Operation::GenerateDataKeyPairWithoutPlaintext)),
+        }
+    }
+
+    /// KMS `DescribeKey`, relayed as is.
+    ///
+    /// # Errors
+    /// The errors of a call (module docs) and relayed KMS errors.
+    pub async fn describe_key(
+        &self,
+        request: DescribeKeyRequest,
+    ) -> Result<DescribeKeyResponse, Error> {
+        match self
+            .call(KmsRequest::DescribeKey(request), self.timeout)
+            .await?
+        {
+            KmsResponse::DescribeKey(r) => Ok(r),
+            _ => Err(mismatch(Operation::DescribeKey)),
+        }
+    }
+
+    /// Sends `request` exactly as given (no `Recipient` attached, nothing
+    /// decrypted) and returns the proxy's answer. For tests and tools, e.g.
+    /// to show that the proxy refuses a plaintext-returning request without
+    /// `Recipient`.
+    ///
+    /// # Errors
+    /// The errors of a call (module docs) and relayed KMS errors.
+    pub async fn send_raw(&self, request: KmsRequest) -> Result<KmsResponse, Error> {
+        self.call(request, self.timeout).await
+    }
+
+    /// The usable connection, waiting for one.
+    async fn connection(&self) -> Result<Arc<Conn>, Error> {
+        let mut rx = self.inner.state.clone();
+        loop {
+            if let ConnState::Connected(c) = &*rx.borrow_and_update()
+                && c.is_usable()
+            {
+                return Ok(c.clone());
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::Shutdown);
+            }
+        }
+    }
+
+    fn unavailable(&self) -> Error {
+        let reason = match &*self.inner.state.borrow() {
+            ConnState::Connecting {
+                last_error: Some(e),
+            } => e.to_string(),
+            ConnState::Connecting { last_error: None } => "not connected yet".to_owned(),
+            ConnState::Connected(_) => "connection closing".to_owned(),
+        };
+        Error::Unavailable { reason }
+    }
+
+    /// One call: send, await the answer, retry when safe (module docs).
+    async fn call(&self, request: KmsRequest, timeout: Duration) -> Result<KmsResponse, Error> {
+        let operation = request.operation();
+        let deadline = Instant::now() + timeout;
+        let mut request = request;
+        let mut retried = false;
+        loop {
+            let conn = match tokio::time::timeout_at(deadline, self.connection()).await {
+                Ok(c) => c?,
+                Err(_) => return Err(self.unavailable()),
+            };
+            let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let timeout_ms = u32::try_from(remaining.as_millis()).unwrap_or(u32::MAX);
+            let message = Message::Request {
+                id,
+                timeout_ms: Some(timeout_ms),
+                request,
+            };
+            let encoded = protocol::encode(&message);
+            let Message::Request { request: r, .. } = message else {
+                // The message was built as a Request just above.
+                return Err(Error::InvalidArgument("internal: request lost".into()));
+            };
+            request = r;
+            let frame = encoded?;
+
+            let (tx, rx) = oneshot::channel();
+            if !conn.register(id, operation, tx) {
+                // Closed before anything was sent: safe to try again.
+                continue;
+            }
+            let _pending = PendingGuard {
+                conn: conn.clone(),
+                id,
+            };
+            match tokio::time::timeout_at(deadline, conn.outgoing.send(frame)).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        operation,
+                        after: timeout,
+                    });
+                }
+                // The connection closed before the frame was queued.
+                Ok(Err(_)) => continue,
+                Ok(Ok(())) => {}
+            }
+            self.inner
+                .counters
+                .requests_sent
+                .fetch_add(1, Ordering::Relaxed);
+            let outcome = match tokio::time::timeout_at(deadline, rx).await {
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        operation,
+                        after: timeout,
+                    });
+                }
+                Ok(outcome) => outcome,
+            };
+            let retry = match &outcome {
+                // The proxy is draining and did not forward the request.
+                Ok(Err(e)) => {
+                    if e.remote_error().map(|(code, _)| code) == Some(ErrorCode::Shutdown) {
+                        conn.mark_draining();
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Ok(Ok(_)) => false,
+                // The connection died with the request in flight.
+                Err(_) => retry_safe(operation),
+            };
+            if retry && !retried {
+                retried = true;
+                self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(operation = operation.as_str(), "retrying request");
+                continue;
+            }
+            return match outcome {
+                Ok(result) => result,
+                Err(_) => Err(Error::ConnectionLost { operation }),
+            };
+        }
+    }
+}
+
+/// Operations KMS answers without creating anything, so a duplicate is harmless.
+fn retry_safe(op: Operation) -> bool {
+    matches!(
+        op,
+        Operation::Decrypt | Operation::GenerateRandom | Operation::DescribeKey
+    )
+}
+
+fn no_recipient(present: bool) -> Result<(), Error> {
+    if present {
+        return Err(Error::InvalidArgument(
+            "request already has a Recipient; the client attaches its own attestation".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn refuse_plaintext(operation: Operation, present: bool) -> Result<(), Error> {
+    if present {
+        return Err(ProtocolError::PlaintextOnWire { operation }.into());
+    }
+    Ok(())
+}
+
+fn required(operation: Operation, blob: Option<Blob>, reason: &'static str) -> Result<Blob, Error> {
+    blob.ok_or(Error::InvalidResponse { operation, reason })
+}
+
+fn mismatch(expected: Operation) -> Error {
+    Error::InvalidResponse {
+        operation: expected,
+        reason: "response for another operation",
+    }
+}
+
+/// Decrypts `CiphertextForRecipient` with `pair`'s key on the blocking pool
+/// (an RSA private-key operation takes about a millisecond). A plaintext of
+/// the wrong length is reported exactly like a padding failure.
+async fn open(
+    pair: Arc<RecipientKeyPair>,
+    cfr: Blob,
+    expected_len: Option<usize>,
+) -> Result<SecretBytes, Error> {
+    tokio::task::spawn_blocking(move || {
+        let plaintext = cms::decrypt(&cfr.0, pair.private_key())?;
+        if expected_len.is_some_and(|n| n != plaintext.len()) {
+            return Err(CmsError::DecryptionFailed.into());
+        }
+        Ok(plaintext)
+    })
+    .await
+    .map_err(|_| Error::Shutdown)?
+}
+
+/// A request waiting for its answer.
+struct Pending {
+    operation: Operation,
+    tx: oneshot::Sender<Result<KmsResponse, Error>>,
+}
+
+/// One established connection.
+struct Conn {
+    outgoing: mpsc::Sender<Vec<u8>>,
+    /// `None` once the connection is closed: nothing can be registered.
+    pending: Mutex<Option<HashMap<u64, Pending>>>,
+    /// `true` once the connection takes no new requests (closed, or the
+    /// proxy said `Goodbye`/`Shutdown`).
+    unusable: watch::Sender<bool>,
+}
+
+impl Conn {
+    fn is_usable(&self) -> bool {
+        !*self.unusable.borrow()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.lock().as_ref().map_or(0, HashMap::len)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<u64, Pending>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a waiter; `false` if the connection is already closed.
+    fn register(
+        &self,
+        id: u64,
+        operation: Operation,
+        tx: oneshot::Sender<Result<KmsResponse, Error>>,
+    ) -> bool {
+        match self.lock().as_mut() {
+            Some(map) if self.is_usable() => {
+                map.insert(id, Pending { operation, tx });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn take(&self, id: u64) -> Option<Pending> {
+        self.lock().as_mut().and_then(|m| m.remove(&id))
+    }
+
+    fn mark_draining(&self) {
+        self.unusable.send_replace(true);
+    }
+
+    /// Closes the connection. With `error`, every waiter gets it; without,
+    /// waiters see their channel dropped (connection lost).
+    fn close(&self, error: Option<keybroker_common::Error>) {
+        self.unusable.send_replace(true);
+        let pending = self.lock().take().unwrap_or_default();
+        if let Some(e) = error {
+            for (_, p) in pending {
+                let _ = p.tx.send(Err(Error::Common(e.clone())));
+            }
+        }
+    }
+}
+
+/// Removes a request's waiter when the caller stops waiting (timeout,
+/// cancellation), so late answers are dropped.
+struct PendingGuard {
+    conn: Arc<Conn>,
+    id: u64,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let _ = self.conn.take(self.id);
+    }
+}
+
+/// Connects, reconnects, and publishes the current connection.
+async fn supervise(config: ClientConfig, state: watch::Sender<ConnState>, counters: Arc<Counters>) {
+    let mut attempt: u32 = 0;
+    let mut tasks: Vec<TaskGuard> = Vec::new();
+    loop {
+        tasks.retain(|t| !t.0.is_finished());
+        let connected = match tokio::time::timeout(config.connect_timeout, establish(&config)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unavailable {
+                reason: format!(
+                    "connecting to {} timed out after {:?}",
+                    config.address, config.connect_timeout
+                ),
+            }),
+        };
+        match connected {
+            Ok((stream, decoder)) => {
+                counters.connections.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
+                let conn = Arc::new(Conn {
+                    outgoing: tx,
+                    pending: Mutex::new(Some(HashMap::new())),
+                    unusable: watch::Sender::new(false),
+                });
+                let mut unusable = conn.unusable.subscribe();
+                tasks.push(TaskGuard(tokio::spawn(drive(
+                    conn.clone(),
+                    stream,
+                    decoder,
+                    rx,
+                ))));
+                tracing::info!(address = %config.address, "connected to the proxy");
+                let since = Instant::now();
+                state.send_replace(ConnState::Connected(conn));
+                let _ = unusable.wait_for(|u| *u).await;
+                state.send_replace(ConnState::Connecting {
+                    last_error: Some(Arc::from("connection to the proxy closed")),
+                });
+                tracing::info!(address = %config.address, "proxy connection ended; reconnecting");
+                if since.elapsed() >= STABLE_CONNECTION {
+                    attempt = 0;
+                } else {
+                    tokio::time::sleep(config.backoff(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(address = %config.address, error = %e, "connection attempt failed");
+                state.send_replace(ConnState::Connecting {
+                    last_error: Some(Arc::from(e.to_string())),
+                });
+                tokio::time::sleep(config.backoff(attempt)).await;
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// Connects and performs the handshake: `Hello`, then `HelloAck` with a
+/// version this build offered. Returns the decoder, which may already hold
+/// bytes that followed the `HelloAck`.
+async fn establish(config: &ClientConfig) -> Result<(BoxStream, FrameDecoder), Error> {
+    let mut stream = transport::connect(&config.address).await?;
+    let hello = protocol::encode(&Message::hello(config.client_id.clone()))?;
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(|e| Error::io("send Hello", e))?;
+    let mut decoder = FrameDecoder::new(Limits::new(config.max_frame_len));
+    let first = read_message(&mut stream, &mut decoder).await?;
+    match first {
+        Some(Message::HelloAck { version, server }) => {
+            protocol::check_hello_ack(SUPPORTED_VERSIONS, version)?;
+            tracing::debug!(version, server = %server, "handshake complete");
+            Ok((stream, decoder))
+        }
+        Some(Message::Error { error }) => Err(Error::Common(error.into())),
+        Some(other) => Err(ProtocolError::UnexpectedMessage {
+            expected: "HelloAck",
+            got: other.kind(),
+        }
+        .into()),
+        None => Err(Error::io(
+            "handshake",
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "proxy closed the connection",
+            ),
+        )),
+    }
+}
+
+/// Reads until one message is decoded; `None` at end of stream.
+async fn read_message(
+    stream: &mut (impl AsyncRead + Unpin),
+    decoder: &mut FrameDecoder,
+) -> Result<Option<Message>, Error> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        if let Some(m) = decoder.next_message()? {
+            return Ok(Some(m));
+        }
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| Error::io("read from the proxy", e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        decoder.push(buf.get(..n).unwrap_or_default());
+    }
+}
+
+/// Runs one connection: the writer and the reader, until either ends.
+async fn drive(
+    conn: Arc<Conn>,
+    stream: BoxStream,
+    decoder: FrameDecoder,
+    outgoing: mpsc::Receiver<Vec<u8>>,
+) {
+    let (read_half, write_half) = tokio::io::split(stream);
+    let error = tokio::select! {
+        e = read_loop(&conn, read_half, decoder) => e,
+        e = write_loop(write_half, outgoing) => e,
+    };
+    if let Some(e) = &error {
+        tracing::warn!(error = %e, "proxy connection failed");
+    }
+    conn.close(error);
+}
+
+/// Writes queued frames, batching what is ready. Returns on a write error
+/// (the waiters then see a lost connection).
+async fn write_loop(
+    mut w: impl AsyncWrite + Unpin,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+) -> Option<keybroker_common::Error> {
+    let mut batch = Vec::new();
+    while let Some(frame) = outgoing.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while batch.len() < 256 * 1024 {
+            match outgoing.try_recv() {
+                Ok(f) => batch.extend_from_slice(&f),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = w.write_all(&batch).await {
+            tracing::debug!(error = %e, "write to the proxy failed");
+            return None;
+        }
+        if w.flush().await.is_err() {
+            return None;
+        }
+    }
+    std::future::pending().await
+}
+
+/// Reads and dispatches messages. Returns `None` when the stream ends (or,
+/// after `Goodbye`, when nothing is left in flight), or the error every
+/// waiter must get (a protocol violation, a fatal `Error` from the proxy).
+async fn read_loop(
+    conn: &Conn,
+    mut r: impl AsyncRead + Unpin,
+    mut decoder: FrameDecoder,
+) -> Option<keybroker_common::Error> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut goodbye = false;
+    loop {
+        loop {
+            let message = match decoder.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return Some(e.into()),
+            };
+            match message {
+                Message::Response { id, result } => {
+                    let Some(p) = conn.take(id) else {
+                        // Late answer to a request that timed out or was
+                        // cancelled.
+                        tracing::debug!(id, "response for a request no longer waiting");
+                        continue;
+                    };
+                    let result = match result {
+                        Ok(resp) if resp.operation() != p.operation => {
+                            Err(Error::from(ProtocolError::ResponseMismatch {
+                                expected: p.operation,
+                                got: resp.operation(),
+                            }))
+                        }
+                        Ok(resp) if resp.has_plaintext() => {
+                            Err(Error::from(ProtocolError::PlaintextOnWire {
+                                operation: resp.operation(),
+                            }))
+                        }
+                        Ok(resp) => Ok(resp),
+                        Err(wire) => Err(Error::Common(wire.into())),
+                    };
+                    let _ = p.tx.send(result);
+                }
+                Message::Goodbye => {
+                    tracing::info!("proxy said Goodbye; draining this connection");
+                    goodbye = true;
+                    conn.mark_draining();
+                }
+                Message::Error { error } => return Some(error.into()),
+                other => {
+                    return Some(
+                        ProtocolError::UnexpectedMessage {
+                            expected: "Response",
+                            got: other.kind(),
+                        }
+                        .into(),
+                    );
+                }
+            }
+        }
+        if goodbye && conn.in_flight() == 0 {
+            return None;
+        }
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => decoder.push(buf.get(..n).unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        let mut c = ClientConfig::new("tcp://127.0.0.1:1".parse().unwrap());
+        c.backoff_initial = Duration::from_millis(100);
+        c.backoff_max = Duration::from_secs(2);
+        for attempt in 0..40 {
+            let ideal = Duration::from_millis(100)
+                .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+                .min(Duration::from_secs(2));
+            let d = c.backoff(attempt);
+            assert!(d <= ideal && d >= ideal / 2, "attempt {attempt}: {d:?}");
+        }
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| c.backoff(3)).collect();
+        assert!(samples.len() > 1, "jitter varies the delay");
+    }
+
+    #[test]
+    fn only_read_only_operations_are_retried_in_flight() {
+        assert!(retry_safe(Operation::Decrypt));
+        assert!(retry_safe(Operation::GenerateRandom));
+        assert!(retry_safe(Operation::DescribeKey));
+        assert!(!retry_safe(Operation::GenerateDataKey));
+        assert!(!retry_safe(Operation::GenerateDataKeyPair));
+        assert!(!retry_safe(Operation::GenerateDataKeyWithoutPlaintext));
+        assert!(!retry_safe(Operation::GenerateDataKeyPairWithoutPlaintext));
+    }
+}

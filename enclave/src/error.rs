@@ -1,0 +1,198 @@
+//! The crate's one error type.
+//!
+//! Split by cause, like `keybroker_common::Error`: what the proxy or KMS
+//! answered ([`Error::Common`], which wraps the relayed KMS error, the proxy's
+//! own errors and protocol violations; [`Error::InvalidResponse`]), what the
+//! connection did ([`Error::ConnectionLost`], [`Error::Unavailable`],
+//! [`Error::Timeout`], [`Error::Io`]), what the NSM did ([`Error::Nsm`]) and
+//! what the local caller got wrong ([`Error::InvalidArgument`]).
+//!
+//! No variant carries key material: details are operation names, codes,
+//! lengths and fixed text.
+
+use core::time::Duration;
+
+use keybroker_common::kms::{KmsError, Operation};
+use keybroker_common::protocol::{ErrorCode, ProtocolError};
+
+/// Everything that can go wrong in `keybroker-enclave`.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From `keybroker-common`: a KMS error relayed by the proxy
+    /// (`Common(Kms(_))`, code, message and retryability as KMS sent them), an
+    /// error of the proxy's own such as a policy refusal
+    /// (`Common(Protocol(Remote { .. }))`), a protocol violation by the proxy,
+    /// a `CiphertextForRecipient` that does not decrypt, an invalid address.
+    #[error(transparent)]
+    Common(#[from] keybroker_common::Error),
+    /// The NSM refused a request or answered with an unexpected response.
+    #[error("NSM {request} failed: {detail}")]
+    Nsm {
+        /// The NSM request (`Attestation`, `GetRandom`, ...).
+        request: &'static str,
+        /// The NSM error code or what was unexpected.
+        detail: String,
+    },
+    /// An I/O operation failed: connecting to or talking with the proxy, or
+    /// reading and writing files (the mock NSM's CA, the demo's input).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection to the proxy was lost while the request was in flight
+    /// and the request was not safe to retry (or its one retry also lost its
+    /// connection). The proxy may or may not have forwarded it to KMS.
+    #[error("connection to the proxy lost with the {} request in flight", operation.as_str())]
+    ConnectionLost {
+        /// The operation of the request.
+        operation: Operation,
+    },
+    /// No connection to the proxy could be established before the deadline
+    /// (of a request, which was then never sent, or of
+    /// `Client::connect`).
+    #[error("proxy unavailable: {reason}")]
+    Unavailable {
+        /// The last connection error.
+        reason: String,
+    },
+    /// The request's deadline elapsed before the proxy answered.
+    #[error("{} request timed out after {after:?}", operation.as_str())]
+    Timeout {
+        /// The operation of the request.
+        operation: Operation,
+        /// The deadline that elapsed.
+        after: Duration,
+    },
+    /// The proxy's answer is well formed but unusable: a response without
+    /// `CiphertextForRecipient` or `CiphertextBlob`.
+    #[error("invalid {} response: {reason}", operation.as_str())]
+    InvalidResponse {
+        /// The operation of the request.
+        operation: Operation,
+        /// What is missing or wrong.
+        reason: &'static str,
+    },
+    /// The caller passed something this API cannot accept (for example a
+    /// request that already carries a `Recipient`).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The client or the key rotation was shut down.
+    #[error("shut down")]
+    Shutdown,
+}
+
+impl Error {
+    /// Whether retrying the same call later can succeed: relayed KMS errors
+    /// and proxy errors that say so, lost connections, timeouts and
+    /// unavailability, I/O failures.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Common(keybroker_common::Error::Kms(k)) => k.retryable,
+            Error::Common(keybroker_common::Error::Protocol(p)) => p.is_retryable(),
+            Error::Common(_) => false,
+            Error::ConnectionLost { .. }
+            | Error::Unavailable { .. }
+            | Error::Timeout { .. }
+            | Error::Io { .. } => true,
+            Error::Nsm { .. }
+            | Error::InvalidResponse { .. }
+            | Error::InvalidArgument(_)
+            | Error::Shutdown => false,
+        }
+    }
+
+    /// The KMS error, when the proxy relayed one.
+    pub fn kms_error(&self) -> Option<&KmsError> {
+        match self {
+            Error::Common(keybroker_common::Error::Kms(k)) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// The wire error code of an error the proxy reported on its own behalf
+    /// (for example [`ErrorCode::PolicyDenied`]), with its message.
+    pub fn remote_error(&self) -> Option<(ErrorCode, &str)> {
+        match self {
+            Error::Common(keybroker_common::Error::Protocol(ProtocolError::Remote {
+                code,
+                message,
+                ..
+            })) => Some((*code, message.as_str())),
+            _ => None,
+        }
+    }
+
+    /// An [`Error::Io`] with context.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<ProtocolError> for Error {
+    fn from(e: ProtocolError) -> Self {
+        Error::Common(e.into())
+    }
+}
+
+impl From<keybroker_common::CmsError> for Error {
+    fn from(e: keybroker_common::CmsError) -> Self {
+        Error::Common(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryability_follows_the_cause() {
+        let kms = |code| Error::Common(keybroker_common::Error::Kms(KmsError::new(code, "m")));
+        assert!(kms("ThrottlingException").is_retryable());
+        assert!(!kms("AccessDeniedException").is_retryable());
+        assert_eq!(
+            kms("NotFoundException")
+                .kms_error()
+                .map(|k| k.code.as_str()),
+            Some("NotFoundException")
+        );
+        let remote = Error::from(ProtocolError::Remote {
+            code: ErrorCode::PolicyDenied,
+            message: "no recipient".into(),
+            retryable: false,
+        });
+        assert!(!remote.is_retryable());
+        assert_eq!(
+            remote.remote_error(),
+            Some((ErrorCode::PolicyDenied, "no recipient"))
+        );
+        assert!(
+            Error::Timeout {
+                operation: Operation::Decrypt,
+                after: Duration::from_secs(1)
+            }
+            .is_retryable()
+        );
+        assert!(
+            !Error::InvalidResponse {
+                operation: Operation::Decrypt,
+                reason: "x"
+            }
+            .is_retryable()
+        );
+        assert!(
+            Error::ConnectionLost {
+                operation: Operation::GenerateDataKey
+            }
+            .to_string()
+            .contains("GenerateDataKey")
+        );
+    }
+}

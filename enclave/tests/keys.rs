@@ -1,0 +1,177 @@
+//! Recipient key rotation: by use count, by age, without waiting, and
+//! retirement of old keys.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keybroker_enclave::{RecipientKeys, RecipientKeysConfig};
+use support::*;
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_verify_and_carry_the_public_key() {
+    let (keys, verifier) = keys().await;
+    let pair = keys.current();
+    let verified = verifier.verify(pair.attestation_document(), now()).unwrap();
+    assert_eq!(
+        verified.document().public_key.as_deref(),
+        Some(pair.public_key_spki_der())
+    );
+    assert_eq!(pair.public_key_spki_der().len(), 294);
+    assert_eq!(pair.private_key().key_size_bits(), 2048);
+    assert_eq!(pair.generation(), 1);
+    assert_eq!(
+        pair.recipient().attestation_document.0,
+        pair.attestation_document()
+    );
+    let stats = keys.stats();
+    assert_eq!((stats.current_generation, stats.rotations), (1, 0));
+    assert!(
+        stats.generated >= 2,
+        "a spare is ready before the first request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotates_after_max_uses() {
+    let (keys, _) = keys_with(RecipientKeysConfig {
+        max_uses: 3,
+        ..Default::default()
+    })
+    .await;
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        wait_until("spare", || keys.stats().spare_ready).await;
+        *counts.entry(keys.acquire().generation()).or_insert(0u32) += 1;
+    }
+    // Each pair served exactly three requests (the last one possibly fewer).
+    let full = counts.values().filter(|c| **c == 3).count();
+    assert!(counts.values().all(|c| *c <= 3), "{counts:?}");
+    assert!(full >= 9, "{counts:?}");
+    let stats = keys.stats();
+    assert!(stats.rotations >= 9, "{stats:?}");
+    assert_eq!(stats.overused, 0, "a spare was always ready: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotates_by_age_in_the_background() {
+    let max_age = Duration::from_millis(1500);
+    let (keys, verifier) = keys_with(RecipientKeysConfig {
+        max_age,
+        ..Default::default()
+    })
+    .await;
+    let first = keys.current();
+    tokio::time::sleep(max_age + Duration::from_millis(500)).await;
+    // Rotated without any request asking for it.
+    let now_current = keys.current();
+    assert_ne!(now_current.generation(), first.generation());
+    assert!(now_current.age() < max_age, "{:?}", now_current.age());
+    assert!(keys.stats().rotations >= 1);
+    // Over a few lifetimes, no pair handed out is older than max_age.
+    let start = Instant::now();
+    while start.elapsed() < max_age * 3 {
+        let p = keys.acquire();
+        assert!(p.age() < max_age, "age {:?}", p.age());
+        verifier.verify(p.attestation_document(), now()).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(keys.stats().rotations >= 3, "{:?}", keys.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_never_waits_for_key_generation() {
+    // One use per key: every acquire needs a rotation, far faster than
+    // RSA keys can be generated.
+    let (keys, _) = keys_with(RecipientKeysConfig {
+        max_uses: 1,
+        ..Default::default()
+    })
+    .await;
+    let start = Instant::now();
+    for _ in 0..2000 {
+        let _ = keys.acquire();
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(200),
+        "2000 acquires took {took:?}"
+    );
+    let stats = keys.stats();
+    assert!(
+        stats.overused > 0,
+        "keys were over-used rather than waited for"
+    );
+    // The background task catches up.
+    let g = keys.current().generation();
+    wait_until("catch-up rotation", || keys.acquire().generation() != g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_keys_are_freed_once_no_request_holds_them() {
+    let (keys, _) = keys_with(RecipientKeysConfig {
+        max_uses: 1,
+        ..Default::default()
+    })
+    .await;
+    let held = keys.acquire();
+    let weak = Arc::downgrade(&held);
+    let gen_held = held.generation();
+    wait_until("rotation", || keys.current().generation() != gen_held).await;
+    // A request in flight keeps its key until it finishes...
+    assert!(weak.upgrade().is_some());
+    drop(held);
+    // ...and then it is gone (AWS-LC clears the RSA key when freed).
+    assert!(weak.upgrade().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_refused() {
+    let ca = keybroker_enclave::MockCa::generate().unwrap();
+    let nsm = Arc::new(
+        keybroker_enclave::MockNsm::new(&ca, keybroker_enclave::MockNsmConfig::default()).unwrap(),
+    );
+    for config in [
+        RecipientKeysConfig {
+            max_uses: 0,
+            ..Default::default()
+        },
+        RecipientKeysConfig {
+            max_age: Duration::ZERO,
+            ..Default::default()
+        },
+        RecipientKeysConfig {
+            user_data: Some(vec![0; 1025]),
+            ..Default::default()
+        },
+    ] {
+        assert!(RecipientKeys::new(nsm.clone(), config).await.is_err());
+    }
+    // user_data reaches the document.
+    let keys = RecipientKeys::new(
+        nsm,
+        RecipientKeysConfig {
+            user_data: Some(b"app=demo".to_vec()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let doc = keybroker_common::attestation::UnverifiedAttestation::parse(
+        keys.current().attestation_document(),
+    )
+    .unwrap();
+    assert_eq!(doc.document().user_data.as_deref(), Some(&b"app=demo"[..]));
+}

@@ -1,0 +1,202 @@
+//! `keybroker-proxy serve` as a process: prints its address, serves, writes
+//! JSON audit lines, and exits 0 on SIGTERM after saying Goodbye.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keybroker_common::address::Address;
+use keybroker_common::kms::*;
+use keybroker_common::protocol::{ErrorCode, Message};
+
+const BIN: &str = env!("CARGO_BIN_EXE_keybroker-proxy");
+
+fn proxy_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTESTTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/keybroker-test")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/keybroker-test")
+        .env("RUST_LOG", "info")
+        .env_remove("KEYBROKER_PROXY_CONFIG")
+        .env_remove("KEYBROKER_PROXY_LISTEN")
+        .env_remove("KEYBROKER_KMS_ENDPOINT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_relays_audits_and_stops_on_sigterm() {
+    // Nothing listens on this port: KMS calls fail fast as Unavailable.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = proxy_command()
+        .args([
+            "serve",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--kms-endpoint",
+            &format!("http://127.0.0.1:{dead_port}"),
+            "--region",
+            "us-east-1",
+            "--kms-max-attempts",
+            "1",
+            "--log-format",
+            "json",
+            "--allow-key",
+            "alias/app",
+        ])
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr: Address = line
+        .trim()
+        .strip_prefix("listening: ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+
+    let mut c = support::Client::handshake(&addr).await;
+    c.request(
+        1,
+        None,
+        KmsRequest::DescribeKey(DescribeKeyRequest {
+            key_id: Some("alias/app".into()),
+            grant_tokens: None,
+        }),
+    )
+    .await;
+    match c.recv().await {
+        Some(Message::Response {
+            id: 1,
+            result: Err(e),
+        }) => {
+            assert_eq!(e.code(), ErrorCode::Unavailable, "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    c.request(
+        2,
+        None,
+        KmsRequest::DescribeKey(DescribeKeyRequest {
+            key_id: Some("alias/other".into()),
+            grant_tokens: None,
+        }),
+    )
+    .await;
+    match c.recv().await {
+        Some(Message::Response {
+            id: 2,
+            result: Err(e),
+        }) => {
+            assert_eq!(e.code(), ErrorCode::PolicyDenied);
+            assert!(e.message().starts_with("KeyNotAllowed:"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(c.recv().await, Some(Message::Goodbye));
+    assert_eq!(c.recv().await, None);
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let audit: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "keybroker_proxy::audit")
+        .collect();
+    assert_eq!(audit.len(), 2, "{stderr}");
+    assert_eq!(audit[0]["operation"], "DescribeKey");
+    assert_eq!(audit[0]["key_id"], "alias/app");
+    assert_eq!(audit[0]["caller_pcr0"], "-");
+    assert_eq!(audit[0]["outcome"], "error:Unavailable");
+    assert!(audit[0]["latency_ms"].is_string() || audit[0]["latency_ms"].is_number());
+    assert_eq!(audit[1]["outcome"], "denied:KeyNotAllowed");
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+}
+
+#[test]
+fn serve_configuration_errors_exit_2() {
+    let out = proxy_command()
+        .args(["serve", "--listen", "http://nowhere:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scheme"));
+
+    let out = proxy_command()
+        .args(["serve", "--config", "/nonexistent/proxy.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = proxy_command()
+        .args(["serve", "--pcr", "0=abcd"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn serve_bind_failure_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = proxy_command()
+        .args([
+            "serve",
+            "--listen",
+            &format!("tcp://127.0.0.1:{port}"),
+            "--region",
+            "us-east-1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+}

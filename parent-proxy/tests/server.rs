@@ -1,0 +1,604 @@
+//! The proxy server over loopback TCP (and a Unix socket) with a fake KMS
+//! backend: handshake, concurrency, limits, malformed input, policy
+//! refusals on the wire, and graceful shutdown.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keybroker_common::kms::*;
+use keybroker_common::protocol::{ErrorCode, Message, VersionRange, WireError};
+use keybroker_common::secret::SecretBytes;
+use keybroker_proxy::backend::{BackendFuture, KmsBackend};
+use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
+use support::{Client, describe, described, echoed};
+use tokio::sync::Semaphore;
+
+/// Behaviour chosen by the request's key id:
+/// `sleep:MS` answers after MS ms, `block` waits for a permit of `gate`,
+/// `missing` is a KMS NotFoundException, anything else answers at once.
+/// GenerateDataKey answers with a plaintext field (which the proxy must
+/// never relay).
+struct Fake {
+    calls: AtomicUsize,
+    gate: Semaphore,
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        Fake {
+            calls: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+        }
+    }
+}
+
+impl KmsBackend for Fake {
+    fn call(&self, request: KmsRequest) -> BackendFuture<'_> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            if let KmsRequest::GenerateDataKey(_) = request {
+                return Ok(KmsResponse::GenerateDataKey(GenerateDataKeyResponse {
+                    plaintext: Some(SecretBytes::from_slice(&[0x42; 32])),
+                    ..Default::default()
+                }));
+            }
+            let key = request.key_id().unwrap_or_default().to_owned();
+            if let Some(ms) = key.strip_prefix("sleep:") {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            } else if key == "block" {
+                self.gate.acquire().await.unwrap().forget();
+            } else if key == "missing" {
+                return Err(WireError::kms(KmsError::new(
+                    "NotFoundException",
+                    "no such key",
+                )));
+            }
+            Ok(described(&key))
+        })
+    }
+}
+
+fn config() -> ProxyConfig {
+    ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap())
+}
+
+async fn start(config: ProxyConfig) -> (ProxyHandle, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let proxy = Proxy::bind(config, fake.clone()).await.unwrap();
+    (proxy.spawn(), fake)
+}
+
+fn response(msg: Option<Message>) -> (u64, Result<KmsResponse, WireError>) {
+    match msg {
+        Some(Message::Response { id, result }) => (id, result),
+        other => panic!("expected a Response, got {other:?}"),
+    }
+}
+
+fn fatal_error(msg: Option<Message>) -> WireError {
+    match msg {
+        Some(Message::Error { error }) => error,
+        other => panic!("expected an Error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn handshake_and_one_request() {
+    let (proxy, fake) = start(config()).await;
+    let addr = proxy.local_addr().clone();
+    assert!(matches!(&addr, keybroker_common::address::Address::Tcp(hp) if !hp.ends_with(":0")));
+
+    let mut c = Client::connect(&addr).await;
+    c.send(&Message::hello("test")).await;
+    match c.recv().await {
+        Some(Message::HelloAck { version, server }) => {
+            assert_eq!(version, 1);
+            assert!(server.starts_with("keybroker-proxy/"), "{server}");
+        }
+        other => panic!("{other:?}"),
+    }
+    c.request(7, None, describe("alias/app")).await;
+    let (id, result) = response(c.recv().await);
+    assert_eq!(id, 7);
+    assert_eq!(echoed(&result.unwrap()), "alias/app");
+
+    c.request(8, None, describe("missing")).await;
+    let (id, result) = response(c.recv().await);
+    assert_eq!(id, 8);
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Kms);
+    assert_eq!(err.kms_error().unwrap().code, "NotFoundException");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+
+    // The client says Goodbye: the proxy closes.
+    c.send(&Message::Goodbye).await;
+    assert_eq!(c.recv().await, None);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_requests_complete_out_of_order() {
+    let (proxy, _fake) = start(config()).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    // Request i sleeps (N - i) * 20 ms: later requests finish first.
+    const N: u64 = 40;
+    let started = Instant::now();
+    for i in 0..N {
+        c.request(i, None, describe(&format!("sleep:{}", (N - i) * 20)))
+            .await;
+    }
+    let mut order = Vec::new();
+    for _ in 0..N {
+        let (id, result) = response(c.recv().await);
+        assert_eq!(echoed(&result.unwrap()), format!("sleep:{}", (N - id) * 20));
+        order.push(id);
+    }
+    // All ran concurrently: far less than the 16.4 s a serial proxy needs.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..N).collect::<Vec<_>>(), "each id answered once");
+    assert_eq!(
+        order[0],
+        N - 1,
+        "the shortest request answers first: {order:?}"
+    );
+    // Completion order, not arrival order: the later half finishes first.
+    assert!(
+        order[..order.len() / 2].iter().all(|id| *id >= N / 2),
+        "{order:?}"
+    );
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_connections_at_once() {
+    let (proxy, fake) = start(config()).await;
+    let addr = proxy.local_addr().clone();
+    let mut clients = Vec::new();
+    for conn in 0..20u64 {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let mut c = Client::handshake(&addr).await;
+            for i in 0..10 {
+                c.request(i, None, describe(&format!("k{conn}-{i}"))).await;
+            }
+            let mut seen = Vec::new();
+            for _ in 0..10 {
+                let (id, result) = response(c.recv().await);
+                assert_eq!(echoed(&result.unwrap()), format!("k{conn}-{id}"));
+                seen.push(id);
+            }
+            seen.sort_unstable();
+            assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 200);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn unsupported_version_is_refused() {
+    let (proxy, _) = start(config()).await;
+    let mut c = Client::connect(proxy.local_addr()).await;
+    c.send(&Message::Hello {
+        versions: VersionRange::new(2, 3),
+        client: "future".into(),
+    })
+    .await;
+    let err = fatal_error(c.recv().await);
+    assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+    assert!(err.message().contains("2..=3"), "{err}");
+    assert_eq!(c.recv().await, None, "closed after the Error");
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_before_hello_is_refused() {
+    let (proxy, fake) = start(config()).await;
+    let mut c = Client::connect(proxy.local_addr()).await;
+    c.request(1, None, describe("alias/app")).await;
+    let err = fatal_error(c.recv().await);
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+    assert!(err.message().contains("Hello"), "{err}");
+    assert_eq!(c.recv().await, None);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_frame_gets_an_error_and_close() {
+    let mut cfg = config();
+    cfg.limits.max_frame_len = 4096;
+    let (proxy, fake) = start(cfg).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    // Only the prefix: the proxy must answer without waiting for the body.
+    c.send_raw(&(1u32 << 20).to_be_bytes()).await;
+    let err = fatal_error(c.recv().await);
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+    assert!(err.message().contains("exceeds the limit of 4096"), "{err}");
+    assert_eq!(c.recv().await, None);
+
+    // A real request over the configured limit, too.
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.request(1, None, describe(&"k".repeat(5000))).await;
+    assert_eq!(fatal_error(c.recv().await).code(), ErrorCode::BadRequest);
+    assert_eq!(c.recv().await, None);
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_frames_get_an_error_and_close() {
+    let (proxy, _) = start(config()).await;
+    for body in [
+        &[0xFF, 0xFF, 0xFF][..],       // not CBOR
+        &[0x82, 0x18, 0x63, 0xA0][..], // unknown message kind 99
+        &[0x82, 0x03, 0x01][..],       // Request with a non-map payload
+    ] {
+        let mut c = Client::handshake(proxy.local_addr()).await;
+        let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        c.send_raw(&frame).await;
+        let err = fatal_error(c.recv().await);
+        assert_eq!(err.code(), ErrorCode::BadRequest, "{body:02x?}");
+        assert_eq!(c.recv().await, None);
+    }
+    // An empty frame.
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.send_raw(&[0, 0, 0, 0]).await;
+    assert_eq!(fatal_error(c.recv().await).code(), ErrorCode::BadRequest);
+    // A second Hello.
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.send(&Message::hello("again")).await;
+    assert_eq!(fatal_error(c.recv().await).code(), ErrorCode::BadRequest);
+    // A connection that closes mid-frame does not hurt the proxy.
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.send_raw(&[0, 0, 1, 0, 0x82]).await;
+    drop(c);
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.request(1, None, describe("still-up")).await;
+    assert!(response(c.recv().await).1.is_ok());
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn duplicate_request_id_in_flight_is_a_protocol_error() {
+    let (proxy, fake) = start(config()).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.request(5, None, describe("block")).await;
+    c.request(5, None, describe("block")).await;
+    let err = fatal_error(c.recv().await);
+    assert!(err.message().contains("already in flight"), "{err}");
+    assert_eq!(c.recv().await, None);
+    fake.gate.add_permits(10);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn busy_over_the_in_flight_limit() {
+    let mut cfg = config();
+    cfg.limits.max_in_flight_per_connection = 2;
+    let (proxy, fake) = start(cfg).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.request(1, None, describe("block")).await;
+    c.request(2, None, describe("block")).await;
+    c.request(3, None, describe("block")).await;
+    let (id, result) = response(c.recv().await);
+    assert_eq!(id, 3);
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Busy);
+    assert!(err.retryable());
+    // Capacity returns once the first two finish.
+    fake.gate.add_permits(2);
+    let mut ids = vec![response(c.recv().await).0, response(c.recv().await).0];
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+    c.request(4, None, describe("now")).await;
+    let (id, result) = response(c.recv().await);
+    assert_eq!((id, result.is_ok()), (4, true));
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_busy() {
+    let mut cfg = config();
+    cfg.limits.max_connections = 1;
+    let (proxy, _) = start(cfg).await;
+    let mut first = Client::handshake(proxy.local_addr()).await;
+    let mut second = Client::connect(proxy.local_addr()).await;
+    let err = fatal_error(second.recv().await);
+    assert_eq!(err.code(), ErrorCode::Busy);
+    assert_eq!(second.recv().await, None);
+    // The first one is unaffected; after it leaves, a new one is served.
+    first.request(1, None, describe("x")).await;
+    assert!(response(first.recv().await).1.is_ok());
+    first.send(&Message::Goodbye).await;
+    assert_eq!(first.recv().await, None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Client::connect(proxy.local_addr()).await;
+        c.send(&Message::hello("t")).await;
+        match c.recv().await {
+            Some(Message::HelloAck { .. }) => break,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_timeout_is_honoured() {
+    let (proxy, _) = start(config()).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    let started = Instant::now();
+    c.request(1, Some(100), describe("sleep:5000")).await;
+    let (_, result) = response(c.recv().await);
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Timeout);
+    assert!(err.retryable());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn policy_refusals_reach_the_enclave() {
+    let (proxy, fake) = start(config()).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    // No Recipient: refused before KMS is called.
+    c.request(
+        1,
+        None,
+        KmsRequest::Decrypt(DecryptRequest {
+            ciphertext_blob: Some(Blob(vec![1; 16])),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let (_, result) = response(c.recv().await);
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PolicyDenied);
+    assert!(!err.retryable());
+    assert!(err.message().starts_with("RecipientRequired:"), "{err}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+
+    // With a Recipient, but KMS answers with plaintext: not relayed.
+    c.request(
+        2,
+        None,
+        KmsRequest::GenerateDataKey(GenerateDataKeyRequest {
+            key_id: Some("alias/app".into()),
+            key_spec: Some(DataKeySpec::Aes256),
+            recipient: Some(RecipientInfo::new(vec![0x84; 10])),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let (id, result) = response(c.recv().await);
+    assert_eq!(id, 2);
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PolicyDenied);
+    assert!(err.message().starts_with("PlaintextInResponse:"), "{err}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let (proxy, _) = start(config()).await;
+    let addr = proxy.local_addr().clone();
+    let mut c = Client::handshake(&addr).await;
+    c.request(1, None, describe("sleep:300")).await;
+    c.request(2, None, describe("sleep:400")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    proxy.shutdown();
+
+    assert_eq!(c.recv().await, Some(Message::Goodbye));
+    // A request sent after the Goodbye is answered Shutdown.
+    c.request(3, None, describe("late")).await;
+    let mut answered = Vec::new();
+    for _ in 0..3 {
+        let (id, result) = response(c.recv().await);
+        match id {
+            1 | 2 => assert!(result.is_ok(), "{result:?}"),
+            3 => assert_eq!(result.unwrap_err().code(), ErrorCode::Shutdown),
+            _ => panic!("id {id}"),
+        }
+        answered.push(id);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 2, 3]);
+    assert_eq!(c.recv().await, None, "closed once drained");
+    proxy.join().await.unwrap();
+    // No longer listening.
+    let keybroker_common::address::Address::Tcp(hp) = &addr else {
+        panic!()
+    };
+    assert!(tokio::net::TcpStream::connect(hp.as_str()).await.is_err());
+}
+
+#[tokio::test]
+async fn drain_timeout_answers_the_rest_with_shutdown() {
+    let mut cfg = config();
+    cfg.limits.drain_timeout = Duration::from_millis(200);
+    let (proxy, _) = start(cfg).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.request(1, None, describe("sleep:30000")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    proxy.shutdown();
+    assert_eq!(c.recv().await, Some(Message::Goodbye));
+    let (id, result) = response(c.recv().await);
+    assert_eq!(id, 1);
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Shutdown);
+    assert!(err.retryable());
+    assert_eq!(c.recv().await, None);
+    proxy.join().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn idle_and_handshake_timeouts() {
+    let mut cfg = config();
+    cfg.limits.idle_timeout = Duration::from_millis(150);
+    cfg.limits.handshake_timeout = Duration::from_millis(150);
+    let (proxy, _) = start(cfg).await;
+
+    let mut silent = Client::connect(proxy.local_addr()).await;
+    let err = fatal_error(silent.recv().await);
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+    assert!(err.message().contains("no Hello"), "{err}");
+    assert_eq!(silent.recv().await, None);
+
+    let mut idle = Client::handshake(proxy.local_addr()).await;
+    idle.request(1, None, describe("sleep:300")).await;
+    // In flight longer than the idle timeout: still answered.
+    assert!(response(idle.recv().await).1.is_ok());
+    assert_eq!(idle.recv().await, Some(Message::Goodbye));
+    assert_eq!(idle.recv().await, None);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn serves_on_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("kb-proxy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.sock");
+    let addr: keybroker_common::address::Address =
+        format!("unix://{}", path.display()).parse().unwrap();
+    // A stale socket file from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+
+    let (proxy, _) = start(ProxyConfig::new(addr.clone())).await;
+    assert_eq!(proxy.local_addr(), &addr);
+    let mut c = Client::handshake(&addr).await;
+    c.request(1, None, describe("over-unix")).await;
+    assert_eq!(echoed(&response(c.recv().await).1.unwrap()), "over-unix");
+    proxy.shutdown_and_wait().await.unwrap();
+    assert!(!path.exists(), "socket file removed on shutdown");
+
+    // A regular file at the path is never removed.
+    std::fs::write(&path, b"not a socket").unwrap();
+    let err = Proxy::bind(ProxyConfig::new(addr), Arc::new(Fake::default()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, keybroker_proxy::Error::Bind { .. }), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A mock-NSM-like P-384 chain (rcgen's default validity covers "now").
+struct Nsm {
+    root: Vec<u8>,
+    leaf: Vec<u8>,
+    signer: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl Nsm {
+    fn new() -> Nsm {
+        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+        use rcgen::{
+            BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P384_SHA384,
+        };
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(root_params, root_key);
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let leaf = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        Nsm {
+            root: root.der().to_vec(),
+            leaf: leaf.der().to_vec(),
+            signer: EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+                &leaf_key.serialize_der(),
+            )
+            .unwrap(),
+        }
+    }
+
+    /// A signed document whose PCR0 is 48 bytes of `pcr0`.
+    fn document(&self, pcr0: u8) -> Vec<u8> {
+        use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
+        let doc = AttestationDocument {
+            module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
+            digest: Digest::Sha384,
+            timestamp: keybroker_proxy::cli::now(),
+            pcrs: (0u8..16)
+                .map(|i| (i, vec![if i == 0 { pcr0 } else { 0 }; 48]))
+                .collect(),
+            certificate: self.leaf.clone(),
+            cabundle: vec![self.root.clone()],
+            public_key: Some(vec![0x30; 294]),
+            user_data: None,
+            nonce: None,
+        };
+        build_signed_document(&doc, &self.signer, &aws_lc_rs::rand::SystemRandom::new()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn expected_pcrs_are_checked_before_forwarding() {
+    let nsm = Nsm::new();
+    let mut cfg = config();
+    cfg.policy.expected_pcrs.insert(0, vec![0xAA; 48]);
+    cfg.policy.verifier.add_trusted_root(&nsm.root).unwrap();
+    let (proxy, fake) = start(cfg).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    let random = |doc: Vec<u8>| {
+        KmsRequest::GenerateRandom(GenerateRandomRequest {
+            number_of_bytes: Some(32),
+            custom_key_store_id: None,
+            recipient: Some(RecipientInfo::new(doc)),
+        })
+    };
+    // Matching PCR0, trusted chain: forwarded.
+    c.request(1, None, random(nsm.document(0xAA))).await;
+    let (_, result) = response(c.recv().await);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+
+    // Another enclave image: refused, naming the PCR.
+    c.request(2, None, random(nsm.document(0xBB))).await;
+    let err = response(c.recv().await).1.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PolicyDenied);
+    assert!(
+        err.message().starts_with("PcrMismatch: PCR0 is bbbb"),
+        "{err}"
+    );
+
+    // The right PCR0 from an untrusted chain: refused.
+    c.request(3, None, random(Nsm::new().document(0xAA))).await;
+    let err = response(c.recv().await).1.unwrap_err();
+    assert!(err.message().starts_with("AttestationInvalid:"), "{err}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    proxy.shutdown_and_wait().await.unwrap();
+}

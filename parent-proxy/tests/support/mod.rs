@@ -1,0 +1,113 @@
+//! A minimal protocol client for the server tests.
+
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use keybroker_common::address::Address;
+use keybroker_common::kms::*;
+use keybroker_common::protocol::{FrameDecoder, Limits, Message, encode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A raw connection to the proxy.
+pub struct Client {
+    pub io: Box<dyn Stream>,
+    decoder: FrameDecoder,
+}
+
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+impl Client {
+    pub async fn connect(addr: &Address) -> Client {
+        let io: Box<dyn Stream> = match addr {
+            Address::Tcp(hp) => {
+                Box::new(tokio::net::TcpStream::connect(hp.as_str()).await.unwrap())
+            }
+            Address::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.unwrap()),
+            Address::Vsock { .. } => panic!("no vsock in tests"),
+        };
+        Client {
+            io,
+            decoder: FrameDecoder::new(Limits::default()),
+        }
+    }
+
+    /// Connects and completes the handshake.
+    pub async fn handshake(addr: &Address) -> Client {
+        let mut c = Client::connect(addr).await;
+        c.send(&Message::hello("test-client/1")).await;
+        match c.recv().await {
+            Some(Message::HelloAck { version, .. }) => assert_eq!(version, 1),
+            other => panic!("expected HelloAck, got {other:?}"),
+        }
+        c
+    }
+
+    pub async fn send(&mut self, msg: &Message) {
+        self.io.write_all(&encode(msg).unwrap()).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn request(&mut self, id: u64, timeout_ms: Option<u32>, request: KmsRequest) {
+        self.send(&Message::Request {
+            id,
+            timeout_ms,
+            request,
+        })
+        .await;
+    }
+
+    /// The next message, `None` at end of stream. Panics after 10 s.
+    pub async fn recv(&mut self) -> Option<Message> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(m) = self.decoder.next_message().unwrap() {
+                    return Some(m);
+                }
+                let mut buf = [0u8; 8192];
+                match self.io.read(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.decoder.push(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .expect("no message within 10 s")
+    }
+}
+
+/// A DescribeKey request whose key id tells the fake backend what to do.
+pub fn describe(key: &str) -> KmsRequest {
+    KmsRequest::DescribeKey(DescribeKeyRequest {
+        key_id: Some(key.into()),
+        grant_tokens: None,
+    })
+}
+
+/// The DescribeKey response echoing `key`.
+pub fn described(key: &str) -> KmsResponse {
+    KmsResponse::DescribeKey(DescribeKeyResponse {
+        key_metadata: Some(KeyMetadata {
+            key_id: key.into(),
+            enabled: true,
+            ..Default::default()
+        }),
+    })
+}
+
+/// The key id a DescribeKey response echoes.
+pub fn echoed(resp: &KmsResponse) -> String {
+    match resp {
+        KmsResponse::DescribeKey(d) => d.key_metadata.as_ref().unwrap().key_id.clone(),
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -1,0 +1,75 @@
+//! `keybroker-local`: runs the whole Keybroker stack on this machine (mock
+//! KMS, parent proxy, enclave with a mock NSM), each as its own process on
+//! loopback. See `keybroker_harness::local`.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The whole Keybroker stack on one machine, for development.
+#[derive(Debug, Parser)]
+#[command(name = "keybroker-local", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the stack, get a data key into the mock enclave, encrypt and
+    /// decrypt a file there, show that calls without a valid attestation are
+    /// denied, print timings, stop.
+    Demo,
+    /// Start the stack and keep it running until Ctrl-C or SIGTERM; prints
+    /// one `NAME: VALUE` line per endpoint when ready.
+    Up,
+    /// Internal: run one component in this process (how the launcher starts
+    /// each process).
+    #[command(hide = true)]
+    Component {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 1..)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let demo = match cli.command {
+        Cmd::Component { args } => return keybroker_harness::local::run_component(args),
+        Cmd::Demo => true,
+        Cmd::Up => false,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keybroker-local: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        if demo {
+            keybroker_harness::local::demo().await
+        } else {
+            keybroker_harness::local::up().await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keybroker-local: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
