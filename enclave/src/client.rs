@@ -43,6 +43,10 @@
 //! - its connection died while it was in flight and the operation is
 //!   read-only at KMS: `Decrypt`, `GenerateRandom`, `DescribeKey`.
 //!
+//! A `Busy` answer (the proxy is at its in-flight limit and forwarded
+//! nothing) is different: the request is sent again after the configured
+//! back-off, as often as its deadline allows.
+//!
 //! In-flight `GenerateDataKey*` requests are not retried after a lost
 //! connection: KMS may already have minted (and logged) the key, and the
 //! caller, not the library, decides whether a second key is acceptable. They
@@ -574,6 +578,9 @@ impl Client {
         let deadline = Instant::now() + timeout;
         let mut request = request;
         let mut retried = false;
+        // `Busy` answers so far: the proxy forwarded nothing, so any operation
+        // may be sent again after a back-off, as often as the deadline allows.
+        let mut busy_answers: u32 = 0;
         loop {
             let conn = match tokio::time::timeout_at(deadline, self.connection()).await {
                 Ok(c) => c?,
@@ -628,6 +635,17 @@ impl Client {
                 }
                 Ok(outcome) => outcome,
             };
+            if let Ok(Err(e)) = &outcome
+                && e.remote_error().map(|(code, _)| code) == Some(ErrorCode::Busy)
+            {
+                let pause = self.inner.config.backoff(busy_answers);
+                busy_answers = busy_answers.saturating_add(1);
+                if tokio::time::Instant::now() + pause < deadline {
+                    self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            }
             let retry = match &outcome {
                 // The proxy is draining and did not forward the request.
                 Ok(Err(e)) => {
