@@ -27,7 +27,9 @@ pub enum Error {
     #[error("CMS EnvelopedData rejected: {0}")]
     Cms(#[from] CmsError),
     /// Peer data: a wire frame or message violates the protocol.
-    #[error("protocol violation: {0}")]
+    /// ([`ProtocolError::Remote`] is the peer *reporting* an error, such as
+    /// `Busy` or `PolicyDenied`, not a violation; it displays as such.)
+    #[error("{}", describe_protocol(.0))]
     Protocol(#[from] ProtocolError),
     /// Upstream: KMS (or the proxy on its behalf) answered with an error.
     #[error("{0}")]
@@ -39,6 +41,13 @@ pub enum Error {
     /// generation). Not caused by input data.
     #[error("cryptographic backend failure: {0}")]
     Crypto(&'static str),
+}
+
+fn describe_protocol(e: &ProtocolError) -> String {
+    match e {
+        ProtocolError::Remote { .. } => e.to_string(),
+        _ => format!("protocol violation: {e}"),
+    }
 }
 
 /// The broad cause of an [`Error`], for deciding who to blame and whether a
@@ -83,6 +92,15 @@ mod tests {
             })
         };
         assert_eq!(remote(true).cause(), Cause::Environment);
+        assert_eq!(
+            remote(true).to_string(),
+            "peer reported Unavailable: kms unreachable"
+        );
+        assert!(
+            Error::Protocol(ProtocolError::EmptyFrame)
+                .to_string()
+                .starts_with("protocol violation: ")
+        );
         assert_eq!(remote(false).cause(), Cause::Peer);
         assert_eq!(Error::InvalidArgument("x".into()).cause(), Cause::Local);
         assert_eq!(Error::Crypto("rng").cause(), Cause::Environment);
