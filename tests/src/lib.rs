@@ -33,3 +33,38 @@ pub enum Error {
     #[error("I/O: {0}")]
     Io(String),
 }
+
+/// The shell of the harness's programs: installs a stderr `tracing`
+/// subscriber (filter from `RUST_LOG`, else `default_filter`; an existing
+/// subscriber is kept), runs `main` on a multi-threaded tokio runtime and
+/// turns its result into an exit code, printing errors as `program: error`.
+pub fn run_main<F>(program: &str, default_filter: &str, main: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), Error>>,
+{
+    use std::process::ExitCode;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{program}: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -41,35 +41,11 @@ fn main() -> ExitCode {
         Cmd::Demo => true,
         Cmd::Up => false,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keybroker-local: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    keybroker_harness::run_main("keybroker-local", "warn", async {
         if demo {
             keybroker_harness::local::demo().await
         } else {
             keybroker_harness::local::up().await
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("keybroker-local: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -132,31 +132,7 @@ where
             };
         }
     };
-    // Another subscriber may be installed already (in-process callers).
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keybroker-mock-kms: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("keybroker-mock-kms: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    crate::run_main("keybroker-mock-kms", "info", run(args))
 }
 
 #[cfg(test)]
