@@ -61,7 +61,7 @@ pub(crate) mod blob_serde {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use core::fmt;
-    use serde::de::{Error as _, Visitor};
+    use serde::de::Visitor;
 
     pub(crate) fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
@@ -98,7 +98,6 @@ pub(crate) mod blob_serde {
         } else {
             d.deserialize_byte_buf(V)
         }
-        .map_err(|e: D::Error| D::Error::custom(e))
     }
 }
 

@@ -269,12 +269,7 @@ impl Stack {
     pub async fn start() -> Result<Self, Error> {
         let started = Instant::now();
         let mut steps = Vec::new();
-        let mut step = |what: &str, detail: String| {
-            steps.push(format!(
-                "[{:>6.2}s] {what:<22} {detail}",
-                started.elapsed().as_secs_f64()
-            ));
-        };
+        let mut step = |what: &str, detail: String| steps.push(step_line(started, what, detail));
         let work = WorkDir::new()?;
         let ca_dir = work.path().join("ca");
         let ca = MockCa::load_or_create(&ca_dir).map_err(|e| Error::Config(e.to_string()))?;
@@ -372,10 +367,7 @@ impl Stack {
     }
 
     fn step(&mut self, what: &str, detail: String) {
-        self.steps.push(format!(
-            "[{:>6.2}s] {what:<22} {detail}",
-            self.started.elapsed().as_secs_f64()
-        ));
+        self.steps.push(step_line(self.started, what, detail));
     }
 
     /// Stops the proxy (draining) and the mock KMS.
@@ -383,6 +375,14 @@ impl Stack {
         self.proxy.stop(Duration::from_secs(10)).await;
         self.mock_kms.stop(Duration::from_secs(5)).await;
     }
+}
+
+/// One progress line: elapsed time since `started`, what, detail.
+fn step_line(started: Instant, what: &str, detail: String) -> String {
+    format!(
+        "[{:>6.2}s] {what:<22} {detail}",
+        started.elapsed().as_secs_f64()
+    )
 }
 
 /// `keybroker-local demo`.
@@ -513,9 +513,7 @@ fn summarize_enclave_report(report: &serde_json::Value) -> String {
     if let Some(obj) = report.as_object() {
         for (k, v) in obj {
             match v {
-                serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
-                    parts.push(format!("{k}={v}"));
-                }
+                // Strings without their JSON quotes; everything else as JSON.
                 serde_json::Value::String(s) => parts.push(format!("{k}={s}")),
                 other => parts.push(format!("{k}={other}")),
             }
