@@ -2,8 +2,9 @@
 //!
 //! Split by cause, in the style of `rustls::Error`: what the peer sent
 //! ([`Error::Attestation`], [`Error::Cms`], [`Error::Protocol`],
-//! [`Error::Kms`]), what the local caller got wrong ([`Error::InvalidArgument`]),
-//! and what the environment failed to do ([`Error::Crypto`]). Each module owns
+//! [`Error::Kms`]) or an input message holds ([`Error::Envelope`]), what the
+//! local caller got wrong ([`Error::InvalidArgument`]), and what the
+//! environment failed to do ([`Error::Crypto`]). Each module owns
 //! the detail enum for its format. The mapping to wire error codes lives in one
 //! place, [`crate::protocol::ErrorCode::from`].
 //!
@@ -12,6 +13,7 @@
 
 use crate::attestation::AttestationError;
 use crate::cms::CmsError;
+use crate::envelope::EnvelopeError;
 use crate::kms::KmsError;
 use crate::protocol::ProtocolError;
 
@@ -31,6 +33,11 @@ pub enum Error {
     /// `Busy` or `PolicyDenied`, not a violation; it displays as such.)
     #[error("{}", describe_protocol(.0))]
     Protocol(#[from] ProtocolError),
+    /// Input data: an envelope-encryption message is malformed, does not
+    /// authenticate (tampered, wrong encryption context or data key) or is
+    /// truncated.
+    #[error("envelope message rejected: {0}")]
+    Envelope(#[from] EnvelopeError),
     /// Upstream: KMS (or the proxy on its behalf) answered with an error.
     #[error("{0}")]
     Kms(#[from] KmsError),
@@ -70,7 +77,9 @@ impl Error {
             // The peer relayed a transient failure (upstream unavailable,
             // timeout, shutdown, busy): the environment, not its data.
             Error::Protocol(p) if p.is_retryable() => Cause::Environment,
-            Error::Attestation(_) | Error::Cms(_) | Error::Protocol(_) => Cause::Peer,
+            Error::Attestation(_) | Error::Cms(_) | Error::Protocol(_) | Error::Envelope(_) => {
+                Cause::Peer
+            }
             Error::InvalidArgument(_) => Cause::Local,
             Error::Kms(_) | Error::Crypto(_) => Cause::Environment,
         }
@@ -104,5 +113,9 @@ mod tests {
         assert_eq!(remote(false).cause(), Cause::Peer);
         assert_eq!(Error::InvalidArgument("x".into()).cause(), Cause::Local);
         assert_eq!(Error::Crypto("rng").cause(), Cause::Environment);
+        assert_eq!(
+            Error::Envelope(EnvelopeError::HeaderAuthentication).cause(),
+            Cause::Peer
+        );
     }
 }

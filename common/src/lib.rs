@@ -12,12 +12,15 @@
 //!   `CiphertextForRecipient` (RFC 5652), decode, decrypt and encode.
 //! - [`protocol`]: the framed enclave <-> parent-proxy wire protocol.
 //! - [`kms`]: typed KMS requests and responses (AWS JSON 1.1 shapes).
+//! - [`envelope`]: the envelope-encryption message format (AES-256-GCM
+//!   frames under a KMS data key), sealed and opened frame by frame.
 //! - [`secret`]: zeroizing containers for plaintext key material.
 #![forbid(unsafe_code)]
 
 pub mod address;
 pub mod attestation;
 pub mod cms;
+pub mod envelope;
 mod error;
 pub mod kms;
 pub mod protocol;
@@ -25,6 +28,7 @@ pub mod secret;
 
 pub use attestation::AttestationError;
 pub use cms::CmsError;
+pub use envelope::EnvelopeError;
 pub use error::{Cause, Error};
 pub use protocol::ProtocolError;
 

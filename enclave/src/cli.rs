@@ -3,31 +3,64 @@
 //! library so launchers can run it in-process or re-exec themselves as the
 //! enclave.
 //!
+//! - `serve`: the KMS-compatible endpoint ([`crate::endpoint`]) on loopback
+//!   TCP and/or a Unix socket, for AWS SDKs inside the enclave.
+//! - `generate-data-key`, `decrypt`, `generate-data-key-pair`,
+//!   `generate-random`: one KMS call each, with `Recipient`, for scripts
+//!   inside the enclave (in the spirit of `kmstool-enclave-cli`). Output is
+//!   the KMS response as JSON with base64 blobs on stdout (field names as in
+//!   the KMS API, as `aws kms` prints them); a field written to a file with
+//!   its `--*-file` option holds raw bytes and is left out of the JSON.
+//! - `attestation`: a fresh attestation document for a nonce, user data and
+//!   public key.
+//! - `seal`, `open`: envelope encryption of a file ([`crate::envelope`]),
+//!   streamed; `open` replaces its output only once the whole message
+//!   authenticates.
 //! - `demo`: gets a data key with `Recipient` through the proxy, encrypts a
 //!   file with it (AES-256-GCM), recovers the data key with `Decrypt`,
 //!   decrypts the file, checks the round trip, and prints a JSON report (no
 //!   key material) on stdout.
 //! - `mock-nsm init|pcr0` (builds with the `mock-nsm` feature): the
 //!   development CA and the mock NSM's default PCR0.
+//!
+//! Exit codes ([`exit_code`]): 0 success; 1 refused by KMS or the proxy's
+//! policy; 2 usage error or invalid input; 3 proxy or KMS unavailable,
+//! throttled or timed out (retry later); 4 NSM failure; 5 local I/O error;
+//! 6 data that does not authenticate or decode (a tampered or truncated
+//! `seal` message, a `CiphertextForRecipient` that does not decrypt).
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, RandomizedNonceKey, UnboundKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Parser, Subcommand};
-use keybroker_common::address::Address;
-use keybroker_common::kms::{DataKeySpec, DecryptRequest, GenerateDataKeyRequest};
-use serde_json::json;
+use keybroker_common::address::{Address, PARENT_CID};
+use keybroker_common::kms::{
+    Blob, DataKeyPairSpec, DataKeySpec, DecryptRequest, EncryptionAlgorithm,
+    GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateRandomRequest,
+};
+use serde_json::{Map, Value, json};
 
+use crate::endpoint::{self, KmsEndpoint};
 use crate::nsm::{Nsm, NsmDevice};
 use crate::{Client, ClientConfig, Error, RecipientKeys, RecipientKeysConfig};
 
 /// Keybroker enclave program.
 #[derive(Parser, Debug)]
-#[command(name = "keybroker-enclave", version, about)]
+#[command(
+    name = "keybroker-enclave",
+    version,
+    about,
+    after_help = "Exit codes: 0 success, 1 refused by KMS or proxy policy, 2 usage or invalid \
+                  input, 3 proxy/KMS unavailable or throttled (retry), 4 NSM failure, \
+                  5 local I/O error, 6 data that does not authenticate (tampered message, unusable answer)."
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -37,6 +70,22 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// KMS-compatible HTTP endpoint (AWS JSON 1.1) for AWS SDKs in the enclave.
+    Serve(ServeArgs),
+    /// KMS GenerateDataKey with Recipient: a data key, plaintext only here.
+    GenerateDataKey(GenerateDataKeyArgs),
+    /// KMS Decrypt with Recipient.
+    Decrypt(DecryptArgs),
+    /// KMS GenerateDataKeyPair with Recipient.
+    GenerateDataKeyPair(GenerateDataKeyPairArgs),
+    /// KMS GenerateRandom with Recipient.
+    GenerateRandom(GenerateRandomArgs),
+    /// A fresh NSM attestation document.
+    Attestation(AttestationArgs),
+    /// Envelope-encrypts a file (AES-256-GCM under a KMS data key), streaming.
+    Seal(EnvelopeArgs),
+    /// Decrypts a file made by `seal`; writes nothing unless it authenticates.
+    Open(EnvelopeArgs),
     /// Data key round trip through the proxy; prints a JSON report.
     Demo(DemoArgs),
     /// Development mock NSM tools (needs the `mock-nsm` build feature).
@@ -44,12 +93,270 @@ pub enum Command {
     MockNsm(MockNsmCommand),
 }
 
+/// Which NSM to use.
+#[derive(Args, Debug, Clone)]
+pub struct NsmArgs {
+    /// Use the development mock NSM with the CA in this directory (created
+    /// if absent) instead of /dev/nsm. Only in builds with `mock-nsm`.
+    #[arg(long, value_name = "DIR")]
+    pub mock_nsm_ca: Option<PathBuf>,
+}
+
+/// How to reach KMS: the parent proxy, and the NSM that attests.
+#[derive(Args, Debug, Clone)]
+pub struct BrokerArgs {
+    /// Proxy address: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH.
+    #[arg(long, env = "KEYBROKER_PROXY", default_value_t = Address::Vsock { cid: PARENT_CID, port: 5000 })]
+    pub proxy: Address,
+    /// Per-request deadline in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// The NSM.
+    #[command(flatten)]
+    pub nsm: NsmArgs,
+}
+
+/// Arguments of `serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// TCP address to serve on (loopback only unless --allow-non-loopback).
+    /// Default 127.0.0.1:8000 when --unix is not given.
+    #[arg(long, env = "KEYBROKER_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Unix socket path to serve on (replaces a stale socket).
+    #[arg(long, env = "KEYBROKER_UNIX", value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// Allow a non-loopback --listen address. Whoever reaches the endpoint
+    /// gets plaintext keys.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
+    /// After binding, give the Unix socket to UID:GID and drop to that user
+    /// and group (no supplementary groups). Needed inside a Nitro Enclave,
+    /// whose init starts the image's command as root whatever its `USER`.
+    #[arg(long, env = "KEYBROKER_USER", value_name = "UID:GID", value_parser = parse_run_as)]
+    pub user: Option<RunAs>,
+}
+
+/// A numeric user and group to run as (no name lookups: the enclave has no
+/// user database, and the binary is static).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+fn parse_run_as(s: &str) -> Result<RunAs, String> {
+    let (uid, gid) = s.split_once(':').ok_or("expected UID:GID")?;
+    let id = |v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a numeric id"))
+    };
+    Ok(RunAs {
+        uid: id(uid)?,
+        gid: id(gid)?,
+    })
+}
+
+/// Drops to `to` for good: supplementary groups cleared, then group, then
+/// user, then a check that root cannot be regained. A process already
+/// running as `to.uid` is left as it is.
+fn drop_privileges(to: RunAs) -> Result<(), Error> {
+    use nix::unistd::{Gid, Uid, geteuid, setgid, setgroups, setuid};
+    if geteuid().as_raw() == to.uid {
+        return Ok(());
+    }
+    let fail = |what: &str, e: nix::Error| Error::io(format!("drop privileges: {what}"), e.into());
+    setgroups(&[]).map_err(|e| fail("setgroups", e))?;
+    setgid(Gid::from_raw(to.gid)).map_err(|e| fail("setgid", e))?;
+    setuid(Uid::from_raw(to.uid)).map_err(|e| fail("setuid", e))?;
+    if to.uid != 0 && setuid(Uid::from_raw(0)).is_ok() {
+        return Err(Error::InvalidArgument(
+            "drop privileges: root could be regained after setuid".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` encryption context entries, grant tokens.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ContextArgs {
+    /// Encryption context entry KEY=VALUE (repeatable); KMS `EncryptionContext`.
+    #[arg(long = "context", value_name = "KEY=VALUE", value_parser = parse_context)]
+    pub context: Vec<(String, String)>,
+    /// Grant token (repeatable, at most 10); KMS `GrantTokens`.
+    #[arg(long = "grant-token", value_name = "TOKEN")]
+    pub grant_tokens: Vec<String>,
+}
+
+impl ContextArgs {
+    fn context(&self) -> Option<BTreeMap<String, String>> {
+        (!self.context.is_empty()).then(|| self.context.iter().cloned().collect())
+    }
+
+    fn grant_tokens(&self) -> Option<Vec<String>> {
+        (!self.grant_tokens.is_empty()).then(|| self.grant_tokens.clone())
+    }
+}
+
+/// Arguments of `generate-data-key`.
+#[derive(Args, Debug, Clone)]
+pub struct GenerateDataKeyArgs {
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// KMS key id, ARN, alias name (alias/NAME) or alias ARN; KMS `KeyId`.
+    #[arg(long)]
+    pub key_id: String,
+    /// AES_256 or AES_128; KMS `KeySpec`. Default AES_256 unless
+    /// --number-of-bytes is given.
+    #[arg(long, value_parser = kms_enum::<DataKeySpec>, conflicts_with = "number_of_bytes")]
+    pub key_spec: Option<DataKeySpec>,
+    /// Data key length in bytes, 1..=1024; KMS `NumberOfBytes`.
+    #[arg(long)]
+    pub number_of_bytes: Option<u32>,
+    /// Context and grant tokens.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Write the plaintext data key (raw bytes, mode 0600) here.
+    #[arg(long, value_name = "FILE")]
+    pub plaintext_file: Option<PathBuf>,
+    /// Write the CiphertextBlob (raw bytes) here.
+    #[arg(long, value_name = "FILE")]
+    pub ciphertext_file: Option<PathBuf>,
+}
+
+/// Arguments of `decrypt`.
+#[derive(Args, Debug, Clone)]
+pub struct DecryptArgs {
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The CiphertextBlob, base64.
+    #[arg(
+        long,
+        required_unless_present = "ciphertext_file",
+        conflicts_with = "ciphertext_file"
+    )]
+    pub ciphertext_blob: Option<String>,
+    /// Read the CiphertextBlob (raw bytes) from this file.
+    #[arg(long, value_name = "FILE")]
+    pub ciphertext_file: Option<PathBuf>,
+    /// The KMS key expected to have encrypted it; KMS `KeyId`.
+    #[arg(long)]
+    pub key_id: Option<String>,
+    /// SYMMETRIC_DEFAULT, RSAES_OAEP_SHA_1, ...; KMS `EncryptionAlgorithm`.
+    #[arg(long, value_parser = kms_enum::<EncryptionAlgorithm>)]
+    pub encryption_algorithm: Option<EncryptionAlgorithm>,
+    /// Context and grant tokens.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Write the plaintext (raw bytes, mode 0600) here.
+    #[arg(long, value_name = "FILE")]
+    pub plaintext_file: Option<PathBuf>,
+}
+
+/// Arguments of `generate-data-key-pair`.
+#[derive(Args, Debug, Clone)]
+pub struct GenerateDataKeyPairArgs {
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The symmetric KMS key that encrypts the private key; KMS `KeyId`.
+    #[arg(long)]
+    pub key_id: String,
+    /// RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384,
+    /// ECC_NIST_P521, ECC_SECG_P256K1, SM2 or ECC_NIST_EDWARDS25519; KMS
+    /// `KeyPairSpec`.
+    #[arg(long, value_parser = kms_enum::<DataKeyPairSpec>)]
+    pub key_pair_spec: DataKeyPairSpec,
+    /// Context and grant tokens.
+    #[command(flatten)]
+    pub context: ContextArgs,
+    /// Write the private key (DER PKCS#8, mode 0600) here.
+    #[arg(long, value_name = "FILE")]
+    pub private_key_file: Option<PathBuf>,
+    /// Write the PrivateKeyCiphertextBlob (raw bytes) here.
+    #[arg(long, value_name = "FILE")]
+    pub ciphertext_file: Option<PathBuf>,
+    /// Write the public key (DER SubjectPublicKeyInfo) here.
+    #[arg(long, value_name = "FILE")]
+    pub public_key_file: Option<PathBuf>,
+}
+
+/// Arguments of `generate-random`.
+#[derive(Args, Debug, Clone)]
+pub struct GenerateRandomArgs {
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// How many bytes, 1..=1024; KMS `NumberOfBytes`.
+    #[arg(long)]
+    pub number_of_bytes: u32,
+    /// Write the bytes (raw, mode 0600) here.
+    #[arg(long, value_name = "FILE")]
+    pub plaintext_file: Option<PathBuf>,
+}
+
+/// Arguments of `attestation`.
+#[derive(Args, Debug, Clone)]
+pub struct AttestationArgs {
+    /// The NSM.
+    #[command(flatten)]
+    pub nsm: NsmArgs,
+    /// Nonce, hex (at most 512 bytes).
+    #[arg(long, value_parser = parse_hex)]
+    pub nonce: Option<HexBytes>,
+    /// User data, hex (at most 512 bytes).
+    #[arg(long, value_parser = parse_hex)]
+    pub user_data: Option<HexBytes>,
+    /// Public key to embed (file, e.g. DER SubjectPublicKeyInfo; at most 1024 bytes).
+    #[arg(long, value_name = "FILE")]
+    pub public_key_file: Option<PathBuf>,
+    /// Write the document (COSE_Sign1, raw bytes) here instead of printing
+    /// it base64 in the JSON.
+    #[arg(long, value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+}
+
+/// Bytes given in hex on the command line.
+#[derive(Debug, Clone)]
+pub struct HexBytes(pub Vec<u8>);
+
+/// Arguments of `seal` and `open`.
+#[derive(Args, Debug, Clone)]
+pub struct EnvelopeArgs {
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The KMS key: `seal` generates the data key under it, `open` lets only
+    /// it decrypt (KMS `Decrypt` `KeyId`). Key id, ARN or alias.
+    #[arg(long)]
+    pub key_id: String,
+    /// Encryption context entry KEY=VALUE (repeatable); bound to the data
+    /// key by KMS and authenticated by the message header. `open` needs the
+    /// same entries.
+    #[arg(long = "context", value_name = "KEY=VALUE", value_parser = parse_context)]
+    pub context: Vec<(String, String)>,
+    /// Input file.
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: PathBuf,
+    /// Output file (mode 0600; replaced only once the whole output is
+    /// written and, for `open`, authenticated).
+    #[arg(long = "out", value_name = "FILE")]
+    pub output: PathBuf,
+}
+
 /// Arguments of `demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
-    /// Proxy address: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH.
-    #[arg(long, env = "KEYBROKER_PROXY")]
-    pub proxy: Address,
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// KMS key id, ARN or alias (alias/NAME).
     #[arg(long)]
     pub key: String,
@@ -59,13 +366,6 @@ pub struct DemoArgs {
     /// Encryption context entries, KEY=VALUE (repeatable).
     #[arg(long = "context", value_parser = parse_context)]
     pub context: Vec<(String, String)>,
-    /// Per-request deadline in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    pub timeout_ms: u64,
-    /// Use the development mock NSM with the CA in this directory (created
-    /// if absent) instead of /dev/nsm. Only in builds with `mock-nsm`.
-    #[arg(long, value_name = "DIR")]
-    pub mock_nsm_ca: Option<PathBuf>,
 }
 
 /// `mock-nsm` subcommands.
@@ -92,11 +392,60 @@ fn parse_context(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
+fn parse_hex(s: &str) -> Result<HexBytes, String> {
+    hex::decode(s)
+        .map(HexBytes)
+        .map_err(|e| format!("not hex: {e}"))
+}
+
+/// Parses a KMS enum value by its API spelling (`AES_256`, `RSA_2048`, ...).
+fn kms_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| format!("unknown value {s:?}"))
+}
+
+/// Exit code for success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: KMS or the proxy's policy refused the request.
+pub const EXIT_REFUSED: u8 = 1;
+/// Exit code: usage error or invalid input.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the proxy or KMS is unavailable, throttled or timed out.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+/// Exit code: the NSM failed.
+pub const EXIT_NSM: u8 = 4;
+/// Exit code: a local file could not be read or written.
+pub const EXIT_IO: u8 = 5;
+/// Exit code: data that does not authenticate or decode (a tampered
+/// envelope message, an answer that does not decrypt).
+pub const EXIT_INTERNAL: u8 = 6;
+
+/// The exit code for `e` (see the [module docs](self)).
+pub fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::Common(keybroker_common::Error::Kms(k)) if k.retryable => EXIT_UNAVAILABLE,
+        Error::Common(keybroker_common::Error::Kms(_)) => EXIT_REFUSED,
+        Error::Common(keybroker_common::Error::Protocol(_)) if e.is_retryable() => EXIT_UNAVAILABLE,
+        Error::Common(keybroker_common::Error::Protocol(_)) if e.remote_error().is_some() => {
+            EXIT_REFUSED
+        }
+        Error::Common(keybroker_common::Error::InvalidArgument(_)) | Error::InvalidArgument(_) => {
+            EXIT_USAGE
+        }
+        Error::Unavailable { .. } | Error::Timeout { .. } | Error::ConnectionLost { .. } => {
+            EXIT_UNAVAILABLE
+        }
+        Error::Nsm { .. } => EXIT_NSM,
+        Error::Io { .. } => EXIT_IO,
+        _ => EXIT_INTERNAL,
+    }
+}
+
 /// Runs the program with `args` (the first item is the program name, as in
 /// `std::env::args_os()`): parses them, sets up logging to stderr (`RUST_LOG`,
 /// default `warn`; skipped if the caller already installed a subscriber),
-/// runs the subcommand on a new tokio runtime and returns the exit code.
-/// `--help` and `--version` print and return success; usage errors return 2.
+/// runs the subcommand on a new tokio runtime and returns the exit code
+/// ([`exit_code`]). `--help` and `--version` print and return success; usage
+/// errors return 2.
 pub fn main_with_args<I, T>(args: I) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -106,7 +455,7 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
     let _ = tracing_subscriber::fmt()
@@ -117,26 +466,430 @@ where
         )
         .try_init();
     let result = match cli.command {
-        Command::Demo(args) => tokio::runtime::Builder::new_multi_thread()
+        Command::MockNsm(cmd) => mock_nsm_command(cmd),
+        Command::Attestation(args) => attestation(&args).and_then(|v| print_json(&v)),
+        command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::io("start the tokio runtime", e))
-            .and_then(|rt| rt.block_on(demo(&args)))
-            .map(|report| {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_else(|_| report.to_string())
-                );
-            }),
-        Command::MockNsm(cmd) => mock_nsm_command(cmd),
+            .and_then(|rt| rt.block_on(run_async(command))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keybroker-enclave: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The subcommands that need the runtime.
+async fn run_async(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Serve(args) => serve(&args).await,
+        Command::GenerateDataKey(args) => print_json(&generate_data_key(&args).await?),
+        Command::Decrypt(args) => print_json(&decrypt(&args).await?),
+        Command::GenerateDataKeyPair(args) => print_json(&generate_data_key_pair(&args).await?),
+        Command::GenerateRandom(args) => print_json(&generate_random(&args).await?),
+        Command::Seal(args) => print_json(&envelope_file(&args, true).await?),
+        Command::Open(args) => print_json(&envelope_file(&args, false).await?),
+        Command::Demo(args) => print_json(&demo(&args).await?),
+        Command::Attestation(_) | Command::MockNsm(_) => Err(Error::InvalidArgument(
+            "internal: synchronous subcommand on the runtime".into(),
+        )),
+    }
+}
+
+fn print_json(v: &Value) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(|e| Error::io("write stdout", e))
+}
+
+/// The client for a subcommand: NSM, recipient keys, connection.
+async fn connect(args: &BrokerArgs) -> Result<Client, Error> {
+    let (nsm, _) = open_nsm(args.nsm.mock_nsm_ca.as_ref())?;
+    let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default()).await?;
+    let mut config = ClientConfig::new(args.proxy.clone());
+    config.request_timeout = Duration::from_millis(args.timeout_ms);
+    config.connect_timeout = config.connect_timeout.min(config.request_timeout);
+    Client::connect(config, keys).await
+}
+
+/// `serve`: the KMS endpoint until SIGINT/SIGTERM. Prints one
+/// `listening: URL` line per listener on stdout once it accepts.
+///
+/// # Errors
+/// NSM, connection and binding failures; a non-loopback address without
+/// `allow_non_loopback`.
+pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = match (args.listen, &args.unix) {
+        (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8000))),
+        (listen, _) => listen,
+    };
+    let endpoint = KmsEndpoint::new(connect(&args.broker).await?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let tcp = match listen {
+        Some(addr) => Some(endpoint::bind_tcp(addr, args.allow_non_loopback).await?),
+        None => None,
+    };
+    let unix = match &args.unix {
+        Some(path) => {
+            let listener = endpoint::bind_unix(path)?;
+            if let Some(to) = args.user {
+                nix::unistd::chown(
+                    path,
+                    Some(nix::unistd::Uid::from_raw(to.uid)),
+                    Some(nix::unistd::Gid::from_raw(to.gid)),
+                )
+                .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))?;
+            }
+            Some((path, listener))
+        }
+        None => None,
+    };
+    // Everything that may need root (binding, chown) is done; no request is
+    // served before this.
+    if let Some(to) = args.user {
+        drop_privileges(to)?;
+    }
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(listener) = tcp {
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("local address", e))?;
+        println!("listening: http://{local}");
+        let (ep, stop) = (endpoint.clone(), stopped());
+        servers.spawn(async move { ep.serve_tcp(listener, stop).await });
+    }
+    if let Some((path, listener)) = unix {
+        println!("listening: unix://{}", path.display());
+        let (ep, stop) = (endpoint.clone(), stopped());
+        servers.spawn(async move { ep.serve_unix(listener, stop).await });
+    }
+    let _ = std::io::stdout().flush();
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    let first = tokio::select! {
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        done = servers.join_next() => done,
+    };
+    stop_tx.send_replace(true);
+    let mut result = Ok(());
+    for done in first
+        .into_iter()
+        .chain(servers.join_all().await.into_iter().map(Ok))
+    {
+        match done {
+            Ok(Err(e)) if result.is_ok() => result = Err(e),
+            Err(e) if result.is_ok() => {
+                result = Err(Error::InvalidArgument(format!("endpoint task failed: {e}")));
+            }
+            _ => {}
+        }
+    }
+    if let Some(path) = &args.unix {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Writes `bytes` to `path`, readable by the owner only (it may be key
+/// material), replacing the file.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let mut f = private_file(path)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// Creates (or truncates) `path` readable by the owner only.
+fn private_file(path: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))
+}
+
+/// Puts `bytes` into `out[field]` as base64, or into `file` as raw bytes.
+fn emit(
+    out: &mut Map<String, Value>,
+    field: &str,
+    bytes: &[u8],
+    file: Option<&PathBuf>,
+) -> Result<(), Error> {
+    match file {
+        Some(path) => write_private(path, bytes),
+        None => {
+            out.insert(field.to_owned(), Value::String(B64.encode(bytes)));
+            Ok(())
+        }
+    }
+}
+
+fn opt_str(out: &mut Map<String, Value>, field: &str, value: Option<String>) {
+    if let Some(v) = value {
+        out.insert(field.to_owned(), Value::String(v));
+    }
+}
+
+/// `generate-data-key`: the KMS response as JSON (`KeyId`, `CiphertextBlob`,
+/// `Plaintext`, `KeyMaterialId`), blobs written to files where asked.
+///
+/// # Errors
+/// As [`Client::generate_data_key`]; I/O errors writing the files.
+pub async fn generate_data_key(args: &GenerateDataKeyArgs) -> Result<Value, Error> {
+    let client = connect(&args.broker).await?;
+    let key_spec = match (args.key_spec, args.number_of_bytes) {
+        (None, None) => Some(DataKeySpec::Aes256),
+        (spec, _) => spec,
+    };
+    let key = client
+        .generate_data_key(GenerateDataKeyRequest {
+            key_id: Some(args.key_id.clone()),
+            key_spec,
+            number_of_bytes: args.number_of_bytes,
+            encryption_context: args.context.context(),
+            grant_tokens: args.context.grant_tokens(),
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Map::new();
+    opt_str(&mut out, "KeyId", key.key_id);
+    emit(
+        &mut out,
+        "CiphertextBlob",
+        &key.ciphertext_blob.0,
+        args.ciphertext_file.as_ref(),
+    )?;
+    emit(
+        &mut out,
+        "Plaintext",
+        key.plaintext.expose(),
+        args.plaintext_file.as_ref(),
+    )?;
+    opt_str(&mut out, "KeyMaterialId", key.key_material_id);
+    Ok(Value::Object(out))
+}
+
+/// `decrypt`: `KeyId`, `Plaintext`, `EncryptionAlgorithm`, `KeyMaterialId`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a ciphertext that is not base64; I/O
+/// errors reading or writing files; as [`Client::decrypt`].
+pub async fn decrypt(args: &DecryptArgs) -> Result<Value, Error> {
+    let blob = match (&args.ciphertext_blob, &args.ciphertext_file) {
+        (_, Some(path)) => {
+            std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?
+        }
+        (Some(b64), None) => B64
+            .decode(b64.trim())
+            .map_err(|e| Error::InvalidArgument(format!("--ciphertext-blob is not base64: {e}")))?,
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "give --ciphertext-blob or --ciphertext-file".into(),
+            ));
+        }
+    };
+    let client = connect(&args.broker).await?;
+    let d = client
+        .decrypt(DecryptRequest {
+            ciphertext_blob: Some(Blob(blob)),
+            key_id: args.key_id.clone(),
+            encryption_algorithm: args.encryption_algorithm,
+            encryption_context: args.context.context(),
+            grant_tokens: args.context.grant_tokens(),
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Map::new();
+    opt_str(&mut out, "KeyId", d.key_id);
+    emit(
+        &mut out,
+        "Plaintext",
+        d.plaintext.expose(),
+        args.plaintext_file.as_ref(),
+    )?;
+    if let Some(alg) = d.encryption_algorithm {
+        out.insert("EncryptionAlgorithm".into(), json!(alg));
+    }
+    opt_str(&mut out, "KeyMaterialId", d.key_material_id);
+    Ok(Value::Object(out))
+}
+
+/// `generate-data-key-pair`: `KeyId`, `KeyPairSpec`, `PublicKey`,
+/// `PrivateKeyCiphertextBlob`, `PrivateKeyPlaintext`, `KeyMaterialId`.
+///
+/// # Errors
+/// As [`Client::generate_data_key_pair`]; I/O errors writing the files.
+pub async fn generate_data_key_pair(args: &GenerateDataKeyPairArgs) -> Result<Value, Error> {
+    let client = connect(&args.broker).await?;
+    let p = client
+        .generate_data_key_pair(GenerateDataKeyPairRequest {
+            key_id: Some(args.key_id.clone()),
+            key_pair_spec: Some(args.key_pair_spec),
+            encryption_context: args.context.context(),
+            grant_tokens: args.context.grant_tokens(),
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Map::new();
+    opt_str(&mut out, "KeyId", p.key_id);
+    if let Some(spec) = p.key_pair_spec {
+        out.insert("KeyPairSpec".into(), json!(spec));
+    }
+    if let Some(public) = &p.public_key {
+        emit(
+            &mut out,
+            "PublicKey",
+            &public.0,
+            args.public_key_file.as_ref(),
+        )?;
+    }
+    emit(
+        &mut out,
+        "PrivateKeyCiphertextBlob",
+        &p.private_key_ciphertext_blob.0,
+        args.ciphertext_file.as_ref(),
+    )?;
+    emit(
+        &mut out,
+        "PrivateKeyPlaintext",
+        p.private_key_plaintext.expose(),
+        args.private_key_file.as_ref(),
+    )?;
+    opt_str(&mut out, "KeyMaterialId", p.key_material_id);
+    Ok(Value::Object(out))
+}
+
+/// `generate-random`: `Plaintext`.
+///
+/// # Errors
+/// As [`Client::generate_random`]; I/O errors writing the file.
+pub async fn generate_random(args: &GenerateRandomArgs) -> Result<Value, Error> {
+    let client = connect(&args.broker).await?;
+    let bytes = client
+        .generate_random(GenerateRandomRequest {
+            number_of_bytes: Some(args.number_of_bytes),
+            ..Default::default()
+        })
+        .await?;
+    let mut out = Map::new();
+    emit(
+        &mut out,
+        "Plaintext",
+        bytes.expose(),
+        args.plaintext_file.as_ref(),
+    )?;
+    Ok(Value::Object(out))
+}
+
+/// `seal` (`sealing`) or `open`: streams `--in` through
+/// [`Envelope::seal_stream`](crate::envelope::Envelope::seal_stream) or
+/// `open_stream` into a private temporary file beside `--out`, renamed over
+/// `--out` only on success (so a failed `open` leaves no unauthenticated
+/// plaintext behind). Returns `{"KeyId", "InputBytes", "OutputBytes"}`.
+///
+/// # Errors
+/// I/O errors on the files; the errors of the data-key call; a message that
+/// does not authenticate (typed [`keybroker_common::EnvelopeError`]).
+pub async fn envelope_file(args: &EnvelopeArgs, sealing: bool) -> Result<Value, Error> {
+    use tokio::io::{BufReader, BufWriter};
+    let input = tokio::fs::File::open(&args.input)
+        .await
+        .map_err(|e| Error::io(format!("open {}", args.input.display()), e))?;
+    let partial = args.output.with_extension("partial");
+    let std_out = private_file(&partial)?;
+    let envelope = crate::envelope::Envelope::new(connect(&args.broker).await?, &args.key_id);
+    let context: BTreeMap<String, String> = args.context.iter().cloned().collect();
+    let mut writer = BufWriter::new(tokio::fs::File::from_std(std_out));
+    let result = if sealing {
+        envelope
+            .seal_stream(BufReader::new(input), &mut writer, &context)
+            .await
+    } else {
+        envelope
+            .open_stream(BufReader::new(input), &mut writer, &context)
+            .await
+    };
+    let finished = match result {
+        Ok(_) => writer
+            .into_inner()
+            .sync_all()
+            .await
+            .map_err(|e| Error::io(format!("write {}", partial.display()), e)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = finished {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
+    std::fs::rename(&partial, &args.output)
+        .map_err(|e| Error::io(format!("rename to {}", args.output.display()), e))?;
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(|e| Error::io(format!("stat {}", p.display()), e))
+    };
+    Ok(json!({
+        "KeyId": args.key_id,
+        "InputBytes": size(&args.input)?,
+        "OutputBytes": size(&args.output)?,
+    }))
+}
+
+/// `attestation`: a fresh document from the NSM, with what it attests
+/// (module id, digest, PCRs 0-4 and 8, read back without verification: the
+/// document is this enclave's own).
+///
+/// # Errors
+/// NSM failures; I/O errors reading the public key or writing the document.
+pub fn attestation(args: &AttestationArgs) -> Result<Value, Error> {
+    let (nsm, nsm_kind) = open_nsm(args.nsm.mock_nsm_ca.as_ref())?;
+    let public_key = args
+        .public_key_file
+        .as_ref()
+        .map(|p| std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e)))
+        .transpose()?;
+    let document = nsm.attestation(
+        public_key,
+        args.user_data.clone().map(|h| h.0),
+        args.nonce.clone().map(|h| h.0),
+    )?;
+    let mut out = Map::new();
+    out.insert("nsm".into(), json!(nsm_kind));
+    if let Ok(parsed) = keybroker_common::attestation::UnverifiedAttestation::parse(&document) {
+        let doc = parsed.document();
+        out.insert("ModuleId".into(), json!(doc.module_id));
+        out.insert("Timestamp".into(), json!(doc.timestamp.0));
+        let pcrs: BTreeMap<String, String> = doc
+            .pcrs
+            .iter()
+            .filter(|(i, _)| matches!(i, 0..=4 | 8))
+            .map(|(i, v)| (format!("PCR{i}"), hex::encode(v)))
+            .collect();
+        out.insert("Pcrs".into(), json!(pcrs));
+    }
+    out.insert("DocumentBytes".into(), json!(document.len()));
+    emit(
+        &mut out,
+        "AttestationDocument",
+        &document,
+        args.output_file.as_ref(),
+    )?;
+    Ok(Value::Object(out))
 }
 
 #[cfg(feature = "mock-nsm")]
@@ -204,14 +957,14 @@ fn ms(d: Duration) -> f64 {
 pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
     let mut timings = BTreeMap::new();
     let t = Instant::now();
-    let (nsm, nsm_kind) = open_nsm(args.mock_nsm_ca.as_ref())?;
+    let (nsm, nsm_kind) = open_nsm(args.broker.nsm.mock_nsm_ca.as_ref())?;
     let pcr0 = nsm.describe_pcr(0).map(|(_, v)| hex::encode(v)).ok();
     let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default()).await?;
     timings.insert("nsm_and_recipient_keys", ms(t.elapsed()));
 
     let t = Instant::now();
-    let mut config = ClientConfig::new(args.proxy.clone());
-    config.request_timeout = Duration::from_millis(args.timeout_ms);
+    let mut config = ClientConfig::new(args.broker.proxy.clone());
+    config.request_timeout = Duration::from_millis(args.broker.timeout_ms);
     config.connect_timeout = config.connect_timeout.min(config.request_timeout);
     let client = Client::connect(config, keys).await?;
     timings.insert("connect", ms(t.elapsed()));
@@ -273,7 +1026,7 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
     let ok = key_matches && roundtrip_ok;
     let report = json!({
         "ok": ok,
-        "proxy": args.proxy.to_string(),
+        "proxy": args.broker.proxy.to_string(),
         "nsm": nsm_kind,
         "pcr0": pcr0,
         "key_id": data_key.key_id,

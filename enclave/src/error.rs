@@ -127,6 +127,47 @@ impl Error {
         }
     }
 
+    /// This error as KMS would report it, for the in-enclave KMS endpoint
+    /// ([`crate::endpoint`]): the one place enclave errors become AWS JSON
+    /// `__type` codes and HTTP statuses.
+    ///
+    /// - a KMS error relayed by the proxy keeps its code, message and status,
+    ///   so SDK error handling and retries behave as against KMS;
+    /// - the proxy's policy refusal is `AccessDeniedException` (400), as the
+    ///   key policy's would be; `Busy` is `ThrottlingException` (400, retried
+    ///   by SDKs);
+    /// - the proxy or the connection being unavailable, lost or slow is
+    ///   `DependencyTimeoutException` (503, retried by SDKs);
+    /// - a caller mistake is `ValidationException` (400);
+    /// - anything else (NSM failure, an undecryptable or malformed answer) is
+    ///   `KMSInternalException` (500).
+    ///
+    /// Messages name the cause but never carry key material.
+    pub fn to_kms_error(&self) -> KmsError {
+        let message = format!("keybroker enclave: {self}");
+        match self {
+            Error::Common(keybroker_common::Error::Kms(k)) => k.clone(),
+            Error::Common(keybroker_common::Error::Protocol(ProtocolError::Remote {
+                code,
+                ..
+            })) => match code {
+                ErrorCode::PolicyDenied => KmsError::new("AccessDeniedException", message),
+                ErrorCode::Busy => KmsError::new("ThrottlingException", message),
+                ErrorCode::BadRequest => KmsError::new("ValidationException", message),
+                ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Shutdown => {
+                    KmsError::new("DependencyTimeoutException", message)
+                }
+                _ => KmsError::new("KMSInternalException", message),
+            },
+            Error::Common(keybroker_common::Error::InvalidArgument(_))
+            | Error::InvalidArgument(_) => KmsError::new("ValidationException", message),
+            Error::ConnectionLost { .. } | Error::Unavailable { .. } | Error::Timeout { .. } => {
+                KmsError::new("DependencyTimeoutException", message)
+            }
+            _ => KmsError::new("KMSInternalException", message),
+        }
+    }
+
     /// An [`Error::Io`] with context.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -194,5 +235,69 @@ mod tests {
             .to_string()
             .contains("GenerateDataKey")
         );
+    }
+
+    #[test]
+    fn kms_errors_keep_their_code_and_status() {
+        let relayed = Error::Common(keybroker_common::Error::Kms(KmsError::new(
+            "KeyUnavailableException",
+            "key material unavailable",
+        )));
+        let k = relayed.to_kms_error();
+        assert_eq!(
+            (k.code.as_str(), k.status),
+            ("KeyUnavailableException", 500)
+        );
+        assert_eq!(k.message, "key material unavailable");
+
+        let cases = [
+            (
+                Error::from(ProtocolError::Remote {
+                    code: ErrorCode::PolicyDenied,
+                    message: "Recipient required".into(),
+                    retryable: false,
+                }),
+                "AccessDeniedException",
+                400,
+            ),
+            (
+                Error::from(ProtocolError::Remote {
+                    code: ErrorCode::Busy,
+                    message: "busy".into(),
+                    retryable: true,
+                }),
+                "ThrottlingException",
+                400,
+            ),
+            (
+                Error::Unavailable {
+                    reason: "refused".into(),
+                },
+                "DependencyTimeoutException",
+                503,
+            ),
+            (
+                Error::InvalidArgument("Recipient is attached by the enclave".into()),
+                "ValidationException",
+                400,
+            ),
+            (
+                Error::Nsm {
+                    request: "Attestation",
+                    detail: "InvalidOperation".into(),
+                },
+                "KMSInternalException",
+                500,
+            ),
+        ];
+        for (e, code, status) in cases {
+            let k = e.to_kms_error();
+            assert_eq!((k.code.as_str(), k.status), (code, status), "{e}");
+            assert!(
+                k.message.starts_with("keybroker enclave: "),
+                "{}",
+                k.message
+            );
+        }
     }
 }

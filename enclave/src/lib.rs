@@ -13,6 +13,11 @@
 //! - [`client`]: [`Client`], the broker operations over the framed protocol
 //!   of `keybroker_common::protocol`, with concurrent requests on one
 //!   connection, reconnection and deadlines;
+//! - [`endpoint`]: [`KmsEndpoint`], a KMS-compatible HTTP endpoint (AWS JSON
+//!   1.1) so unmodified AWS SDKs inside the enclave get attested KMS;
+//! - [`envelope`]: [`Envelope`], envelope encryption (`seal`/`open`,
+//!   streaming) with KMS data keys and a [`DataKeyCache`] with the AWS
+//!   Encryption SDK's limits;
 //! - [`transport`]: `vsock://`, `tcp://` and `unix://` connections;
 //! - [`cli`]: the `keybroker-enclave` command line (`demo`, `mock-nsm`).
 //!
@@ -39,6 +44,8 @@
 
 pub mod cli;
 pub mod client;
+pub mod endpoint;
+pub mod envelope;
 mod error;
 pub mod keys;
 #[cfg(feature = "mock-nsm")]
@@ -47,6 +54,8 @@ pub mod nsm;
 pub mod transport;
 
 pub use client::{Client, ClientConfig, ClientStats, DataKey, DataKeyPair, Decrypted};
+pub use endpoint::KmsEndpoint;
+pub use envelope::{CachingConfig, DataKeyCache, DataKeySource, Envelope};
 pub use error::Error;
 pub use keys::{KeyStats, RecipientKeyPair, RecipientKeys, RecipientKeysConfig};
 #[cfg(feature = "mock-nsm")]

@@ -3,6 +3,8 @@
 //! ```text
 //! keybroker-proxy attestation verify [--root PEM]... [--at MS_OR_RFC3339] FILE
 //! keybroker-proxy serve [--config FILE] [--listen ADDR] [--kms-endpoint URL] ...
+//! keybroker-proxy policy --principal ARN (--pcr0 HEX [--pcr1 HEX] [--pcr2 HEX] [--pcr8 HEX]
+//!                        | --pcrs-json FILE...) [--key-admin ARN]... [--account-id ID] [--output FILE]
 //! ```
 //!
 //! `serve` runs the proxy (see [`crate::server`]) until SIGINT or SIGTERM. Once
@@ -16,6 +18,17 @@
 //! Root-G1 plus any `--root` certificates, at `--at` (default: now), and
 //! prints a JSON summary. Exit codes: 0 valid, 1 invalid (`invalid: <reason>`
 //! on stderr), 2 usage or I/O error.
+//!
+//! `policy` writes the KMS key policy that gives plaintext only to attested
+//! enclaves of the given images (see [`crate::key_policy`] for every
+//! statement) as pretty JSON, to standard output or `--output`. The images
+//! come either from the `--pcr0` (`--pcr1`, `--pcr2`, `--pcr8`) flags (one
+//! image) or from `--pcrs-json` files (repeatable: one image per file, e.g.
+//! the old and the new image during a rollout), never both: mixing them is a
+//! usage error rather than a silent override. Warnings (e.g. no
+//! `--key-admin`) go to standard error. Exit codes: 0 written, 2 usage,
+//! invalid input (bad PCR, ARN or JSON; an all-zero debug-mode PCR) or I/O
+//! error.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -68,11 +81,56 @@ pub enum Command {
     Attestation(AttestationCommand),
     /// Relay enclave requests to KMS until SIGINT/SIGTERM.
     Serve(Box<ServeArgs>),
+    /// Write the KMS key policy that releases plaintext only to attested
+    /// enclaves of the given image(s).
+    Policy(PolicyArgs),
+}
+
+/// Arguments of `policy`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PolicyArgs {
+    /// The parent principal: the IAM role the proxy runs as (the instance
+    /// role), e.g. arn:aws:iam::111122223333:role/keybroker-parent.
+    #[arg(long, value_name = "ARN")]
+    pub principal: String,
+    /// PCR0 (enclave image SHA-384, 96 hex digits) of the one image admitted.
+    #[arg(
+        long,
+        value_name = "HEX",
+        required_unless_present = "pcrs_json",
+        conflicts_with = "pcrs_json"
+    )]
+    pub pcr0: Option<String>,
+    /// Also require PCR1 (kernel and bootstrap).
+    #[arg(long, value_name = "HEX", requires = "pcr0")]
+    pub pcr1: Option<String>,
+    /// Also require PCR2 (application).
+    #[arg(long, value_name = "HEX", requires = "pcr0")]
+    pub pcr2: Option<String>,
+    /// Also require PCR8 (EIF signing certificate; signed images only).
+    #[arg(long, value_name = "HEX", requires = "pcr0")]
+    pub pcr8: Option<String>,
+    /// The JSON `nitro-cli build-enclave` or `nitro-cli describe-eif`
+    /// prints (`-` for standard input); every PCR in it is required.
+    /// Repeatable: one admitted image per file (rollouts).
+    #[arg(long = "pcrs-json", value_name = "FILE")]
+    pub pcrs_json: Vec<PathBuf>,
+    /// A key administrator (may manage the key, never use it); repeatable.
+    /// Default: the key account's root (IAM policies decide).
+    #[arg(long = "key-admin", value_name = "ARN")]
+    pub key_admins: Vec<String>,
+    /// The account that owns the key (default: the principal's).
+    #[arg(long, value_name = "ID")]
+    pub account_id: Option<String>,
+    /// Write the policy here instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// Arguments of `serve`. Flags override the `--config` file; list flags
-/// (`--allow-key`, `--allow-operation`, `--pcr`, `--attestation-root`) add
-/// to the file's lists.
+/// (`--allow-key`, `--allow-operation`, `--allow-image`,
+/// `--allow-image-json`, `--attestation-root`) add to the file's lists;
+/// `--pcr` sets PCRs of the file's single `[policy.expected_pcrs]` image.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
     /// TOML configuration file (see parent-proxy/examples/proxy.toml).
@@ -100,10 +158,35 @@ pub struct ServeArgs {
     /// Only forward this operation (KMS name, e.g. GenerateDataKey); repeatable.
     #[arg(long = "allow-operation", value_name = "OPERATION")]
     pub allow_operations: Vec<String>,
-    /// Require this PCR value in the Recipient attestation document
-    /// (INDEX=HEX); repeatable. Documents are then verified.
-    #[arg(long = "pcr", value_name = "INDEX=HEX", value_parser = crate::config::parse_pcr_flag)]
+    /// Admit one enclave image: require this PCR value in the Recipient
+    /// attestation document (INDEX=HEX, e.g. 0=PCR0_HEX); repeatable, one
+    /// flag per PCR of that image. Sets PCRs of the file's
+    /// [policy.expected_pcrs] image (a flag wins over the file for the same
+    /// index). Documents are then verified. For several images use
+    /// --allow-image or --allow-image-json instead.
+    #[arg(
+        long = "pcr",
+        value_name = "INDEX=HEX",
+        value_parser = crate::config::parse_pcr_flag,
+        conflicts_with_all = ["allow_images", "allow_image_json"]
+    )]
     pub pcrs: Vec<(u8, Vec<u8>)>,
+    /// Also admit this enclave image: pcr0=HEX[,pcr1=HEX,pcr2=HEX,pcr8=HEX]
+    /// [,name=NAME]; every PCR given must match (never mixed with another
+    /// image's). Repeatable (e.g. old and new image during a rollout); adds
+    /// to the file's [[policy.allowed_images]]. Documents are then verified.
+    #[arg(
+        long = "allow-image",
+        value_name = "pcr0=HEX[,pcrN=HEX][,name=NAME]",
+        value_parser = crate::config::parse_image_flag
+    )]
+    pub allow_images: Vec<crate::policy::AllowedImage>,
+    /// Also admit the image whose measurements this file holds: the JSON
+    /// that `nitro-cli build-enclave` or `nitro-cli describe-eif` prints
+    /// (the file given to `policy --pcrs-json`); every PCR in it must
+    /// match. Repeatable; adds to the file's images.
+    #[arg(long = "allow-image-json", value_name = "FILE")]
+    pub allow_image_json: Vec<PathBuf>,
     /// Also trust this attestation root (PEM or DER), e.g. the mock NSM's
     /// CA; repeatable. The AWS Nitro root is always trusted.
     #[arg(long = "attestation-root", value_name = "PEM")]
@@ -266,6 +349,7 @@ where
     };
     match cli.command {
         Command::Serve(args) => serve(&args, stdout, stderr),
+        Command::Policy(args) => policy(&args, stdin, stdout, stderr),
         Command::Attestation(AttestationCommand::Verify(args)) => match verify(&args, stdin, now) {
             Ok(summary) => match serde_json::to_string_pretty(&summary) {
                 Ok(json) => {
@@ -300,7 +384,9 @@ pub struct ServeSettings {
 
 /// Merges the `--config` file (if any) and the flags.
 pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
-    use crate::config::{FileConfig, ProxyConfig, add_roots, parse_operation};
+    use crate::config::{
+        FileConfig, ProxyConfig, add_roots, check_images, load_image_json, parse_operation,
+    };
     let mut file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -334,9 +420,27 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
             .get_or_insert_with(Default::default)
             .insert(op);
     }
-    for (index, value) in &args.pcrs {
-        policy.expected_pcrs.insert(*index, value.clone());
+    if !args.pcrs.is_empty() {
+        // `--pcr` edits the single image of `[policy.expected_pcrs]`, as it
+        // always did (same index: the flag wins).
+        if file.policy.allowed_images.is_some() {
+            return Err(crate::Error::Config(
+                "--pcr sets the PCRs of the single image ([policy.expected_pcrs]), but the \
+                 configuration file lists [[policy.allowed_images]]: use --allow-image"
+                    .into(),
+            ));
+        }
+        let mut pcrs = file.single_image_pcrs()?;
+        pcrs.extend(args.pcrs.iter().cloned());
+        policy.allowed_images = vec![crate::policy::AllowedImage::new(pcrs)?];
     }
+    policy
+        .allowed_images
+        .extend(args.allow_images.iter().cloned());
+    for path in &args.allow_image_json {
+        policy.allowed_images.push(load_image_json(path)?);
+    }
+    check_images(&policy.allowed_images)?;
     for path in &args.attestation_roots {
         add_roots(&mut policy.verifier, path)?;
     }
@@ -365,6 +469,7 @@ pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -
     };
     // A subscriber may already be installed (tests calling `run` twice).
     let _ = crate::audit::init_logging(settings.log_format);
+    log_allowed_images(&settings.proxy.policy);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -400,6 +505,126 @@ pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -
             tracing::error!(error = %e, "server failed");
             let _ = writeln!(stderr, "error: {e}");
             EXIT_FAILURE
+        }
+    }
+}
+
+/// Logs, at start, which enclave images the proxy admits (one line per
+/// image, with its full PCR values), so that the journal shows what a
+/// `denied:PcrMismatch` was checked against.
+fn log_allowed_images(policy: &crate::policy::Policy) {
+    if policy.allowed_images.is_empty() {
+        tracing::warn!(
+            "no allowed enclave images: the proxy does not check attestation documents \
+             (the KMS key policy alone decides)"
+        );
+    }
+    for image in &policy.allowed_images {
+        let pcrs: Vec<String> = image
+            .pcrs()
+            .iter()
+            .map(|(index, value)| format!("PCR{index}={}", hex::encode(value)))
+            .collect();
+        tracing::info!(
+            image = %image.label(),
+            pcrs = %pcrs.join(" "),
+            "admitting enclave image"
+        );
+    }
+}
+
+/// Builds the key policy of `policy` from its arguments (reading the
+/// `--pcrs-json` files, `-` from `stdin`).
+pub fn key_policy(
+    args: &PolicyArgs,
+    stdin: &mut dyn Read,
+) -> crate::Result<crate::key_policy::EnclaveKeyPolicy> {
+    use crate::key_policy::{EnclaveKeyPolicy, ImageMeasurements, MAX_NITRO_CLI_JSON_LEN};
+    let mut images = Vec::new();
+    if let Some(pcr0) = &args.pcr0 {
+        let mut image = ImageMeasurements::new(pcr0)?;
+        for (index, value) in [(1, &args.pcr1), (2, &args.pcr2), (8, &args.pcr8)] {
+            if let Some(v) = value {
+                image = image.with_pcr(index, v)?;
+            }
+        }
+        images.push(image);
+    }
+    if args
+        .pcrs_json
+        .iter()
+        .filter(|p| p.as_os_str() == "-")
+        .count()
+        > 1
+    {
+        return Err(crate::Error::KeyPolicy(
+            "--pcrs-json - (standard input) given twice".into(),
+        ));
+    }
+    for path in &args.pcrs_json {
+        let (name, bytes) = if path.as_os_str() == "-" {
+            let bytes = read_limited(stdin, MAX_NITRO_CLI_JSON_LEN)
+                .map_err(|e| crate::Error::KeyPolicy(format!("standard input: {e}")))?;
+            ("standard input".to_owned(), bytes)
+        } else {
+            let file_err = |source| crate::Error::File {
+                path: path.clone(),
+                source,
+            };
+            let mut file = std::fs::File::open(path).map_err(file_err)?;
+            let bytes = read_limited(&mut file, MAX_NITRO_CLI_JSON_LEN)
+                .map_err(|e| crate::Error::KeyPolicy(format!("{}: {e}", path.display())))?;
+            (path.display().to_string(), bytes)
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|_| crate::Error::KeyPolicy(format!("{name}: not UTF-8 text")))?;
+        let image = ImageMeasurements::from_nitro_cli_json(&text)
+            .map_err(|e| crate::Error::KeyPolicy(format!("{name}: {e}")))?;
+        images.push(image);
+    }
+    let mut policy = EnclaveKeyPolicy::new(&args.principal, images)?;
+    for admin in &args.key_admins {
+        policy = policy.with_key_admin(admin)?;
+    }
+    if let Some(account) = &args.account_id {
+        policy = policy.with_account_id(account)?;
+    }
+    Ok(policy)
+}
+
+/// `policy`: writes the key policy; returns the exit code.
+pub fn policy(
+    args: &PolicyArgs,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> u8 {
+    let built = key_policy(args, stdin).and_then(|p| {
+        let json = p.document().to_json_pretty()?;
+        Ok((p, json))
+    });
+    let (policy, json) = match built {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    for warning in policy.warnings() {
+        let _ = writeln!(stderr, "warning: {warning}");
+    }
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, format!("{json}\n"))
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => writeln!(stdout, "{json}")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| format!("standard output: {e}")),
+    };
+    match written {
+        Ok(()) => EXIT_VALID,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            EXIT_USAGE
         }
     }
 }

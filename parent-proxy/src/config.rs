@@ -17,7 +17,8 @@ use keybroker_common::protocol::MAX_FRAME_LEN;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::policy::Policy;
+use crate::key_policy::{ImageMeasurements, MAX_NITRO_CLI_JSON_LEN};
+use crate::policy::{AllowedImage, Policy, check_pcr_value};
 
 /// The default listening address: vsock, any CID (`VMADDR_CID_ANY`,
 /// 0xFFFFFFFF, so the parent accepts from every enclave it runs), port 5000.
@@ -176,8 +177,15 @@ pub struct FilePolicy {
     pub allowed_keys: Option<Vec<String>>,
     /// [`Policy::allowed_operations`], by KMS operation name.
     pub allowed_operations: Option<Vec<String>>,
-    /// [`Policy::expected_pcrs`]: `"0" = "hex"` (or `PCR0 = "hex"`).
+    /// One admitted image (the original form): `[policy.expected_pcrs]`
+    /// with `"0" = "hex"` (or `PCR0 = "hex"`) per required PCR. Cannot be
+    /// combined with `allowed_images`.
     pub expected_pcrs: Option<BTreeMap<String, String>>,
+    /// [`Policy::allowed_images`]: `[[policy.allowed_images]]` tables, each
+    /// with `pcr0 = "hex"` (required), optionally other `pcrN = "hex"`
+    /// (e.g. `pcr1`, `pcr2`, `pcr8`) and `name = "v1.2"` (for messages).
+    /// See [`parse_image_table`].
+    pub allowed_images: Option<Vec<BTreeMap<String, String>>>,
     /// PEM (or DER) files of extra attestation roots, e.g. the mock NSM's CA.
     /// Relative paths are relative to the configuration file.
     pub attestation_roots: Option<Vec<PathBuf>>,
@@ -260,6 +268,58 @@ impl FileConfig {
         }
     }
 
+    /// The PCRs of `[policy.expected_pcrs]` (the single-image form), by
+    /// index; empty without the table. An index given twice (`0` and
+    /// `PCR0`) is an error.
+    pub fn single_image_pcrs(&self) -> Result<BTreeMap<u8, Vec<u8>>> {
+        let mut pcrs = BTreeMap::new();
+        for (index, value) in self.policy.expected_pcrs.iter().flatten() {
+            let (index, value) = parse_pcr(index, value)?;
+            if pcrs.insert(index, value).is_some() {
+                return Err(Error::Config(format!(
+                    "[policy.expected_pcrs] gives PCR{index} twice"
+                )));
+            }
+        }
+        Ok(pcrs)
+    }
+
+    /// The admitted images: those of `[[policy.allowed_images]]`, or the
+    /// one image of `[policy.expected_pcrs]` (none if that table is absent
+    /// or empty). Both forms at once are an error: the old table left
+    /// beside the new list would silently keep admitting its image.
+    pub fn allowed_images(&self) -> Result<Vec<AllowedImage>> {
+        let images = match (&self.policy.expected_pcrs, &self.policy.allowed_images) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "use either [policy.expected_pcrs] (one image) or [[policy.allowed_images]], \
+                     not both: move the expected PCRs into an allowed_images entry"
+                        .into(),
+                ));
+            }
+            (None, Some(tables)) => tables
+                .iter()
+                .enumerate()
+                .map(|(i, table)| {
+                    parse_image_table(table).map_err(|e| {
+                        Error::Config(format!("policy.allowed_images[{i}]: {}", config_message(e)))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            (Some(_), None) => {
+                let pcrs = self.single_image_pcrs()?;
+                if pcrs.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![AllowedImage::new(pcrs)?]
+                }
+            }
+            (None, None) => Vec::new(),
+        };
+        check_images(&images)?;
+        Ok(images)
+    }
+
     /// Builds the policy: parses operation names and PCR values and reads
     /// the root files.
     pub fn policy(&self) -> Result<Policy> {
@@ -277,11 +337,7 @@ impl FileConfig {
                     .collect::<Result<HashSet<_>>>()?,
             ),
         };
-        let mut expected_pcrs = BTreeMap::new();
-        for (index, value) in p.expected_pcrs.iter().flatten() {
-            let (index, value) = parse_pcr(index, value)?;
-            expected_pcrs.insert(index, value);
-        }
+        let allowed_images = self.allowed_images()?;
         Ok(Policy {
             dangerous_forward_without_recipient: p
                 .dangerous_forward_without_recipient
@@ -291,7 +347,7 @@ impl FileConfig {
                 .as_ref()
                 .map(|k| k.iter().cloned().collect::<BTreeSet<_>>()),
             allowed_operations,
-            expected_pcrs,
+            allowed_images,
             verifier,
             max_request_len: p.max_request_len,
         })
@@ -310,26 +366,27 @@ pub fn parse_operation(name: &str) -> Result<Operation> {
 }
 
 /// Parses one expected PCR: index `0..=31` (optionally written `PCR0` /
-/// `pcr0`) and a hex value of 32, 48 or 64 bytes (NSM PCR sizes).
+/// `pcr0`) and a hex value of 32, 48 or 64 bytes (NSM PCR sizes), not all
+/// zero (see [`check_pcr_value`]).
 pub fn parse_pcr(index: &str, value: &str) -> Result<(u8, Vec<u8>)> {
+    let i = parse_pcr_index(index)
+        .ok_or_else(|| Error::Config(format!("PCR index {index:?} is not 0..=31")))?;
+    let bytes = hex::decode(value.trim())
+        .map_err(|e| Error::Config(format!("PCR{i} value is not hex: {e}")))?;
+    check_pcr_value(i, &bytes)?;
+    Ok((i, bytes))
+}
+
+/// `0`, `PCR0` or `pcr0` to 0 (up to 31).
+fn parse_pcr_index(index: &str) -> Option<u8> {
     let digits = index
         .strip_prefix("PCR")
         .or_else(|| index.strip_prefix("pcr"))
         .unwrap_or(index);
-    let i: u8 = digits
+    digits
         .parse()
         .ok()
-        .filter(|i| *i <= 31)
-        .ok_or_else(|| Error::Config(format!("PCR index {index:?} is not 0..=31")))?;
-    let bytes = hex::decode(value.trim())
-        .map_err(|e| Error::Config(format!("PCR{i} value is not hex: {e}")))?;
-    if ![32, 48, 64].contains(&bytes.len()) {
-        return Err(Error::Config(format!(
-            "PCR{i} value is {} bytes; PCRs are 32, 48 or 64 bytes (SHA-384 PCRs: 48)",
-            bytes.len()
-        )));
-    }
-    Ok((i, bytes))
+        .filter(|i| *i <= crate::policy::MAX_PCR_INDEX)
 }
 
 /// Parses `--pcr INDEX=HEX`.
@@ -337,7 +394,102 @@ pub fn parse_pcr_flag(s: &str) -> Result<(u8, Vec<u8>), String> {
     let (index, value) = s
         .split_once('=')
         .ok_or_else(|| "expected INDEX=HEX, e.g. 0=abcd...".to_owned())?;
-    parse_pcr(index, value).map_err(|e| e.to_string())
+    parse_pcr(index, value).map_err(config_message)
+}
+
+/// Parses one allowed image, as written in a `[[policy.allowed_images]]`
+/// table or an `--allow-image` flag: `pcr0` (required: the image file's
+/// SHA-384, as in the KMS key policy), optionally more `pcrN` (also
+/// `PCRN`; e.g. `pcr1`, `pcr2`, `pcr8`) and `name`. Every PCR given must
+/// match; any other key is an error.
+pub fn parse_image_table(table: &BTreeMap<String, String>) -> Result<AllowedImage> {
+    let mut pcrs = BTreeMap::new();
+    let mut name = None;
+    for (key, value) in table {
+        if key == "name" {
+            name = Some(value.as_str());
+            continue;
+        }
+        if !(key.starts_with("pcr") || key.starts_with("PCR")) {
+            return Err(Error::Config(format!(
+                "unknown key {:?}: expected name, pcr0, pcr1, pcr2, pcr8, ... (pcrN)",
+                crate::policy::short(key)
+            )));
+        }
+        let (index, value) = parse_pcr(key, value)?;
+        if pcrs.insert(index, value).is_some() {
+            return Err(Error::Config(format!("PCR{index} is given twice")));
+        }
+    }
+    if !pcrs.contains_key(&0) {
+        return Err(Error::Config(
+            "pcr0 is required (the image's SHA-384, what the KMS key policy names)".into(),
+        ));
+    }
+    let image = AllowedImage::new(pcrs)?;
+    match name {
+        Some(name) => image.with_name(name),
+        None => Ok(image),
+    }
+}
+
+/// Parses `--allow-image pcr0=HEX[,pcr1=HEX,pcr2=HEX,pcr8=HEX][,name=NAME]`
+/// (see [`parse_image_table`]).
+pub fn parse_image_flag(s: &str) -> Result<AllowedImage, String> {
+    let mut table = BTreeMap::new();
+    for part in s.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected KEY=VALUE, e.g. pcr0=abcd...,name=v1.2"))?;
+        if table
+            .insert(key.trim().to_owned(), value.trim().to_owned())
+            .is_some()
+        {
+            return Err(format!("{} is given twice", key.trim()));
+        }
+    }
+    parse_image_table(&table).map_err(config_message)
+}
+
+/// Reads an allowed image from the JSON `nitro-cli build-enclave` or
+/// `nitro-cli describe-eif` prints (the file `keybroker-proxy policy
+/// --pcrs-json` reads, with the same parser and checks): every PCR in it
+/// must match. The image is named after the file.
+pub fn load_image_json(path: &Path) -> Result<AllowedImage> {
+    let in_file = |e: Error| Error::Config(format!("{}: {}", path.display(), config_message(e)));
+    let bytes = read_limited(path, MAX_NITRO_CLI_JSON_LEN)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::Config(format!("{}: not UTF-8 text", path.display())))?;
+    let measurements = ImageMeasurements::from_nitro_cli_json(&text).map_err(in_file)?;
+    let image = AllowedImage::from_measurements(&measurements).map_err(in_file)?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    image.with_name(&name).map_err(in_file)
+}
+
+/// Checks a complete image list: names are unique (they identify images
+/// in messages).
+pub fn check_images(images: &[AllowedImage]) -> Result<()> {
+    let mut names = BTreeSet::new();
+    for name in images.iter().filter_map(AllowedImage::name) {
+        if !names.insert(name) {
+            return Err(Error::Config(format!(
+                "two allowed images are named {name:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The message of a configuration or key-policy error, without its
+/// `configuration: ` / `key policy: ` prefix (to nest it in another).
+fn config_message(e: Error) -> String {
+    match e {
+        Error::Config(m) | Error::KeyPolicy(m) => m,
+        other => other.to_string(),
+    }
 }
 
 /// Adds every certificate of a PEM (or DER) file to `verifier`.
@@ -390,7 +542,8 @@ mod tests {
         let p = c.policy().unwrap();
         assert!(!p.dangerous_forward_without_recipient);
         assert!(p.allowed_keys.is_none() && p.allowed_operations.is_none());
-        assert!(p.expected_pcrs.is_empty());
+        assert!(p.allowed_images.is_empty());
+        assert!(!p.verifies_attestation());
         assert_eq!(c.kms_settings(), KmsSettings::default());
     }
 
@@ -420,17 +573,208 @@ mod tests {
         let hex48 = "ab".repeat(48);
         assert_eq!(parse_pcr("0", &hex48).unwrap(), (0, vec![0xab; 48]));
         assert_eq!(parse_pcr("PCR8", &hex48).unwrap().0, 8);
+        assert_eq!(parse_pcr("pcr31", &hex48).unwrap().0, 31);
         assert_eq!(parse_pcr_flag(&format!("2={hex48}")).unwrap().0, 2);
         assert!(parse_pcr_flag(&hex48).is_err());
         assert!(parse_pcr("x", &hex48).is_err());
+        assert!(parse_pcr("32", &hex48).is_err());
+        // A debug-mode enclave's value is refused, in the file and the flag.
+        let zeros = "00".repeat(48);
+        assert!(parse_pcr("0", &zeros).is_err());
+        let err = parse_pcr_flag(&format!("0={zeros}")).unwrap_err();
+        assert!(err.contains("debug-mode"), "{err}");
+    }
+
+    const A0: &str = "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
+    const A2: &str = "a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2";
+    const B0: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+
+    fn images_of(toml: &str) -> Result<Vec<AllowedImage>> {
+        FileConfig::parse(toml)?.policy().map(|p| p.allowed_images)
+    }
+
+    /// The original single-image table still works (any PCR index, `0` or
+    /// `PCR0` spelling): one image with exactly those PCRs.
+    #[test]
+    fn single_image_table_is_one_image() {
+        let images = images_of(&format!(
+            "[policy.expected_pcrs]\n0 = \"{A0}\"\nPCR2 = \"{A2}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].name(), None);
+        assert_eq!(
+            images[0].pcrs(),
+            &[(0, vec![0xa0; 48]), (2, vec![0xa2; 48])].into()
+        );
+        // An empty table checks nothing, as before.
+        assert!(images_of("[policy.expected_pcrs]\n").unwrap().is_empty());
+        // The same index twice.
+        let err = images_of(&format!(
+            "[policy.expected_pcrs]\n0 = \"{A0}\"\nPCR0 = \"{B0}\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("PCR0 twice"), "{err}");
+    }
+
+    #[test]
+    fn allowed_images_tables_parse() {
+        let images = images_of(&format!(
+            "[[policy.allowed_images]]\nname = \"v1\"\npcr0 = \"{A0}\"\npcr2 = \"{A2}\"\n\
+             [[policy.allowed_images]]\nPCR0 = \"{B0}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(images.len(), 2);
+        assert_eq!(images[0].name(), Some("v1"));
+        assert_eq!(
+            images[0].pcrs(),
+            &[(0, vec![0xa0; 48]), (2, vec![0xa2; 48])].into()
+        );
+        assert_eq!(images[1].name(), None);
+        assert_eq!(images[1].pcrs(), &[(0, vec![0xb0; 48])].into());
+        assert_eq!(images[1].label(), "PCR0 b0b0b0b0b0b0b0b0…");
+    }
+
+    #[test]
+    fn bad_allowed_images_are_errors() {
+        let zeros = "00".repeat(48);
+        for (toml, expect) in [
+            // PCR0 is required (the key policy names it).
+            (format!("pcr2 = \"{A2}\""), "pcr0 is required"),
+            ("name = \"x\"".to_owned(), "pcr0 is required"),
+            // Debug-mode values, in PCR0 or another PCR.
+            (format!("pcr0 = \"{zeros}\""), "debug-mode"),
+            (format!("pcr0 = \"{A0}\"\npcr8 = \"{zeros}\""), "debug-mode"),
+            // Typos are not ignored.
+            (
+                format!("pcr0 = \"{A0}\"\nnmae = \"x\""),
+                "unknown key \"nmae\"",
+            ),
+            (format!("pcr0 = \"{A0}\"\npcr = \"{A2}\""), "not 0..=31"),
+            (format!("pcr0 = \"{A0}\"\npcr32 = \"{A2}\""), "not 0..=31"),
+            (
+                format!("pcr0 = \"{A0}\"\nPCR0 = \"{B0}\""),
+                "PCR0 is given twice",
+            ),
+            ("pcr0 = \"abcd\"".to_owned(), "2 bytes"),
+            (format!("pcr0 = \"{A0}\"\nname = \"\""), "image name"),
+        ] {
+            let err = images_of(&format!("[[policy.allowed_images]]\n{toml}\n")).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains("policy.allowed_images[0]: "), "{err}");
+            assert!(err.contains(expect), "{toml}: {err}");
+        }
+        // A non-string value.
+        assert!(FileConfig::parse("[[policy.allowed_images]]\npcr0 = 1\n").is_err());
+        // Two images with one name.
+        let err = images_of(&format!(
+            "[[policy.allowed_images]]\nname = \"v\"\npcr0 = \"{A0}\"\n\
+             [[policy.allowed_images]]\nname = \"v\"\npcr0 = \"{B0}\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("named \"v\""), "{err}");
+        // Both forms at once.
+        let err = images_of(&format!(
+            "[policy.expected_pcrs]\n0 = \"{A0}\"\n[[policy.allowed_images]]\npcr0 = \"{B0}\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn allow_image_flag_parses() {
+        let image = parse_image_flag(&format!("pcr0={A0}, pcr2={A2},name=v1.2")).unwrap();
+        assert_eq!(image.name(), Some("v1.2"));
+        assert_eq!(
+            image.pcrs(),
+            &[(0, vec![0xa0; 48]), (2, vec![0xa2; 48])].into()
+        );
+        assert_eq!(
+            parse_image_flag(&format!("PCR0={B0}")).unwrap().name(),
+            None
+        );
+        assert!(
+            parse_image_flag(&format!("pcr2={A2}"))
+                .unwrap_err()
+                .contains("pcr0")
+        );
+        assert!(parse_image_flag(A0).unwrap_err().contains("KEY=VALUE"));
+        assert!(
+            parse_image_flag(&format!("pcr0={A0},pcr0={B0}"))
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            parse_image_flag(&format!("pcr0={}", "00".repeat(48)))
+                .unwrap_err()
+                .contains("debug-mode")
+        );
+    }
+
+    #[test]
+    fn allow_image_json_reads_nitro_cli_output() {
+        let dir = std::env::temp_dir().join(format!("keybroker-image-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("new-pcrs.json");
+        std::fs::write(
+            &good,
+            format!(
+                "Start building the Enclave Image...\n{{\"Measurements\": {{\"HashAlgorithm\": \
+                 \"Sha384 {{ ... }}\", \"PCR0\": \"{A0}\", \"PCR2\": \"{A2}\"}}}}\n"
+            ),
+        )
+        .unwrap();
+        let debug = dir.join("debug.json");
+        std::fs::write(
+            &debug,
+            format!(
+                "{{\"Measurements\": {{\"PCR0\": \"{}\"}}}}",
+                "00".repeat(48)
+            ),
+        )
+        .unwrap();
+        let image = load_image_json(&good);
+        let refused = load_image_json(&debug);
+        let missing = load_image_json(&dir.join("absent.json"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let image = image.unwrap();
+        assert_eq!(image.name(), Some("new-pcrs.json"));
+        assert_eq!(
+            image.pcrs(),
+            &[(0, vec![0xa0; 48]), (2, vec![0xa2; 48])].into()
+        );
+        let err = refused.unwrap_err().to_string();
+        assert!(err.contains("debug.json: PCR0 is all zeros"), "{err}");
+        assert!(matches!(missing, Err(Error::File { .. })));
+    }
+
+    /// Relative `attestation_roots` are relative to the configuration file
+    /// (the shipped example names none any more, so this is tested here).
+    #[test]
+    fn relative_roots_resolve_against_the_file() {
+        let dir = std::env::temp_dir().join(format!("keybroker-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("proxy.toml");
+        std::fs::write(
+            &path,
+            "[policy]\nattestation_roots = [\"dev-root.pem\", \"/abs/root.pem\"]\n",
+        )
+        .unwrap();
+        let c = FileConfig::load(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            c.policy.attestation_roots.unwrap(),
+            [dir.join("dev-root.pem"), PathBuf::from("/abs/root.pem")]
+        );
     }
 
     /// The shipped example configuration parses and builds (so it never
-    /// rots), except for its root file, which only exists on a dev machine.
+    /// rots), and is fit for production: no development attestation root,
+    /// no debug-mode (all-zero) PCR.
     #[test]
     fn example_config_parses() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/proxy.toml"));
-        let mut c = FileConfig::load(path).unwrap();
+        let c = FileConfig::load(path).unwrap();
         assert_eq!(
             c.listen_address().unwrap(),
             "vsock://4294967295:5000".parse().unwrap()
@@ -440,12 +784,14 @@ mod tests {
         let kms = c.kms_settings();
         assert_eq!(kms.region.as_deref(), Some("us-east-1"));
         assert_eq!(c.log_format, Some(LogFormat::Json));
-        let roots = c.policy.attestation_roots.take().unwrap();
-        assert_eq!(roots.len(), 1);
-        assert!(roots[0].starts_with(path.parent().unwrap()), "{roots:?}");
+        assert_eq!(c.policy.attestation_roots, None);
         let p = c.policy().unwrap();
-        assert_eq!(p.expected_pcrs.len(), 1);
-        assert_eq!(p.expected_pcrs[&0].len(), 48);
+        assert_eq!(p.allowed_images.len(), 1);
+        let image = &p.allowed_images[0];
+        assert_eq!(image.name(), Some("keybroker 0.1.0"));
+        assert_eq!(image.pcrs().keys().copied().collect::<Vec<_>>(), [0]);
+        assert_eq!(image.pcrs()[&0].len(), 48);
+        assert!(image.pcrs()[&0].iter().any(|b| *b != 0));
         assert!(
             p.allowed_operations
                 .unwrap()

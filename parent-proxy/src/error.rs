@@ -17,6 +17,10 @@ pub enum Error {
     /// Local: the configuration (TOML file or flags) is invalid.
     #[error("configuration: {0}")]
     Config(String),
+    /// Local: the key policy generator's input (PCR values, ARNs, nitro-cli
+    /// JSON) is invalid; see [`crate::key_policy`].
+    #[error("key policy: {0}")]
+    KeyPolicy(String),
     /// Local: a file named by the configuration cannot be read.
     #[error("{}: {source}", path.display())]
     File {

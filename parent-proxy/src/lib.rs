@@ -10,6 +10,8 @@
 //! - [`backend`]: where it goes ([`backend::KmsBackend`], `aws-sdk-kms`);
 //! - [`config`]: the TOML file and limits;
 //! - [`audit`]: logging, one audit line per request;
+//! - [`key_policy`]: the KMS key policy that binds a key to enclave images
+//!   (`keybroker-proxy policy`);
 //! - [`cli`]: the command line.
 //!
 //! The binary (`src/main.rs`) only forwards its arguments and standard
@@ -41,6 +43,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 mod error;
+pub mod key_policy;
 mod listener;
 pub mod policy;
 pub mod server;

@@ -20,12 +20,15 @@
 //!    `alias/Name` or alias ARN, KMS API `KeyId`); with an allowlist,
 //!    requests without `KeyId` (a Decrypt that lets KMS read the key from the
 //!    ciphertext) are refused too;
-//! 5. with [`Policy::expected_pcrs`], the `Recipient.AttestationDocument` is
-//!    verified with [`Verifier`] at the current time (chain to a pinned root,
-//!    ES384 signature) and each expected PCR must equal the document's.
-//!    Operations that cannot carry a `Recipient` are not affected; a
-//!    plaintext-returning one without it (only possible with the dangerous
-//!    switch) is refused.
+//! 5. with [`Policy::allowed_images`], the `Recipient.AttestationDocument`
+//!    is verified with [`Verifier`] at the current time (chain to a pinned
+//!    root, ES384 signature) and must carry every PCR of at least one
+//!    [`AllowedImage`], with equal values. Each image is matched as a whole,
+//!    like the KMS key policy's one Allow statement per image
+//!    ([`crate::key_policy`]): with images A and B allowed, A's PCR0 with
+//!    B's PCR2 matches neither. Operations that cannot carry a `Recipient`
+//!    are not affected; a plaintext-returning one without it (only possible
+//!    with the dangerous switch) is refused.
 //!
 //! A refusal is a [`Denial`] naming the [`Rule`]; the enclave receives it as
 //! a [`WireError`] with [`ErrorCode::PolicyDenied`] and a message that starts
@@ -55,12 +58,13 @@ pub enum Rule {
     KeyNotAllowed,
     /// [`Policy::allowed_keys`] is set and the request has no `KeyId`.
     KeyIdRequired,
-    /// [`Policy::expected_pcrs`] is set and a plaintext-returning request has
-    /// no attestation document to check.
+    /// [`Policy::allowed_images`] is set and a plaintext-returning request
+    /// has no attestation document to check.
     AttestationRequired,
     /// The attestation document does not parse or verify.
     AttestationInvalid,
-    /// An expected PCR is absent from the document or differs.
+    /// The document matches none of [`Policy::allowed_images`] (a PCR of
+    /// each image is absent from it or differs).
     PcrMismatch,
     /// KMS answered with a plaintext field; the proxy never relays one.
     PlaintextInResponse,
@@ -131,6 +135,9 @@ pub struct Decision {
     pub caller_pcr0: Option<String>,
     /// Whether the document's chain and signature were verified.
     pub attestation_verified: bool,
+    /// The [`AllowedImage::label`] of the first allowed image the verified
+    /// document matched; `None` when no image is configured or none matched.
+    pub admitted_image: Option<String>,
     /// `Ok(())` to forward the request to KMS, or why not.
     pub verdict: Result<(), Denial>,
 }
@@ -150,9 +157,10 @@ pub struct Policy {
     pub allowed_keys: Option<BTreeSet<String>>,
     /// If set, only these operations are forwarded.
     pub allowed_operations: Option<HashSet<Operation>>,
-    /// PCR index to expected value (32, 48 or 64 bytes). Non-empty: every
-    /// `Recipient` attestation document is verified and must match.
-    pub expected_pcrs: BTreeMap<u8, Vec<u8>>,
+    /// The enclave images admitted. Non-empty: every `Recipient`
+    /// attestation document is verified and must carry all PCRs of at least
+    /// one of them (two or more during a rollout; see [`AllowedImage`]).
+    pub allowed_images: Vec<AllowedImage>,
     /// The roots attestation documents must chain to (AWS Nitro Root-G1
     /// plus, for development, the mock NSM's CA).
     pub verifier: Verifier,
@@ -167,7 +175,7 @@ impl Default for Policy {
             dangerous_forward_without_recipient: false,
             allowed_keys: None,
             allowed_operations: None,
-            expected_pcrs: BTreeMap::new(),
+            allowed_images: Vec::new(),
             verifier: Verifier::aws_nitro(),
             max_request_len: None,
         }
@@ -178,7 +186,7 @@ impl Policy {
     /// Whether [`Policy::evaluate`] verifies attestation documents (ECDSA
     /// P-384 over the chain: worth running off the async executor).
     pub fn verifies_attestation(&self) -> bool {
-        !self.expected_pcrs.is_empty()
+        !self.allowed_images.is_empty()
     }
 
     /// Decides whether to forward `request`, whose encoded frame body is
@@ -196,13 +204,23 @@ impl Policy {
             _ => None,
         };
         let mut verified = false;
-        let verdict = self.check(request, operation, request_len, parsed, now, &mut |pcr0| {
-            verified = true;
-            caller_pcr0 = pcr0;
-        });
+        let mut admitted_image = None;
+        let verdict = self.check(
+            request,
+            operation,
+            request_len,
+            parsed,
+            now,
+            &mut |pcr0, image| {
+                verified = true;
+                caller_pcr0 = pcr0;
+                admitted_image = image;
+            },
+        );
         Decision {
             caller_pcr0,
             attestation_verified: verified,
+            admitted_image,
             verdict,
         }
     }
@@ -214,7 +232,7 @@ impl Policy {
         request_len: usize,
         parsed: Option<Result<UnverifiedAttestation, keybroker_common::AttestationError>>,
         now: UnixMillis,
-        on_verified: &mut dyn FnMut(Option<String>),
+        on_verified: &mut dyn FnMut(Option<String>, Option<String>),
     ) -> Result<(), Denial> {
         if let Some(max) = self.max_request_len
             && request_len > max
@@ -270,7 +288,7 @@ impl Policy {
                 Some(_) => {}
             }
         }
-        if self.expected_pcrs.is_empty() {
+        if self.allowed_images.is_empty() {
             return Ok(());
         }
         let parsed = match parsed {
@@ -290,30 +308,214 @@ impl Policy {
         let verified = parsed
             .and_then(|doc| self.verifier.verify_parsed(doc, now))
             .map_err(|e| Denial::new(Rule::AttestationInvalid, e.to_string()))?;
-        on_verified(verified.pcr(0).map(hex::encode));
-        for (index, expected) in &self.expected_pcrs {
-            match verified.pcr(*index) {
-                Some(actual) if actual == expected.as_slice() => {}
-                Some(actual) => {
-                    return Err(Denial::new(
-                        Rule::PcrMismatch,
-                        format!(
-                            "PCR{index} is {}, expected {}",
-                            hex::encode(actual),
-                            hex::encode(expected)
-                        ),
-                    ));
-                }
-                None => {
-                    return Err(Denial::new(
-                        Rule::PcrMismatch,
-                        format!("PCR{index} is absent from the attestation document"),
-                    ));
-                }
-            }
+        let pcr = |index: u8| verified.pcr(index);
+        let admitted = self.allowed_images.iter().find(|image| image.matches(pcr));
+        on_verified(
+            verified.pcr(0).map(hex::encode),
+            admitted.map(AllowedImage::label),
+        );
+        match admitted {
+            Some(_) => Ok(()),
+            None => Err(Denial::new(
+                Rule::PcrMismatch,
+                mismatch_message(&self.allowed_images, pcr),
+            )),
         }
-        Ok(())
     }
+}
+
+/// Lengths of PCR values: NSM PCRs are SHA-256, SHA-384 (Nitro Enclaves,
+/// 48 bytes) or SHA-512 digests.
+pub const PCR_LENGTHS: [usize; 3] = [32, 48, 64];
+
+/// Highest PCR index an NSM reports (it has 32 PCRs).
+pub const MAX_PCR_INDEX: u8 = 31;
+
+/// Longest [`AllowedImage`] name, in characters.
+pub const MAX_IMAGE_NAME_LEN: usize = 64;
+
+/// How many allowed images a [`Rule::PcrMismatch`] message describes; the
+/// rest are counted.
+const MAX_IMAGES_IN_MESSAGE: usize = 8;
+
+/// Hex digits of a PCR value quoted in messages that list several images.
+const PCR_PREFIX_LEN: usize = 16;
+
+/// Checks one expected PCR value: index `0..=31`, 32, 48 or 64 bytes, and
+/// not all zero. All zeros is what every debug-mode enclave attests (its
+/// memory is readable from the parent), so admitting it would admit anyone
+/// who can start an enclave on the parent; like [`crate::key_policy`], there
+/// is no switch to allow it.
+pub fn check_pcr_value(index: u8, value: &[u8]) -> crate::Result<()> {
+    if index > MAX_PCR_INDEX {
+        return Err(crate::Error::Config(format!(
+            "PCR index {index} is not 0..={MAX_PCR_INDEX}"
+        )));
+    }
+    if !PCR_LENGTHS.contains(&value.len()) {
+        return Err(crate::Error::Config(format!(
+            "PCR{index} value is {} bytes; PCRs are 32, 48 or 64 bytes (SHA-384 PCRs: 48)",
+            value.len()
+        )));
+    }
+    if value.iter().all(|b| *b == 0) {
+        return Err(crate::Error::Config(format!(
+            "PCR{index} is all zeros, the value every debug-mode enclave attests: \
+             admitting it would admit any enclave started on the parent with --debug-mode"
+        )));
+    }
+    Ok(())
+}
+
+/// One enclave image the proxy admits: the PCR values an attestation
+/// document must *all* carry (index to value). A document is admitted when
+/// it matches every PCR of at least one image of
+/// [`Policy::allowed_images`]; PCRs are never combined across images.
+///
+/// Nitro Enclaves define PCR0 (image file), PCR1 (kernel and bootstrap),
+/// PCR2 (application), PCR3 (parent's IAM role), PCR4 (parent's instance
+/// id) and PCR8 (EIF signing certificate). Values are checked by
+/// [`check_pcr_value`] (no all-zero debug-mode value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedImage {
+    name: Option<String>,
+    pcrs: BTreeMap<u8, Vec<u8>>,
+}
+
+impl AllowedImage {
+    /// An image with these PCRs (at least one; each valid per
+    /// [`check_pcr_value`]).
+    pub fn new(pcrs: BTreeMap<u8, Vec<u8>>) -> crate::Result<Self> {
+        if pcrs.is_empty() {
+            return Err(crate::Error::Config(
+                "an allowed image needs at least one PCR value".into(),
+            ));
+        }
+        for (index, value) in &pcrs {
+            check_pcr_value(*index, value)?;
+        }
+        Ok(AllowedImage { name: None, pcrs })
+    }
+
+    /// The same image from the measurements of the key policy generator
+    /// (e.g. read from nitro-cli JSON with
+    /// [`ImageMeasurements::from_nitro_cli_json`](crate::key_policy::ImageMeasurements::from_nitro_cli_json)),
+    /// so that the proxy admits exactly what the key policy admits.
+    pub fn from_measurements(
+        measurements: &crate::key_policy::ImageMeasurements,
+    ) -> crate::Result<Self> {
+        let mut pcrs = BTreeMap::new();
+        for (index, hex_value) in measurements.pcrs() {
+            let value = hex::decode(hex_value)
+                .map_err(|e| crate::Error::Config(format!("PCR{index} is not hex: {e}")))?;
+            pcrs.insert(index, value);
+        }
+        Self::new(pcrs)
+    }
+
+    /// Names the image (e.g. its version, `v1.2`) for messages: 1 to
+    /// [`MAX_IMAGE_NAME_LEN`] characters, no control characters.
+    pub fn with_name(mut self, name: &str) -> crate::Result<Self> {
+        let name = name.trim();
+        if name.is_empty()
+            || name.chars().count() > MAX_IMAGE_NAME_LEN
+            || name.chars().any(char::is_control)
+        {
+            return Err(crate::Error::Config(format!(
+                "image name {:?}: expected 1 to {MAX_IMAGE_NAME_LEN} characters, no control characters",
+                short(name)
+            )));
+        }
+        self.name = Some(name.to_owned());
+        Ok(self)
+    }
+
+    /// The name, if one was given.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The required PCRs, index to value.
+    pub fn pcrs(&self) -> &BTreeMap<u8, Vec<u8>> {
+        &self.pcrs
+    }
+
+    /// How messages and logs name the image: its name, else its lowest PCR
+    /// (normally PCR0) as a hex prefix, e.g. `PCR0 0123456789abcdef…`.
+    pub fn label(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match self.pcrs.iter().next() {
+            Some((index, value)) => format!("PCR{index} {}", hex_prefix(value)),
+            None => "(no PCR)".to_owned(),
+        }
+    }
+
+    /// Whether the document carries every PCR of this image, with equal
+    /// values.
+    pub fn matches<'a>(&self, actual: impl Fn(u8) -> Option<&'a [u8]>) -> bool {
+        self.pcrs
+            .iter()
+            .all(|(index, expected)| actual(*index) == Some(expected.as_slice()))
+    }
+
+    /// The first PCR (lowest index) of this image the document does not
+    /// match, as a message fragment; `None` if it matches every one.
+    fn first_mismatch<'a>(&self, actual: impl Fn(u8) -> Option<&'a [u8]>) -> Option<String> {
+        self.pcrs
+            .iter()
+            .find_map(|(index, expected)| match actual(*index) {
+                Some(a) if a == expected.as_slice() => None,
+                Some(a) => Some(format!(
+                    "PCR{index} is {}, expected {}",
+                    hex_prefix(a),
+                    hex_prefix(expected)
+                )),
+                None => Some(format!(
+                    "PCR{index} is absent from the attestation document"
+                )),
+            })
+    }
+}
+
+/// The [`Rule::PcrMismatch`] message: what the caller had (its PCR0) and,
+/// per allowed image (at most [`MAX_IMAGES_IN_MESSAGE`]), its label and the
+/// first PCR that differs. Names and PCR values are public measurements.
+fn mismatch_message<'a>(
+    images: &[AllowedImage],
+    actual: impl Fn(u8) -> Option<&'a [u8]>,
+) -> String {
+    let caller = actual(0).map_or_else(|| "absent".to_owned(), hex::encode);
+    let mut parts: Vec<String> = images
+        .iter()
+        .take(MAX_IMAGES_IN_MESSAGE)
+        .map(|image| {
+            let why = image
+                .first_mismatch(&actual)
+                .unwrap_or_else(|| "matches".to_owned());
+            format!("{}: {why}", image.label())
+        })
+        .collect();
+    if images.len() > MAX_IMAGES_IN_MESSAGE {
+        parts.push(format!("and {} more", images.len() - MAX_IMAGES_IN_MESSAGE));
+    }
+    let count = images.len();
+    let noun = if count == 1 { "image" } else { "images" };
+    format!(
+        "caller PCR0 {caller} matches none of the {count} allowed {noun}: {}",
+        parts.join("; ")
+    )
+}
+
+/// The first [`PCR_PREFIX_LEN`] hex digits of a value, `…` if cut.
+fn hex_prefix(value: &[u8]) -> String {
+    let mut h = hex::encode(value);
+    if h.len() > PCR_PREFIX_LEN {
+        h.truncate(PCR_PREFIX_LEN);
+        h.push('…');
+    }
+    h
 }
 
 /// Refuses a KMS response that carries `Plaintext` or
@@ -402,13 +604,17 @@ mod tests {
     impl TestPki {
         /// A signed document whose PCR i is 48 bytes of `pcr_byte + i`.
         pub(crate) fn document(&self, pcr_byte: u8) -> Vec<u8> {
+            let pcrs: Vec<(u8, u8)> = (0u8..16).map(|i| (i, pcr_byte.wrapping_add(i))).collect();
+            self.document_with(&pcrs)
+        }
+
+        /// A signed document with PCR i = 48 bytes of b for each `(i, b)`.
+        pub(crate) fn document_with(&self, pcrs: &[(u8, u8)]) -> Vec<u8> {
             let doc = AttestationDocument {
                 module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
                 digest: Digest::Sha384,
                 timestamp: NOW,
-                pcrs: (0u8..16)
-                    .map(|i| (i, vec![pcr_byte.wrapping_add(i); 48]))
-                    .collect(),
+                pcrs: pcrs.iter().map(|(i, b)| (*i, vec![*b; 48])).collect(),
                 certificate: self.leaf.clone(),
                 cabundle: vec![self.root.clone()],
                 public_key: Some(vec![0x30; 294]),
@@ -601,44 +807,204 @@ mod tests {
         assert_eq!(rule(&d), Some(Rule::RequestTooLarge));
     }
 
+    /// An image requiring, for each `(index, byte)`, 48 bytes of `byte`.
+    fn image(pcrs: &[(u8, u8)]) -> AllowedImage {
+        AllowedImage::new(pcrs.iter().map(|(i, b)| (*i, vec![*b; 48])).collect()).unwrap()
+    }
+
+    /// A policy trusting `pki` and admitting `images`.
+    fn admitting(pki: &TestPki, images: Vec<AllowedImage>) -> Policy {
+        Policy {
+            allowed_images: images,
+            verifier: pki.verifier(),
+            ..Policy::default()
+        }
+    }
+
     #[test]
     fn pcr_match_and_mismatch() {
         let pki = pki();
-        let doc = pki.document(0x10);
-        let mut policy = Policy {
-            expected_pcrs: [(0, vec![0x10; 48]), (2, vec![0x12; 48])].into(),
-            verifier: pki.verifier(),
-            ..Policy::default()
-        };
+        // PCR i of this document is 0x10 + i.
+        let req = with_recipient(Operation::GenerateDataKey, Some(pki.document(0x10)));
+        let policy = admitting(&pki, vec![image(&[(0, 0x10), (2, 0x12)])]);
         assert!(policy.verifies_attestation());
-        let req = with_recipient(Operation::GenerateDataKey, Some(doc.clone()));
         let d = policy.evaluate(&req, 100, NOW);
         assert_eq!(d.verdict, Ok(()));
         assert!(d.attestation_verified);
         assert_eq!(d.caller_pcr0, Some("10".repeat(48)));
+        assert_eq!(d.admitted_image, Some(format!("PCR0 {}…", "10".repeat(8))));
 
-        // A different measurement is refused, naming the PCR.
-        policy.expected_pcrs.insert(2, vec![0x99; 48]);
+        // A different measurement is refused, naming the PCR and both values.
+        let policy = admitting(&pki, vec![image(&[(0, 0x10), (2, 0x99)])]);
         let d = policy.evaluate(&req, 100, NOW);
         let denial = d.verdict.unwrap_err();
         assert_eq!(denial.rule, Rule::PcrMismatch);
-        assert!(denial.message.starts_with("PCR2 is 1212"), "{denial}");
+        assert!(
+            denial.message.contains(&format!(
+                "PCR2 is {}…, expected {}…",
+                "12".repeat(8),
+                "99".repeat(8)
+            )),
+            "{denial}"
+        );
         assert_eq!(d.caller_pcr0, Some("10".repeat(48)));
+        assert_eq!(d.admitted_image, None);
 
-        // A PCR the document does not carry.
-        policy.expected_pcrs = [(20, vec![0; 48])].into();
+        // A PCR the document does not carry (it has 0..=15).
+        let policy = admitting(&pki, vec![image(&[(0, 0x10), (20, 0x24)])]);
         let d = policy.evaluate(&req, 100, NOW);
         assert_eq!(rule(&d), Some(Rule::PcrMismatch));
-        assert!(d.verdict.unwrap_err().message.contains("absent"));
+        assert!(
+            d.verdict
+                .unwrap_err()
+                .message
+                .contains("PCR20 is absent from the attestation document")
+        );
     }
 
     #[test]
-    fn attestation_must_verify_when_pcrs_are_expected() {
+    fn two_images_are_admitted_each_as_a_whole() {
         let pki = pki();
-        let expected: BTreeMap<u8, Vec<u8>> = [(0, vec![0x10; 48])].into();
+        let doc_a = pki.document(0x10); // PCR0 0x10, PCR1 0x11, PCR2 0x12
+        let doc_b = pki.document(0x20); // PCR0 0x20, PCR1 0x21, PCR2 0x22
+        let a = image(&[(0, 0x10), (2, 0x12)]).with_name("v1.2").unwrap();
+        let b = image(&[(0, 0x20), (2, 0x22)]).with_name("v1.3").unwrap();
+        let policy = admitting(&pki, vec![a.clone(), b.clone()]);
+        for (doc, name) in [(doc_a, "v1.2"), (doc_b.clone(), "v1.3")] {
+            let d = policy.evaluate(&with_recipient(Operation::Decrypt, Some(doc)), 100, NOW);
+            assert_eq!(d.verdict, Ok(()), "{name}");
+            assert_eq!(d.admitted_image.as_deref(), Some(name));
+        }
+
+        // Only A allowed: B's document is refused, and the message says
+        // which image was expected and what the caller had.
+        let only_a = admitting(&pki, vec![a]);
+        let d = only_a.evaluate(&with_recipient(Operation::Decrypt, Some(doc_b)), 100, NOW);
+        let denial = d.verdict.unwrap_err();
+        assert_eq!(denial.rule, Rule::PcrMismatch);
+        assert_eq!(
+            denial.message,
+            format!(
+                "caller PCR0 {} matches none of the 1 allowed image: v1.2: PCR0 is {}…, expected {}…",
+                "20".repeat(48),
+                "20".repeat(8),
+                "10".repeat(8)
+            )
+        );
+        assert!(
+            denial
+                .to_wire()
+                .message()
+                .starts_with("PcrMismatch: caller PCR0 2020")
+        );
+    }
+
+    #[test]
+    fn pcrs_of_different_images_are_never_combined() {
+        let pki = pki();
+        // Image A: PCR0 0x10, PCR2 0x12. Image B: PCR0 0x20, PCR2 0x22.
+        let a = image(&[(0, 0x10), (2, 0x12)]);
+        let b = image(&[(0, 0x20), (2, 0x22)]);
+        // A document with A's PCR0 and B's PCR2: each PCR is allowed by some
+        // image, but no image allows both.
+        let doc = pki.document_with(&[(0, 0x10), (1, 0x11), (2, 0x22)]);
+        let req = with_recipient(Operation::GenerateDataKey, Some(doc));
+        let d = admitting(&pki, vec![a, b]).evaluate(&req, 100, NOW);
+        assert!(d.attestation_verified);
+        let denial = d.verdict.unwrap_err();
+        assert_eq!(denial.rule, Rule::PcrMismatch);
+        // Each image is reported with its first differing PCR.
+        assert!(
+            denial.message.contains(&format!(
+                "PCR0 {}…: PCR2 is {}…, expected {}…",
+                "10".repeat(8),
+                "22".repeat(8),
+                "12".repeat(8)
+            )),
+            "{denial}"
+        );
+        assert!(
+            denial.message.contains(&format!(
+                "PCR0 {}…: PCR0 is {}…, expected {}…",
+                "20".repeat(8),
+                "10".repeat(8),
+                "20".repeat(8)
+            )),
+            "{denial}"
+        );
+        // The document itself is fine: an image with exactly that set admits it.
+        let mixed = admitting(&pki, vec![image(&[(0, 0x10), (2, 0x22)])]);
+        assert_eq!(mixed.evaluate(&req, 100, NOW).verdict, Ok(()));
+    }
+
+    #[test]
+    fn a_missing_pcr_is_refused() {
+        let pki = pki();
+        // The document carries PCR0..=15 only; image A requires PCR16.
+        let doc = pki.document(0x10);
+        let a = image(&[(0, 0x10), (16, 0x20)]);
+        let policy = admitting(&pki, vec![a.clone()]);
+        let req = with_recipient(Operation::GenerateRandom, Some(doc));
+        let d = policy.evaluate(&req, 100, NOW);
+        assert_eq!(rule(&d), Some(Rule::PcrMismatch));
+        assert!(d.verdict.unwrap_err().message.contains("PCR16 is absent"));
+        // Adding an image that the document does match admits it.
+        let policy = admitting(&pki, vec![a, image(&[(0, 0x10)])]);
+        assert_eq!(policy.evaluate(&req, 100, NOW).verdict, Ok(()));
+    }
+
+    #[test]
+    fn mismatch_message_lists_at_most_eight_images() {
+        let pki = pki();
+        let images = (0x30..0x3A).map(|b| image(&[(0, b)])).collect();
+        let policy = admitting(&pki, images);
+        let req = with_recipient(Operation::Decrypt, Some(pki.document(0x10)));
+        let message = policy.evaluate(&req, 100, NOW).verdict.unwrap_err().message;
+        assert!(
+            message.contains("none of the 10 allowed images"),
+            "{message}"
+        );
+        assert_eq!(message.matches(", expected ").count(), 8, "{message}");
+        assert!(message.ends_with("; and 2 more"), "{message}");
+    }
+
+    #[test]
+    fn invalid_images_are_refused() {
+        // Debug-mode (all-zero) values, in any PCR and any length.
+        for (index, len) in [(0, 48), (2, 48), (8, 32), (0, 64)] {
+            let err = AllowedImage::new([(index, vec![0; len])].into()).unwrap_err();
+            assert!(err.to_string().contains("debug-mode"), "{err}");
+        }
+        assert!(AllowedImage::new(BTreeMap::new()).is_err());
+        assert!(AllowedImage::new([(0, vec![1; 47])].into()).is_err());
+        assert!(AllowedImage::new([(32, vec![1; 48])].into()).is_err());
+        let ok = AllowedImage::new([(0, vec![1; 48])].into()).unwrap();
+        assert!(ok.clone().with_name("").is_err());
+        assert!(ok.clone().with_name("a\nb").is_err());
+        assert!(ok.clone().with_name(&"x".repeat(65)).is_err());
+        assert_eq!(ok.with_name(" v1.2 ").unwrap().name(), Some("v1.2"));
+    }
+
+    #[test]
+    fn images_from_key_policy_measurements() {
+        let m = crate::key_policy::ImageMeasurements::new(&"ab".repeat(48))
+            .unwrap()
+            .with_pcr(2, &"CD".repeat(48))
+            .unwrap();
+        let image = AllowedImage::from_measurements(&m).unwrap();
+        assert_eq!(
+            image.pcrs(),
+            &[(0, vec![0xab; 48]), (2, vec![0xcd; 48])].into()
+        );
+    }
+
+    #[test]
+    fn attestation_must_verify_when_images_are_allowed() {
+        let pki = pki();
+        let expected = vec![image(&[(0, 0x10)])];
         // Signed by a chain that is not trusted: only the AWS root is.
         let untrusted = Policy {
-            expected_pcrs: expected.clone(),
+            allowed_images: expected.clone(),
             ..Policy::default()
         };
         let req = with_recipient(Operation::Decrypt, Some(pki.document(0x10)));
@@ -648,11 +1014,7 @@ mod tests {
         // PCR0 is still reported from the parsed document for the audit line.
         assert_eq!(d.caller_pcr0, Some("10".repeat(48)));
 
-        let policy = Policy {
-            expected_pcrs: expected,
-            verifier: pki.verifier(),
-            ..Policy::default()
-        };
+        let policy = admitting(&pki, expected);
         // Outside the chain's validity.
         let late = UnixMillis(2_300_000_000_000);
         assert_eq!(

@@ -748,6 +748,9 @@ async fn handle_request(
     let mut denied = None;
     let result = match decision.verdict {
         Err(denial) => {
+            // The audit line names only the rule; this says why (e.g. which
+            // images a PcrMismatch was checked against).
+            tracing::info!(conn, id, reason = %denial, "request denied by policy");
             denied = Some(denial.rule);
             Err(denial.to_wire())
         }

@@ -72,6 +72,8 @@ async fn serve_relays_audits_and_stops_on_sigterm() {
             "json",
             "--allow-key",
             "alias/app",
+            "--allow-image",
+            &format!("pcr0={},name=v9", "c0".repeat(48)),
         ])
         .spawn()
         .unwrap();
@@ -154,6 +156,24 @@ async fn serve_relays_audits_and_stops_on_sigterm() {
     assert!(audit[0]["latency_ms"].is_string() || audit[0]["latency_ms"].is_number());
     assert_eq!(audit[1]["outcome"], "denied:KeyNotAllowed");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    // At start, the journal says which images the proxy admits.
+    let admitted: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "admitting enclave image")
+        .collect();
+    assert_eq!(admitted.len(), 1, "{stderr}");
+    assert_eq!(admitted[0]["image"], "v9");
+    assert_eq!(admitted[0]["pcrs"], format!("PCR0={}", "c0".repeat(48)));
+    // A denial's reason is logged beside its audit line.
+    let reasons: Vec<String> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request denied by policy")
+        .map(|v| v["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{stderr}");
+    assert!(reasons[0].starts_with("KeyNotAllowed: "), "{reasons:?}");
 }
 
 #[test]
@@ -176,6 +196,18 @@ fn serve_configuration_errors_exit_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+
+    // A debug-mode enclave's all-zero PCR is never admitted.
+    let zeros = "00".repeat(48);
+    for args in [
+        ["--pcr".to_owned(), format!("0={zeros}")],
+        ["--allow-image".to_owned(), format!("pcr0={zeros}")],
+    ] {
+        let out = proxy_command().arg("serve").args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("debug-mode"), "{stderr}");
+    }
 }
 
 #[test]

@@ -19,6 +19,7 @@ use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message, VersionRange, WireError};
 use keybroker_common::secret::SecretBytes;
 use keybroker_proxy::backend::{BackendFuture, KmsBackend};
+use keybroker_proxy::policy::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
 use support::{Client, describe, described, echoed};
 use tokio::sync::Semaphore;
@@ -545,15 +546,23 @@ impl Nsm {
         }
     }
 
-    /// A signed document whose PCR0 is 48 bytes of `pcr0`.
-    fn document(&self, pcr0: u8) -> Vec<u8> {
+    /// A signed document whose PCR0 is 48 bytes of `pcr0`, PCR2 48 bytes of
+    /// `pcr2` (other PCRs zero).
+    fn document(&self, pcr0: u8, pcr2: u8) -> Vec<u8> {
         use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
         let doc = AttestationDocument {
             module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
             digest: Digest::Sha384,
             timestamp: keybroker_proxy::cli::now(),
             pcrs: (0u8..16)
-                .map(|i| (i, vec![if i == 0 { pcr0 } else { 0 }; 48]))
+                .map(|i| {
+                    let b = match i {
+                        0 => pcr0,
+                        2 => pcr2,
+                        _ => 0,
+                    };
+                    (i, vec![b; 48])
+                })
                 .collect(),
             certificate: self.leaf.clone(),
             cabundle: vec![self.root.clone()],
@@ -565,40 +574,110 @@ impl Nsm {
     }
 }
 
+/// Allowed image `name`: PCR0 and PCR2 of 48 bytes each.
+fn image(name: &str, pcr0: u8, pcr2: u8) -> AllowedImage {
+    AllowedImage::new([(0, vec![pcr0; 48]), (2, vec![pcr2; 48])].into())
+        .unwrap()
+        .with_name(name)
+        .unwrap()
+}
+
+fn random(doc: Vec<u8>) -> KmsRequest {
+    KmsRequest::GenerateRandom(GenerateRandomRequest {
+        number_of_bytes: Some(32),
+        custom_key_store_id: None,
+        recipient: Some(RecipientInfo::new(doc)),
+    })
+}
+
 #[tokio::test]
-async fn expected_pcrs_are_checked_before_forwarding() {
+async fn allowed_images_are_checked_before_forwarding() {
     let nsm = Nsm::new();
     let mut cfg = config();
-    cfg.policy.expected_pcrs.insert(0, vec![0xAA; 48]);
+    cfg.policy.allowed_images = vec![image("v1", 0xAA, 0xA2)];
     cfg.policy.verifier.add_trusted_root(&nsm.root).unwrap();
     let (proxy, fake) = start(cfg).await;
     let mut c = Client::handshake(proxy.local_addr()).await;
-    let random = |doc: Vec<u8>| {
-        KmsRequest::GenerateRandom(GenerateRandomRequest {
-            number_of_bytes: Some(32),
-            custom_key_store_id: None,
-            recipient: Some(RecipientInfo::new(doc)),
-        })
-    };
-    // Matching PCR0, trusted chain: forwarded.
-    c.request(1, None, random(nsm.document(0xAA))).await;
+    // Matching PCRs, trusted chain: forwarded.
+    c.request(1, None, random(nsm.document(0xAA, 0xA2))).await;
     let (_, result) = response(c.recv().await);
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
 
-    // Another enclave image: refused, naming the PCR.
-    c.request(2, None, random(nsm.document(0xBB))).await;
+    // Another enclave image: refused, saying what the caller had and which
+    // image was expected.
+    c.request(2, None, random(nsm.document(0xBB, 0xB2))).await;
     let err = response(c.recv().await).1.unwrap_err();
     assert_eq!(err.code(), ErrorCode::PolicyDenied);
-    assert!(
-        err.message().starts_with("PcrMismatch: PCR0 is bbbb"),
-        "{err}"
+    assert_eq!(
+        err.message(),
+        format!(
+            "PcrMismatch: caller PCR0 {} matches none of the 1 allowed image: \
+             v1: PCR0 is bbbbbbbbbbbbbbbb…, expected aaaaaaaaaaaaaaaa…",
+            "bb".repeat(48)
+        )
     );
 
-    // The right PCR0 from an untrusted chain: refused.
-    c.request(3, None, random(Nsm::new().document(0xAA))).await;
+    // The right PCRs from an untrusted chain: refused.
+    c.request(3, None, random(Nsm::new().document(0xAA, 0xA2)))
+        .await;
     let err = response(c.recv().await).1.unwrap_err();
     assert!(err.message().starts_with("AttestationInvalid:"), "{err}");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+/// A rollout: image B's enclave is served once B is allowed beside A, and
+/// refused while only A is; PCRs of A and B are never combined.
+#[tokio::test]
+async fn a_second_allowed_image_is_admitted_during_a_rollout() {
+    let nsm = Nsm::new();
+    let doc_b = || nsm.document(0xBB, 0xB2);
+    let proxy_for = |images: Vec<AllowedImage>| {
+        let mut cfg = config();
+        cfg.policy.allowed_images = images;
+        cfg.policy.verifier.add_trusted_root(&nsm.root).unwrap();
+        start(cfg)
+    };
+
+    // Only A: B is refused, nothing reaches KMS.
+    let (proxy, fake) = proxy_for(vec![image("v1", 0xAA, 0xA2)]).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.request(1, None, random(doc_b())).await;
+    let err = response(c.recv().await).1.unwrap_err();
+    assert!(err.message().starts_with("PcrMismatch: "), "{err}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    proxy.shutdown_and_wait().await.unwrap();
+
+    // A and B: both are forwarded.
+    let (proxy, fake) = proxy_for(vec![image("v1", 0xAA, 0xA2), image("v2", 0xBB, 0xB2)]).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.request(1, None, random(doc_b())).await;
+    let (_, result) = response(c.recv().await);
+    assert!(result.is_ok(), "{result:?}");
+    c.request(2, None, random(nsm.document(0xAA, 0xA2))).await;
+    let (_, result) = response(c.recv().await);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+
+    // A's PCR0 with B's PCR2: each value is allowed somewhere, the pair
+    // nowhere. Both images are named in the refusal.
+    c.request(3, None, random(nsm.document(0xAA, 0xB2))).await;
+    let err = response(c.recv().await).1.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PolicyDenied);
+    let message = err.message();
+    assert!(
+        message.contains("none of the 2 allowed images"),
+        "{message}"
+    );
+    assert!(
+        message.contains("v1: PCR2 is b2b2b2b2b2b2b2b2…, expected a2a2a2a2a2a2a2a2…"),
+        "{message}"
+    );
+    assert!(
+        message.contains("v2: PCR0 is aaaaaaaaaaaaaaaa…, expected bbbbbbbbbbbbbbbb…"),
+        "{message}"
+    );
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
     proxy.shutdown_and_wait().await.unwrap();
 }

@@ -13,7 +13,11 @@
 //!    directly with `aws-sdk-kms` to the mock KMS against the same call
 //!    through the enclave client (which also decrypts the CMS envelope), and
 //!    the same comparison for `GenerateDataKeyWithoutPlaintext` (no crypto in
-//!    the enclave) to isolate the proxy hop.
+//!    the enclave) to isolate the proxy hop;
+//! 4. the in-enclave KMS endpoint: `GenerateDataKey` from a stock
+//!    `aws-sdk-kms` client pointed at `keybroker_enclave::endpoint` against
+//!    the same call through the enclave client directly (the cost of the
+//!    HTTP/JSON hop inside the enclave).
 // A bench binary is not `cfg(test)`, so clippy.toml's test allowances do not
 // apply; failing loudly is the right behaviour for a benchmark.
 #![allow(
@@ -39,18 +43,11 @@ use keybroker_common::cms::{RecipientPrivateKey, decrypt, encrypt_for_recipient}
 use keybroker_common::kms::{
     DataKeySpec, GenerateDataKeyRequest, GenerateDataKeyWithoutPlaintextRequest,
 };
-use keybroker_enclave::{
-    Client, ClientConfig, MockCa, MockNsm, MockNsmConfig, RecipientKeys, RecipientKeysConfig,
-};
-use keybroker_harness::local::{enclave_key_policy, kms_client};
-use keybroker_harness::mock_kms::{DEFAULT_ACCOUNT_ID, MockKms, MockKmsConfig};
-use keybroker_proxy::backend::SdkKmsBackend;
-use keybroker_proxy::server::{Proxy, ProxyConfig};
+use keybroker_enclave::Client;
+use keybroker_harness::testkit::{ALIAS, InProcessStack};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const ALIAS: &str = "alias/keybroker-bench";
-const PCR0: [u8; 48] = [0x42; 48];
 /// Iterations of each crypto micro-benchmark.
 const CRYPTO_ITERS: usize = 2000;
 /// Sequential calls per latency series.
@@ -170,37 +167,9 @@ async fn main() -> Result<(), BoxError> {
     let total = Instant::now();
 
     // --- stack: mock NSM CA, mock KMS, key, proxy, enclave client ---
-    let ca = MockCa::generate()?;
-    let nsm = MockNsm::new(&ca, MockNsmConfig::default().with_pcr(0, PCR0))?;
-    let mut kms_config = MockKmsConfig::default();
-    kms_config
-        .attestation_roots_der
-        .push(ca.root_der().to_vec());
-    let mock_kms = MockKms::new(kms_config)?.spawn("127.0.0.1:0").await?;
-    let endpoint = mock_kms.endpoint();
-    let kms = kms_client(&endpoint);
-    let policy = enclave_key_policy(DEFAULT_ACCOUNT_ID, &hex::encode(PCR0));
-    let key = kms.create_key().policy(policy.to_string()).send().await?;
-    let key_arn = key
-        .key_metadata()
-        .and_then(|m| m.arn())
-        .ok_or("CreateKey returned no ARN")?
-        .to_owned();
-    kms.create_alias()
-        .alias_name(ALIAS)
-        .target_key_id(&key_arn)
-        .send()
-        .await?;
-
-    let proxy = Proxy::bind(
-        ProxyConfig::new("tcp://127.0.0.1:0".parse()?),
-        SdkKmsBackend::new(kms_client(&endpoint)),
-    )
-    .await?
-    .spawn();
-    let keys = RecipientKeys::new(Arc::new(nsm), RecipientKeysConfig::default()).await?;
-    let client =
-        Arc::new(Client::connect(ClientConfig::new(proxy.local_addr().clone()), keys).await?);
+    let stack = InProcessStack::builder().start().await?;
+    let kms = stack.sdk.clone();
+    let client = Arc::new(stack.client.clone());
     let sanity = client.generate_data_key(gdk()).await?;
     assert_eq!(sanity.plaintext.expose().len(), 32);
 
@@ -310,10 +279,36 @@ async fn main() -> Result<(), BoxError> {
         "GenerateDataKeyWithoutPlaintext via proxy / direct: {:.2}",
         us(proxy_wp) / us(direct_wp)
     );
+
+    // --- 4. the in-enclave KMS endpoint: a stock SDK inside the enclave ---
+    let endpoint = keybroker_enclave::KmsEndpoint::new((*client).clone());
+    let listener = keybroker_enclave::endpoint::bind_tcp("127.0.0.1:0".parse()?, false).await?;
+    let endpoint_url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { endpoint.serve_tcp(listener, std::future::pending()).await });
+    let in_enclave_sdk = keybroker_harness::local::kms_client(&endpoint_url);
+    let endpoint_gdk = time_each_async(LATENCY_ITERS, || {
+        let req = in_enclave_sdk
+            .generate_data_key()
+            .key_id(ALIAS)
+            .key_spec(SdkDataKeySpec::Aes256);
+        async move {
+            let out = req.send().await.unwrap();
+            assert_eq!(out.plaintext().map(|p| p.as_ref().len()), Some(32));
+        }
+    })
+    .await;
+    println!(
+        "GenerateDataKey via aws-sdk-kms -> enclave endpoint (median): {:.1} us",
+        us(endpoint_gdk)
+    );
+    println!(
+        "GenerateDataKey via enclave endpoint / via enclave client: {:.2}",
+        us(endpoint_gdk) / us(proxy_gdk)
+    );
     println!("total bench time: {:.1} s", total.elapsed().as_secs_f64());
 
     drop(client);
-    proxy.shutdown_and_wait().await?;
-    mock_kms.shutdown().await;
+    stack.proxy.shutdown_and_wait().await?;
+    stack.kms.shutdown().await;
     Ok(())
 }

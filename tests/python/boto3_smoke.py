@@ -13,26 +13,7 @@ import sys
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
-
-CHECKS = []
-
-
-def check(name):
-    def wrap(fn):
-        CHECKS.append((name, fn))
-        return fn
-
-    return wrap
-
-
-def error_code(fn):
-    try:
-        fn()
-    except ClientError as e:
-        return e.response["Error"]["Code"], e.response["Error"].get("Message", "")
-    raise AssertionError("expected a ClientError")
-
+from checks import Checks, error_code
 
 def main(endpoint):
     kms = boto3.client(
@@ -45,6 +26,9 @@ def main(endpoint):
         config=Config(parameter_validation=False, retries={"max_attempts": 1}),
     )
     state = {}
+
+    checks = Checks("boto3 smoke")
+    check = checks.check
 
     @check("CreateKey and DescribeKey")
     def _():
@@ -70,7 +54,7 @@ def main(endpoint):
         assert len(r["Plaintext"]) == 32
         d = kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext={"app": "smoke"})
         assert d["Plaintext"] == r["Plaintext"]
-        code, _ = error_code(
+        code, _, _ = error_code(
             lambda: kms.decrypt(CiphertextBlob=r["CiphertextBlob"], EncryptionContext={"app": "x"})
         )
         assert code == "InvalidCiphertextException", code
@@ -100,19 +84,19 @@ def main(endpoint):
 
     @check("Errors: NotFound, Validation, Disabled, pending deletion")
     def _():
-        code, msg = error_code(lambda: kms.describe_key(KeyId="alias/missing"))
+        code, msg, _ = error_code(lambda: kms.describe_key(KeyId="alias/missing"))
         assert code == "NotFoundException", code
-        code, msg = error_code(
+        code, msg, _ = error_code(
             lambda: kms.generate_data_key(KeyId=state["id"], NumberOfBytes=1025)
         )
         assert code == "ValidationException", code
         assert "Member must have value less than or equal to 1024" in msg, msg
         kms.disable_key(KeyId=state["id"])
-        code, _ = error_code(lambda: kms.generate_data_key(KeyId=state["id"], KeySpec="AES_256"))
+        code, _, _ = error_code(lambda: kms.generate_data_key(KeyId=state["id"], KeySpec="AES_256"))
         assert code == "DisabledException", code
         kms.enable_key(KeyId=state["id"])
         kms.schedule_key_deletion(KeyId=state["id"], PendingWindowInDays=7)
-        code, _ = error_code(lambda: kms.generate_data_key(KeyId=state["id"], KeySpec="AES_256"))
+        code, _, _ = error_code(lambda: kms.generate_data_key(KeyId=state["id"], KeySpec="AES_256"))
         assert code == "KMSInvalidStateException", code
         kms.cancel_key_deletion(KeyId=state["id"])
         md = kms.describe_key(KeyId=state["id"])["KeyMetadata"]
@@ -126,18 +110,7 @@ def main(endpoint):
         assert kms.decrypt(CiphertextBlob=e["CiphertextBlob"])["Plaintext"] == blob
         base64.b64encode(e["CiphertextBlob"])  # bytes, not text
 
-    passed = failed = 0
-    for name, fn in CHECKS:
-        try:
-            fn()
-            passed += 1
-            print(f"ok: {name}")
-        except Exception as e:  # noqa: BLE001 - report every failure
-            failed += 1
-            print(f"FAILED: {name}: {type(e).__name__}: {e}")
-    print(f"boto3 smoke: {passed} checks passed, {failed} failed")
-    return 0 if failed == 0 else 1
-
+    return checks.run()
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -10,10 +10,13 @@
 //!   `kms:RecipientAttestation:*` conditions. For development and tests
 //!   only: it does not check request signatures and keeps keys in memory or
 //!   a plain JSON file.
+//! - [`testkit`]: the same stack in one process (mock KMS, proxy, enclave
+//!   client with mock NSM), for tests and benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod local;
 pub mod mock_kms;
+pub mod testkit;
 
 /// Errors of the harness itself (configuration, state and seed files, I/O).
 /// KMS errors returned to clients are [`keybroker_common::kms::KmsError`].

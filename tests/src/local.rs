@@ -194,52 +194,34 @@ pub fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
     aws_sdk_kms::Client::from_conf(config)
 }
 
-/// A key policy for the local stack: the account administers the key and may
-/// use the without-plaintext operations freely; the plaintext-returning
-/// operations are allowed only with a `Recipient` whose attested PCR0 is
-/// `pcr0_hex` (`kms:RecipientAttestation:PCR0`, as AWS documents it).
+/// The key policy of the local stack: exactly what `keybroker-proxy policy`
+/// generates for production ([`keybroker_proxy::key_policy`]), for an enclave
+/// image whose PCR0 is `pcr0_hex`: plaintext-returning operations only with
+/// a `Recipient` attesting that PCR0 (`kms:RecipientAttestation:ImageSha384`),
+/// an explicit deny otherwise, the without-plaintext operations freely, and
+/// key administration.
+///
+/// The mock KMS sees every request as one principal, the account root, so
+/// the root is both the parent principal and the key administrator here; in
+/// production they are the instance role and an administrators' role.
+///
+/// An invalid `pcr0_hex` (not 48 bytes of hex, or all zeros) gives a
+/// document KMS refuses as malformed, so `CreateKey` fails instead of making
+/// a key that admits nothing; the reason is logged.
 pub fn enclave_key_policy(account: &str, pcr0_hex: &str) -> serde_json::Value {
-    let principal = serde_json::json!({ "AWS": format!("arn:aws:iam::{account}:root") });
-    serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "KeyAdministration",
-                "Effect": "Allow",
-                "Principal": principal,
-                "Action": [
-                    "kms:Create*", "kms:Describe*", "kms:Enable*", "kms:List*", "kms:Put*",
-                    "kms:Update*", "kms:Revoke*", "kms:Disable*", "kms:Get*", "kms:Delete*",
-                    "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion"
-                ],
-                "Resource": "*"
-            },
-            {
-                "Sid": "WithoutPlaintext",
-                "Effect": "Allow",
-                "Principal": principal,
-                "Action": [
-                    "kms:GenerateDataKeyWithoutPlaintext",
-                    "kms:GenerateDataKeyPairWithoutPlaintext",
-                    "kms:Encrypt", "kms:ReEncrypt*"
-                ],
-                "Resource": "*"
-            },
-            {
-                "Sid": "PlaintextOnlyToTheEnclave",
-                "Effect": "Allow",
-                "Principal": principal,
-                "Action": [
-                    "kms:Decrypt", "kms:GenerateDataKey", "kms:GenerateDataKeyPair",
-                    "kms:GenerateRandom"
-                ],
-                "Resource": "*",
-                "Condition": {
-                    "StringEqualsIgnoreCase": { "kms:RecipientAttestation:PCR0": pcr0_hex }
-                }
-            }
-        ]
-    })
+    use keybroker_proxy::key_policy::{EnclaveKeyPolicy, ImageMeasurements};
+    let root = format!("arn:aws:iam::{account}:root");
+    let built = ImageMeasurements::new(pcr0_hex)
+        .and_then(|image| EnclaveKeyPolicy::new(&root, vec![image]))
+        .and_then(|policy| policy.with_key_admin(&root))
+        .and_then(|policy| policy.document().to_value());
+    match built {
+        Ok(policy) => policy,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the enclave key policy");
+            serde_json::json!({ "KeybrokerKeyPolicyError": e.to_string() })
+        }
+    }
 }
 
 /// The local stack: mock KMS and parent proxy running, a key ready.
@@ -370,6 +352,30 @@ impl Stack {
         self.steps.push(step_line(self.started, what, detail));
     }
 
+    /// Starts the enclave's KMS-compatible endpoint (`keybroker-enclave
+    /// serve` with the mock NSM) on a free loopback port; its address is the
+    /// endpoint URL (`http://127.0.0.1:PORT`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it does not come up.
+    pub async fn start_enclave_endpoint(&self) -> Result<Component, Error> {
+        Component::start(
+            "enclave",
+            &[
+                "serve".into(),
+                "--proxy".into(),
+                self.proxy.address.clone(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--mock-nsm-ca".into(),
+                self.ca_dir.display().to_string(),
+            ],
+            "listening: ",
+            self.work.path(),
+        )
+        .await
+    }
+
     /// Stops the proxy (draining) and the mock KMS.
     pub async fn stop(self) {
         self.proxy.stop(Duration::from_secs(10)).await;
@@ -399,6 +405,13 @@ pub async fn demo() -> Result<(), Error> {
     let report = run_enclave_demo(&stack, &sample).await?;
     let summary = summarize_enclave_report(&report);
     stack.step("enclave", summary);
+
+    // An unmodified aws-sdk-kms client inside the "enclave" talks to the
+    // enclave's KMS-compatible endpoint and gets plaintext, attested.
+    let endpoint = stack.start_enclave_endpoint().await?;
+    let outcome = sdk_through_endpoint(&endpoint.address).await?;
+    stack.step("enclave KMS endpoint", outcome);
+    endpoint.stop(Duration::from_secs(5)).await;
 
     // The same call without a valid attestation is denied.
     let kms = kms_client(&stack.mock_kms.address);
@@ -435,8 +448,10 @@ pub async fn demo() -> Result<(), Error> {
 /// `keybroker-local up`: the stack until Ctrl-C or SIGTERM.
 pub async fn up() -> Result<(), Error> {
     let stack = Stack::start().await?;
+    let endpoint = stack.start_enclave_endpoint().await?;
     println!("mock-kms: {}", stack.mock_kms.address);
     println!("proxy: {}", stack.proxy.address);
+    println!("enclave-kms: {}", endpoint.address);
     println!("attestation-root: {}", stack.attestation_root.display());
     println!("mock-nsm-ca: {}", stack.ca_dir.display());
     println!("key: {DEMO_KEY_ALIAS}");
@@ -451,6 +466,7 @@ pub async fn up() -> Result<(), Error> {
     );
     println!("ready (Ctrl-C stops everything)");
     wait_for_stop_signal().await?;
+    endpoint.stop(Duration::from_secs(5)).await;
     stack.stop().await;
     Ok(())
 }
@@ -463,6 +479,44 @@ async fn wait_for_stop_signal() -> Result<(), Error> {
         r = tokio::signal::ctrl_c() => r.map_err(|e| Error::Io(format!("Ctrl-C handler: {e}"))),
         _ = term.recv() => Ok(()),
     }
+}
+
+/// `GenerateDataKey` then `Decrypt` with a stock `aws-sdk-kms` client whose
+/// endpoint is the enclave's: both answer with `Plaintext`, and the two agree.
+async fn sdk_through_endpoint(endpoint: &str) -> Result<String, Error> {
+    let sdk = kms_client(endpoint);
+    let key = sdk
+        .generate_data_key()
+        .key_id(DEMO_KEY_ALIAS)
+        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::Io(format!(
+                "GenerateDataKey via the enclave: {}",
+                sdk_error(&e)
+            ))
+        })?;
+    let (Some(plaintext), Some(blob)) = (key.plaintext(), key.ciphertext_blob()) else {
+        return Err(Error::Io(
+            "GenerateDataKey via the enclave returned no Plaintext".into(),
+        ));
+    };
+    let decrypted = sdk
+        .decrypt()
+        .ciphertext_blob(blob.clone())
+        .send()
+        .await
+        .map_err(|e| Error::Io(format!("Decrypt via the enclave: {}", sdk_error(&e))))?;
+    if decrypted.plaintext() != Some(plaintext) {
+        return Err(Error::Io(
+            "Decrypt via the enclave did not return the data key".into(),
+        ));
+    }
+    Ok(format!(
+        "GenerateDataKey + Decrypt at {endpoint}: Plaintext ({} bytes) decrypted in the enclave",
+        plaintext.as_ref().len()
+    ))
 }
 
 /// Runs the enclave's `demo` as its own process and returns its JSON report.

@@ -22,112 +22,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use keybroker_common::address::Address;
 use keybroker_common::kms::{
     DataKeyPairSpec, DataKeySpec, DecryptRequest, DescribeKeyRequest, GenerateDataKeyPairRequest,
     GenerateDataKeyPairWithoutPlaintextRequest, GenerateDataKeyRequest,
     GenerateDataKeyWithoutPlaintextRequest, GenerateRandomRequest, KmsRequest,
 };
 use keybroker_common::protocol::ErrorCode;
-use keybroker_enclave::{
-    Client, ClientConfig, MockCa, MockNsm, MockNsmConfig, RecipientKeys, RecipientKeysConfig,
-};
-use keybroker_harness::local::{enclave_key_policy, kms_client};
-use keybroker_harness::mock_kms::{DEFAULT_ACCOUNT_ID, MockKms, MockKmsConfig, RunningMockKms};
-use keybroker_proxy::backend::SdkKmsBackend;
-use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
-
-/// The PCR0 the enclave reports in the ordinary case.
-const PCR0: [u8; 48] = [0x42; 48];
-/// Alias of the test key.
-const ALIAS: &str = "alias/keybroker-e2e";
-
-/// The whole stack, in process.
-struct Stack {
-    /// Keeps the mock KMS serving.
-    _kms: RunningMockKms,
-    /// SDK client of the mock KMS (administration: DisableKey, ...).
-    sdk: aws_sdk_kms::Client,
-    /// ARN of the key.
-    key_arn: String,
-    /// The running proxy.
-    proxy: ProxyHandle,
-    /// The address the proxy listens on.
-    addr: Address,
-    /// The enclave's client.
-    client: Client,
-}
+use keybroker_harness::testkit::{ALIAS, InProcessStack, PCR0, start_proxy};
+use keybroker_proxy::server::ProxyConfig;
 
 /// A stack whose key policy requires `pcr0_in_policy` and whose enclave
 /// reports `enclave_pcr0`.
-async fn stack(pcr0_in_policy: [u8; 48], enclave_pcr0: [u8; 48]) -> Stack {
-    stack_with(pcr0_in_policy, enclave_pcr0, |_| {}).await
-}
-
-/// [`stack`], with the proxy configuration adjusted by `tweak`.
-async fn stack_with(
-    pcr0_in_policy: [u8; 48],
-    enclave_pcr0: [u8; 48],
-    tweak: impl FnOnce(&mut ProxyConfig),
-) -> Stack {
-    let ca = MockCa::generate().unwrap();
-    let mut cfg = MockKmsConfig::default();
-    cfg.attestation_roots_der.push(ca.root_der().to_vec());
-    let kms = MockKms::new(cfg)
-        .unwrap()
-        .spawn("127.0.0.1:0")
-        .await
-        .unwrap();
-    let sdk = kms_client(&kms.endpoint());
-
-    let policy = enclave_key_policy(DEFAULT_ACCOUNT_ID, &hex::encode(pcr0_in_policy));
-    let created = sdk
-        .create_key()
-        .description("keybroker e2e test key")
-        .policy(policy.to_string())
-        .send()
-        .await
-        .unwrap();
-    let key_arn = created
-        .key_metadata()
-        .and_then(|m| m.arn())
-        .unwrap()
-        .to_owned();
-    sdk.create_alias()
-        .alias_name(ALIAS)
-        .target_key_id(&key_arn)
-        .send()
-        .await
-        .unwrap();
-
-    let mut config = ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap());
-    tweak(&mut config);
-    let proxy = start_proxy(config, &sdk).await;
-    let addr = proxy.local_addr().clone();
-
-    let nsm = MockNsm::new(&ca, MockNsmConfig::default().with_pcr(0, enclave_pcr0)).unwrap();
-    let keys = RecipientKeys::new(Arc::new(nsm), RecipientKeysConfig::default())
-        .await
-        .unwrap();
-    let client = Client::connect(ClientConfig::new(addr.clone()), keys)
-        .await
-        .unwrap();
-    Stack {
-        _kms: kms,
-        sdk,
-        key_arn,
-        proxy,
-        addr,
-        client,
-    }
-}
-
-/// Binds and spawns a proxy relaying to the mock KMS behind `sdk`.
-async fn start_proxy(config: ProxyConfig, sdk: &aws_sdk_kms::Client) -> ProxyHandle {
-    Proxy::bind(config, SdkKmsBackend::new(sdk.clone()))
+async fn stack(pcr0_in_policy: [u8; 48], enclave_pcr0: [u8; 48]) -> InProcessStack {
+    InProcessStack::builder()
+        .pcr0_in_policy(pcr0_in_policy)
+        .enclave_pcr0(enclave_pcr0)
+        .start()
         .await
         .unwrap()
-        .spawn()
 }
 
 fn gdk(key: &str) -> GenerateDataKeyRequest {
@@ -378,7 +290,11 @@ async fn hundreds_of_requests_in_flight() {
     // The proxy's default limit is 256 requests in flight per connection
     // (see `busy_beyond_the_proxy_limit_is_retryable`): raised so that all
     // 300 are in flight at once.
-    let s = stack_with(PCR0, PCR0, |c| c.limits.max_in_flight_per_connection = 512).await;
+    let s = InProcessStack::builder()
+        .proxy_config(|c| c.limits.max_in_flight_per_connection = 512)
+        .start()
+        .await
+        .unwrap();
     let client = s.client.with_timeout(Duration::from_secs(60));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..N {
@@ -446,13 +362,14 @@ async fn proxy_restart_during_load() {
     const SLACK: Duration = Duration::from_secs(1);
 
     let s = stack(PCR0, PCR0).await;
-    let Stack {
-        _kms,
+    let InProcessStack {
+        kms: _kms,
         sdk,
         key_arn,
         proxy,
         addr,
         client,
+        ..
     } = s;
     let client = client.with_timeout(DEADLINE);
 
@@ -489,7 +406,9 @@ async fn proxy_restart_during_load() {
         before > 0 && after < TASKS * PER_TASK,
         "the restart must fall mid-load: {before} done before, {after} after shutdown"
     );
-    let proxy = start_proxy(ProxyConfig::new(addr.clone()), &sdk).await;
+    let proxy = start_proxy(ProxyConfig::new(addr.clone()), &sdk)
+        .await
+        .unwrap();
     assert_eq!(proxy.local_addr(), &addr);
 
     let mut outcomes = Vec::new();

@@ -31,6 +31,10 @@ fn local_demo_runs_the_whole_stack_and_exits_zero() {
         2,
         "both denial cases reported: {stdout}"
     );
+    assert!(
+        stdout.contains("Plaintext (32 bytes) decrypted in the enclave"),
+        "aws-sdk-kms through the enclave endpoint: {stdout}"
+    );
     assert!(stdout.contains("demo passed"), "{stdout}");
 }
 
@@ -59,9 +63,27 @@ fn local_up_prints_endpoints_and_stops_on_sigterm() {
         "proxy: tcp://127.0.0.1:",
         "attestation-root: /",
         "key: alias/keybroker-demo",
+        "enclave-kms: http://127.0.0.1:",
     ] {
         assert!(text.contains(prefix), "missing {prefix:?} in:\n{text}");
     }
+    // An SDK pointed at the printed enclave endpoint gets plaintext.
+    let endpoint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("enclave-kms: "))
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt
+        .block_on(
+            keybroker_harness::local::kms_client(&endpoint)
+                .generate_data_key()
+                .key_id("alias/keybroker-demo")
+                .number_of_bytes(16)
+                .send(),
+        )
+        .unwrap();
+    assert_eq!(key.plaintext().map(|p| p.as_ref().len()), Some(16));
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -145,7 +145,9 @@ impl From<&Error> for ErrorCode {
             // The proxy checks the enclave's attestation document against its
             // policy; a document that does not verify is a policy refusal.
             Error::Attestation(_) => ErrorCode::PolicyDenied,
-            Error::InvalidArgument(_) => ErrorCode::BadRequest,
+            // An envelope message is the caller's input; it never crosses
+            // the wire, but if it did its rejection is the request's fault.
+            Error::InvalidArgument(_) | Error::Envelope(_) => ErrorCode::BadRequest,
             // The proxy does not decrypt CMS; a CMS failure there means its own
             // processing (or an upstream response it checked) went wrong.
             Error::Cms(_) | Error::Crypto(_) => ErrorCode::Internal,

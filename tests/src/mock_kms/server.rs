@@ -19,7 +19,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use keybroker_common::kms::KmsError;
+use keybroker_common::kms::{KmsError, aws_json};
 use serde_json::Value;
 
 use super::ops::Engine;
@@ -33,8 +33,6 @@ pub(crate) struct ServerState {
     pub(crate) request_counter: std::sync::atomic::AtomicU64,
 }
 
-const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-
 fn request_id(state: &ServerState) -> String {
     let n = state
         .request_counter
@@ -43,9 +41,16 @@ fn request_id(state: &ServerState) -> String {
 }
 
 fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response {
-    let mut resp = (status, body.to_string()).into_response();
+    text_response(status, body.to_string(), request_id)
+}
+
+fn text_response(status: StatusCode, body: String, request_id: &str) -> Response {
+    let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(aws_json::CONTENT_TYPE),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-amzn-RequestId", v);
     }
@@ -54,12 +59,7 @@ fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response
 
 fn error_response(e: &KmsError, request_id: &str) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = if e.message.is_empty() {
-        serde_json::json!({"__type": e.code})
-    } else {
-        serde_json::json!({"__type": e.code, "message": e.message})
-    };
-    json_response(status, &body, request_id)
+    text_response(status, aws_json::error_body(e), request_id)
 }
 
 /// The single route: every KMS call.
@@ -103,13 +103,9 @@ async fn dispatch(
             uri.path()
         )));
     }
-    let target = headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| unknown("Missing X-Amz-Target header".into()))?;
-    let op = target
-        .strip_prefix("TrentService.")
-        .ok_or_else(|| unknown(format!("Unknown operation {target}")))?
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok());
+    let op = aws_json::operation_name(target)
+        .map_err(|e| (String::new(), e))?
         .to_owned();
     let fail = |e: KmsError| (op.clone(), e);
     if !state.allow_unsigned {

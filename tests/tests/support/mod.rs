@@ -186,15 +186,26 @@ pub fn config_trusting(pki: &TestPki) -> MockKmsConfig {
     c
 }
 
-/// A raw HTTP/1.1 exchange; returns (status, body).
+/// A raw HTTP/1.1 exchange over TCP; returns (status, body).
 pub async fn raw_http(
     addr: std::net::SocketAddr,
     request_head: &str,
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw_http_on(s, &addr.to_string(), request_head, body).await
+}
+
+/// A raw HTTP/1.1 exchange on a connected stream (TCP or Unix socket);
+/// returns (status, body).
+pub async fn raw_http_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    host: &str,
+    request_head: &str,
+    body: &[u8],
+) -> (u16, String) {
     let head = format!(
-        "{request_head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{request_head}\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.unwrap();
@@ -210,6 +221,51 @@ pub async fn raw_http(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Runs the Python script `tests/python/<script>` with `args` and a clean
+/// AWS environment, and returns its output; `None` (with a note) when
+/// python3 or boto3 is missing. Under `CI=true` a python3 without boto3
+/// fails the test (CI installs boto3).
+pub async fn run_boto3_script(script: &str, args: Vec<String>) -> Option<std::process::Output> {
+    let has_boto3 = std::process::Command::new("python3")
+        .args(["-c", "import boto3"])
+        .output()
+        .ok()
+        .map(|o| o.status.success());
+    match has_boto3 {
+        None => {
+            eprintln!("note: python3 not found; skipping {script}");
+            return None;
+        }
+        Some(false) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "python3 is present but cannot import boto3 (CI must pip install boto3)"
+            );
+            eprintln!("note: boto3 is not installed; skipping {script}");
+            return None;
+        }
+        Some(true) => {}
+    }
+    let path = format!("{}/python/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(path)
+            .args(args)
+            // Keep the developer's AWS configuration out of the test.
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_KMS")
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    Some(out)
 }
 
 /// A KMS JSON request head for `op` with a (fake) SigV4 header.

@@ -1,0 +1,1060 @@
+//! The KMS key policy that binds a key to an enclave image.
+//!
+//! `keybroker-proxy policy` writes this document; operators attach it with
+//! `aws kms create-key --policy file://...` or `aws kms put-key-policy`. It
+//! is what really guards the keys (DESIGN.md, trust model): the parent
+//! instance holds the AWS credentials, so KMS itself must refuse to return
+//! plaintext to anything but an enclave that proves, with a signed NSM
+//! attestation document in the request's `Recipient`, that it runs one of
+//! the listed images.
+//!
+//! # The statements
+//!
+//! Every statement has a `Sid` that says what it is for.
+//!
+//! 1. `KeyAdministratorsManageTheKeyButCannotUseIt` (Allow, key
+//!    administrators): AWS's default "Allow access for Key Administrators"
+//!    action list ([`ADMIN_ACTIONS`]) with one change: `kms:Create*` is
+//!    narrowed to `kms:CreateAlias`, because `kms:Create*` includes
+//!    `kms:CreateGrant`, and a grant can give any principal `kms:Decrypt`
+//!    without the key policy's attestation conditions. No cryptographic
+//!    operation is allowed. Administrators keep `kms:PutKeyPolicy`, so the
+//!    key can never be locked out (KMS's lockout safety check at
+//!    `CreateKey`/`PutKeyPolicy` requires the caller to be able to put the
+//!    policy again; run those calls as one of the administrators).
+//! 2. `ParentMayCallOperationsThatReturnNoPlaintext` (Allow, the parent
+//!    principal): [`WITHOUT_PLAINTEXT_ACTIONS`], without conditions.
+//! 3. `PlaintextOnlyToAttestedEnclaveImage<N>` (Allow, the parent principal),
+//!    one per image: [`PLAINTEXT_ACTIONS`] only with
+//!    `StringEqualsIgnoreCase` on `kms:RecipientAttestation:ImageSha384`
+//!    (PCR0) and `kms:RecipientAttestation:PCR<n>` for every other PCR given
+//!    for that image. Conditions of one statement are ANDed; one statement
+//!    per image means a rollout with two images admits exactly those two
+//!    measurement sets, never a mix of their PCRs. Without a `Recipient`
+//!    the keys are absent and the condition is false (AWS KMS Developer
+//!    Guide, "Condition keys for Nitro Enclaves").
+//! 4. `DenyParentPlaintextUnlessAttestedImage` (Deny, the parent
+//!    principal): [`PLAINTEXT_ACTIONS`] when
+//!    `StringNotEqualsIgnoreCase` `kms:RecipientAttestation:ImageSha384` is
+//!    none of the images' PCR0. A negated operator is true when the key is
+//!    absent, so this explicit deny applies to every request without an
+//!    attestation document as well as to other images. It keeps holding if
+//!    someone later adds a broader Allow (an IAM policy through an account
+//!    statement, or a grant): an explicit deny wins over every allow.
+//! 5. `DenyParentEncryptReEncryptAndGrants` (Deny, the parent principal):
+//!    [`PARENT_DENIED_ACTIONS`]. `kms:ReEncryptFrom` would let the parent
+//!    re-encrypt a data key under a KMS key it controls and decrypt it
+//!    there; `kms:Encrypt`/`kms:ReEncryptTo` would let it mint ciphertexts
+//!    of data keys it chose (in the end-to-end mode the enclave would take
+//!    them for KMS-generated keys; in broker mode the parent is trusted for
+//!    integrity anyway, DESIGN.md); `kms:CreateGrant` would let it grant
+//!    itself uses outside this policy.
+//!
+//! Not emitted, on purpose: AWS's default statement "Enable IAM User
+//! Permissions" (account root, `kms:*`). It delegates the key to IAM, so any
+//! IAM policy granting the parent role `kms:Decrypt` would release plaintext
+//! without attestation. With this policy IAM policies in the key's account
+//! cannot add permissions; a parent role in another account additionally
+//! needs an IAM policy in its own account (cross-account access needs both).
+//!
+//! `kms:GenerateRandom` is not in the policy: it is not an operation on a
+//! key, so a key policy cannot allow or restrict it; KMS authorizes it with
+//! IAM policies only (resource `*`). To restrict it to attested enclaves,
+//! give the parent role an IAM policy with the same `ImageSha384`
+//! condition. (The proxy already refuses it without `Recipient`.)
+//! `kms:DeriveSharedSecret` also accepts a `Recipient`, but only on
+//! key-agreement keys; Keybroker keys are symmetric.
+//!
+//! # Debug-mode enclaves
+//!
+//! An enclave started with `--debug-mode` attests all-zero PCRs, and anyone
+//! who can start an enclave on the parent can start one in debug mode and
+//! read its memory. A policy that admits zeros therefore admits everyone,
+//! so all-zero PCR values are refused ([`Error::KeyPolicy`]). There is no
+//! switch to allow them: for development use the mock KMS, or a separate
+//! key with a hand-written policy.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Length of a SHA-384 PCR value in bytes (Nitro Enclaves PCRs).
+pub const PCR_LEN: usize = 48;
+
+/// Largest nitro-cli JSON text accepted by
+/// [`ImageMeasurements::from_nitro_cli_json`], in bytes (`describe-eif`
+/// output with build metadata is a few KiB).
+pub const MAX_NITRO_CLI_JSON_LEN: usize = 1 << 20;
+
+/// Largest ARN accepted (the IAM limit for an ARN in a policy).
+pub const MAX_ARN_LEN: usize = 2048;
+
+/// The condition key for PCR0 (the enclave image file's SHA-384), as the KMS
+/// Developer Guide names it.
+pub const IMAGE_SHA384_KEY: &str = "kms:RecipientAttestation:ImageSha384";
+
+/// Operations that return plaintext key material unless the request has a
+/// `Recipient`; on a symmetric key these three (plus the key-less
+/// `GenerateRandom`, see the [module docs](self)).
+pub const PLAINTEXT_ACTIONS: [&str; 3] = [
+    "kms:Decrypt",
+    "kms:GenerateDataKey",
+    "kms:GenerateDataKeyPair",
+];
+
+/// Operations the parent may call without attestation: none returns
+/// plaintext.
+pub const WITHOUT_PLAINTEXT_ACTIONS: [&str; 3] = [
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:GenerateDataKeyPairWithoutPlaintext",
+];
+
+/// Operations explicitly denied to the parent principal (see statement 5 in
+/// the [module docs](self)).
+pub const PARENT_DENIED_ACTIONS: [&str; 3] = ["kms:Encrypt", "kms:ReEncrypt*", "kms:CreateGrant"];
+
+/// The key administrators' actions: AWS's default key-administrator list
+/// ("Default key policy", KMS Developer Guide) with `kms:Create*` narrowed
+/// to `kms:CreateAlias` (no `kms:CreateGrant`).
+pub const ADMIN_ACTIONS: [&str; 15] = [
+    "kms:CreateAlias",
+    "kms:Describe*",
+    "kms:Enable*",
+    "kms:List*",
+    "kms:Put*",
+    "kms:Update*",
+    "kms:Revoke*",
+    "kms:Disable*",
+    "kms:Get*",
+    "kms:Delete*",
+    "kms:TagResource",
+    "kms:UntagResource",
+    "kms:ScheduleKeyDeletion",
+    "kms:CancelKeyDeletion",
+    "kms:RotateKeyOnDemand",
+];
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::KeyPolicy(msg.into())
+}
+
+/// One PCR value: 48 bytes, kept as lower-case hex (the form KMS puts in
+/// the `kms:RecipientAttestation:*` condition keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pcr(String);
+
+impl Pcr {
+    /// Parses PCR `index`'s value: 96 hex digits (either case, surrounding
+    /// whitespace ignored), not all zero (a debug-mode enclave's value).
+    pub fn parse(index: u8, hex_value: &str) -> Result<Self> {
+        let v = hex_value.trim();
+        let bytes = hex::decode(v).map_err(|e| invalid(format!("PCR{index} is not hex: {e}")))?;
+        if bytes.len() != PCR_LEN {
+            return Err(invalid(format!(
+                "PCR{index} is {} bytes; Nitro Enclaves PCRs are SHA-384 values of {PCR_LEN} bytes ({} hex digits)",
+                bytes.len(),
+                PCR_LEN * 2
+            )));
+        }
+        if bytes.iter().all(|b| *b == 0) {
+            return Err(invalid(format!(
+                "PCR{index} is all zeros, the value every debug-mode enclave attests: a policy \
+                 with it would give the key to anyone who can start an enclave on the parent"
+            )));
+        }
+        Ok(Pcr(hex::encode(bytes)))
+    }
+
+    /// The lower-case hex value.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The measurements of one enclave image (EIF): PCR0 and optionally other
+/// PCRs. Nitro Enclaves define PCR0 (image file), PCR1 (kernel and
+/// bootstrap), PCR2 (application), PCR3 (parent's IAM role), PCR4 (parent's
+/// instance id) and PCR8 (EIF signing certificate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageMeasurements {
+    pcr0: Pcr,
+    others: BTreeMap<u8, Pcr>,
+}
+
+impl ImageMeasurements {
+    /// An image identified by its PCR0 (hex).
+    pub fn new(pcr0_hex: &str) -> Result<Self> {
+        Ok(ImageMeasurements {
+            pcr0: Pcr::parse(0, pcr0_hex)?,
+            others: BTreeMap::new(),
+        })
+    }
+
+    /// Also requires PCR `index` (1..=31; use [`ImageMeasurements::new`]
+    /// for PCR0) to equal `hex_value`.
+    pub fn with_pcr(mut self, index: u8, hex_value: &str) -> Result<Self> {
+        if index == 0 || index > 31 {
+            return Err(invalid(format!(
+                "PCR index {index}: expected 1..=31 (PCR0 is the image itself)"
+            )));
+        }
+        self.others.insert(index, Pcr::parse(index, hex_value)?);
+        Ok(self)
+    }
+
+    /// PCR0, lower-case hex.
+    pub fn pcr0(&self) -> &str {
+        self.pcr0.as_str()
+    }
+
+    /// Every PCR of the image (PCR0 first), lower-case hex.
+    pub fn pcrs(&self) -> impl Iterator<Item = (u8, &str)> {
+        std::iter::once((0, self.pcr0.as_str()))
+            .chain(self.others.iter().map(|(i, p)| (*i, p.as_str())))
+    }
+
+    /// Reads the measurements from the JSON that `nitro-cli build-enclave`,
+    /// `nitro-cli describe-eif` and `nitro-cli sign-eif` print:
+    ///
+    /// ```json
+    /// {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "...", "PCR1": "...", "PCR2": "..."}}
+    /// ```
+    ///
+    /// (`PCR8` as well for a signed image; `describe-eif` adds `EifVersion`,
+    /// `IsSigned`, `CheckCRC`, `SignatureCheck`, `ImageName`, ... beside
+    /// `Measurements`). Also accepted: the `Measurements` object alone, and
+    /// text with progress lines before the JSON (as when both output streams
+    /// of `build-enclave` were captured). Every `PCR<n>` entry is taken; a
+    /// `HashAlgorithm` other than SHA-384, `"CheckCRC": false` or
+    /// `"SignatureCheck": false` is an error.
+    pub fn from_nitro_cli_json(text: &str) -> Result<Self> {
+        if text.len() > MAX_NITRO_CLI_JSON_LEN {
+            return Err(invalid(format!(
+                "nitro-cli JSON is larger than {MAX_NITRO_CLI_JSON_LEN} bytes"
+            )));
+        }
+        let json =
+            json_start(text).ok_or_else(|| invalid("no JSON object in the nitro-cli output"))?;
+        let doc: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| invalid(format!("nitro-cli output is not valid JSON: {e}")))?;
+        let top = doc
+            .as_object()
+            .ok_or_else(|| invalid("nitro-cli output is not a JSON object"))?;
+        for (flag, what) in [
+            ("CheckCRC", "the EIF's CRC check failed (corrupt image)"),
+            ("SignatureCheck", "the EIF's signature check failed"),
+        ] {
+            if top.get(flag) == Some(&serde_json::Value::Bool(false)) {
+                return Err(invalid(format!("nitro-cli reports {flag}: false: {what}")));
+            }
+        }
+        let measurements = match top.get("Measurements") {
+            Some(m) => m
+                .as_object()
+                .ok_or_else(|| invalid("`Measurements` is not a JSON object"))?,
+            None => top,
+        };
+        if let Some(alg) = measurements.get("HashAlgorithm") {
+            let alg = alg.as_str().unwrap_or_default();
+            if !alg.starts_with("Sha384") {
+                return Err(invalid(format!(
+                    "HashAlgorithm {alg:?}: expected Sha384 (Nitro Enclaves PCRs)"
+                )));
+            }
+        }
+        let mut pcr0 = None;
+        let mut others = BTreeMap::new();
+        for (name, value) in measurements {
+            let Some(digits) = name.strip_prefix("PCR") else {
+                continue;
+            };
+            let index: u8 = digits
+                .parse()
+                .ok()
+                .filter(|i| *i <= 31)
+                .ok_or_else(|| invalid(format!("unknown measurement {name:?}")))?;
+            let hex_value = value
+                .as_str()
+                .ok_or_else(|| invalid(format!("{name} is not a string")))?;
+            let pcr = Pcr::parse(index, hex_value)?;
+            if index == 0 {
+                pcr0 = Some(pcr);
+            } else {
+                others.insert(index, pcr);
+            }
+        }
+        let pcr0 = pcr0.ok_or_else(|| invalid("the nitro-cli output has no PCR0"))?;
+        Ok(ImageMeasurements { pcr0, others })
+    }
+}
+
+/// The JSON part of nitro-cli output: the text from the first line that
+/// starts with `{`.
+fn json_start(text: &str) -> Option<&str> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return Some(trimmed);
+    }
+    let at = text.find("\n{")?;
+    text.get(at + 1..)
+}
+
+/// A validated IAM principal ARN: `arn:PARTITION:iam::ACCOUNT:root`,
+/// `...:role/NAME` or `...:user/NAME` (what a key policy's
+/// `Principal.AWS` names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IamPrincipal {
+    arn: String,
+    partition: String,
+    account: String,
+}
+
+impl IamPrincipal {
+    /// Parses and checks an ARN. A role *session* ARN
+    /// (`arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, what
+    /// `aws sts get-caller-identity` prints on an instance) is refused with
+    /// the role ARN to use instead.
+    pub fn parse(arn: &str) -> Result<Self> {
+        let arn = arn.trim();
+        if arn.len() > MAX_ARN_LEN {
+            return Err(invalid(format!("ARN longer than {MAX_ARN_LEN} characters")));
+        }
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let [prefix, partition, service, region, account, resource] = parts.as_slice() else {
+            return Err(invalid(format!(
+                "{arn:?} is not an ARN (expected arn:aws:iam::ACCOUNT:role/NAME)"
+            )));
+        };
+        let partition_ok = *partition == "aws"
+            || partition.strip_prefix("aws-").is_some_and(|p| {
+                !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+            });
+        if *prefix != "arn" || !partition_ok {
+            return Err(invalid(format!(
+                "{arn:?} is not an AWS ARN (expected arn:aws:iam::ACCOUNT:role/NAME)"
+            )));
+        }
+        if !(account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(invalid(format!("{arn:?}: the account must be 12 digits")));
+        }
+        if *service == "sts"
+            && let Some(rest) = resource.strip_prefix("assumed-role/")
+        {
+            let role = rest.split('/').next().unwrap_or_default();
+            return Err(invalid(format!(
+                "{arn:?} is a role session; key policies name the role: \
+                 arn:{partition}:iam::{account}:role/{role} (add the role's path if it has one)"
+            )));
+        }
+        if *service != "iam" || !region.is_empty() {
+            return Err(invalid(format!(
+                "{arn:?} is not an IAM principal ARN (expected arn:{partition}:iam::{account}:role/NAME)"
+            )));
+        }
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && !name.ends_with('/')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b))
+        };
+        let resource_ok = *resource == "root"
+            || resource.strip_prefix("role/").is_some_and(name_ok)
+            || resource.strip_prefix("user/").is_some_and(name_ok);
+        if !resource_ok {
+            return Err(invalid(format!(
+                "{arn:?}: expected root, role/NAME or user/NAME after the account (no wildcards)"
+            )));
+        }
+        Ok(IamPrincipal {
+            arn: arn.to_owned(),
+            partition: (*partition).to_owned(),
+            account: (*account).to_owned(),
+        })
+    }
+
+    /// The ARN as given (trimmed).
+    pub fn arn(&self) -> &str {
+        &self.arn
+    }
+
+    /// The 12-digit account id.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// Whether this is an account's root principal (`...:root`), which in a
+    /// key policy means "every principal of the account that an IAM policy
+    /// allows".
+    pub fn is_account_root(&self) -> bool {
+        self.arn.ends_with(":root")
+    }
+}
+
+/// What the generator needs; [`EnclaveKeyPolicy::document`] makes the
+/// policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnclaveKeyPolicy {
+    principal: IamPrincipal,
+    images: Vec<ImageMeasurements>,
+    key_admins: Vec<IamPrincipal>,
+    account_id: Option<String>,
+}
+
+impl EnclaveKeyPolicy {
+    /// A policy for the parent principal `principal` (the instance role the
+    /// proxy runs as, `arn:aws:iam::ACCOUNT:role/NAME`) and the enclave
+    /// `images` (at least one; two or more during a rollout).
+    pub fn new(principal: &str, images: Vec<ImageMeasurements>) -> Result<Self> {
+        if images.is_empty() {
+            return Err(invalid("at least one enclave image (PCR0) is required"));
+        }
+        Ok(EnclaveKeyPolicy {
+            principal: IamPrincipal::parse(principal)?,
+            images,
+            key_admins: Vec::new(),
+            account_id: None,
+        })
+    }
+
+    /// Adds a key administrator (repeatable). Without any, the key's
+    /// account root administers the key (IAM policies of that account
+    /// decide who may). The parent principal itself cannot be an
+    /// administrator unless it is the account root: an administrator can
+    /// rewrite the policy.
+    pub fn with_key_admin(mut self, arn: &str) -> Result<Self> {
+        let admin = IamPrincipal::parse(arn)?;
+        if admin.arn == self.principal.arn && !admin.is_account_root() {
+            return Err(invalid(format!(
+                "{} is the parent principal; it cannot also administer the key (an \
+                 administrator can rewrite the policy and drop the attestation conditions)",
+                admin.arn
+            )));
+        }
+        if !self.key_admins.contains(&admin) {
+            self.key_admins.push(admin);
+        }
+        Ok(self)
+    }
+
+    /// The account that owns the key (default: the parent principal's). It
+    /// names the default administrator, the account root.
+    pub fn with_account_id(mut self, account_id: &str) -> Result<Self> {
+        let id = account_id.trim();
+        if !(id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(invalid(format!("account id {id:?} is not 12 digits")));
+        }
+        self.account_id = Some(id.to_owned());
+        Ok(self)
+    }
+
+    /// The enclave images the policy admits.
+    pub fn images(&self) -> &[ImageMeasurements] {
+        &self.images
+    }
+
+    /// The key administrators' ARNs: the ones given, or the key account's
+    /// root.
+    pub fn admin_arns(&self) -> Vec<String> {
+        if self.key_admins.is_empty() {
+            let account = self
+                .account_id
+                .as_deref()
+                .unwrap_or(&self.principal.account);
+            vec![format!(
+                "arn:{}:iam::{account}:root",
+                self.principal.partition
+            )]
+        } else {
+            self.key_admins.iter().map(|a| a.arn.clone()).collect()
+        }
+    }
+
+    /// Things an operator should know about these inputs that are not
+    /// errors (the CLI prints them on standard error).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.principal.is_account_root() {
+            out.push(format!(
+                "the parent principal {} is an account root: every principal of that account \
+                 whose IAM policies allow it may use the key through an attested enclave; name \
+                 the parent instance's role instead",
+                self.principal.arn
+            ));
+        }
+        if self.key_admins.is_empty() {
+            out.push(format!(
+                "no --key-admin: {} administers the key, so IAM policies of that account decide \
+                 who may change this policy",
+                self.admin_arns().join(", ")
+            ));
+        }
+        if let Some(account) = &self.account_id
+            && *account != self.principal.account
+        {
+            out.push(format!(
+                "the parent principal is in account {}, the key in {account}: the parent \
+                 role also needs an IAM policy in its own account allowing these KMS actions \
+                 on this key",
+                self.principal.account
+            ));
+        }
+        out
+    }
+
+    /// The key policy document.
+    pub fn document(&self) -> KeyPolicyDocument {
+        let parent = Principal::one(self.principal.arn.clone());
+        let mut statements = vec![
+            PolicyStatement {
+                sid: "KeyAdministratorsManageTheKeyButCannotUseIt".into(),
+                effect: Effect::Allow,
+                principal: Principal {
+                    aws: OneOrMany::from_vec(self.admin_arns()),
+                },
+                action: OneOrMany::from_strs(&ADMIN_ACTIONS),
+                resource: "*",
+                condition: None,
+            },
+            PolicyStatement {
+                sid: "ParentMayCallOperationsThatReturnNoPlaintext".into(),
+                effect: Effect::Allow,
+                principal: parent.clone(),
+                action: OneOrMany::from_strs(&WITHOUT_PLAINTEXT_ACTIONS),
+                resource: "*",
+                condition: None,
+            },
+        ];
+        for (n, image) in self.images.iter().enumerate() {
+            let keys: BTreeMap<String, OneOrMany> = image
+                .pcrs()
+                .map(|(i, v)| (condition_key(i), OneOrMany::One(v.to_owned())))
+                .collect();
+            statements.push(PolicyStatement {
+                sid: format!("PlaintextOnlyToAttestedEnclaveImage{}", n + 1),
+                effect: Effect::Allow,
+                principal: parent.clone(),
+                action: OneOrMany::from_strs(&PLAINTEXT_ACTIONS),
+                resource: "*",
+                condition: Some(BTreeMap::from([(
+                    "StringEqualsIgnoreCase".to_owned(),
+                    keys,
+                )])),
+            });
+        }
+        let mut pcr0s: Vec<String> = Vec::new();
+        for image in &self.images {
+            if !pcr0s.iter().any(|p| p == image.pcr0()) {
+                pcr0s.push(image.pcr0().to_owned());
+            }
+        }
+        statements.push(PolicyStatement {
+            sid: "DenyParentPlaintextUnlessAttestedImage".into(),
+            effect: Effect::Deny,
+            principal: parent.clone(),
+            action: OneOrMany::from_strs(&PLAINTEXT_ACTIONS),
+            resource: "*",
+            condition: Some(BTreeMap::from([(
+                "StringNotEqualsIgnoreCase".to_owned(),
+                BTreeMap::from([(IMAGE_SHA384_KEY.to_owned(), OneOrMany::from_vec(pcr0s))]),
+            )])),
+        });
+        statements.push(PolicyStatement {
+            sid: "DenyParentEncryptReEncryptAndGrants".into(),
+            effect: Effect::Deny,
+            principal: parent,
+            action: OneOrMany::from_strs(&PARENT_DENIED_ACTIONS),
+            resource: "*",
+            condition: None,
+        });
+        KeyPolicyDocument {
+            version: "2012-10-17",
+            id: "keybroker-enclave-key-policy",
+            statement: statements,
+        }
+    }
+}
+
+/// The condition key for PCR `index`: [`IMAGE_SHA384_KEY`] for PCR0, else
+/// `kms:RecipientAttestation:PCR<index>`.
+pub fn condition_key(index: u8) -> String {
+    if index == 0 {
+        IMAGE_SHA384_KEY.to_owned()
+    } else {
+        format!("kms:RecipientAttestation:PCR{index}")
+    }
+}
+
+/// A key policy document (IAM policy grammar, as KMS `PutKeyPolicy`
+/// accepts it). Serializes with the members in the conventional order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyPolicyDocument {
+    /// Policy language version, `2012-10-17`.
+    pub version: &'static str,
+    /// Policy id (informational).
+    pub id: &'static str,
+    /// The statements.
+    pub statement: Vec<PolicyStatement>,
+}
+
+impl KeyPolicyDocument {
+    /// The document as pretty-printed JSON.
+    pub fn to_json_pretty(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| invalid(format!("JSON output: {e}")))
+    }
+
+    /// The document as a JSON value (object members sorted by name).
+    pub fn to_value(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| invalid(format!("JSON output: {e}")))
+    }
+
+    /// The statement with this `Sid`.
+    pub fn statement(&self, sid: &str) -> Option<&PolicyStatement> {
+        self.statement.iter().find(|s| s.sid == sid)
+    }
+}
+
+/// `Effect` of a statement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Effect {
+    /// `"Allow"`.
+    Allow,
+    /// `"Deny"`.
+    Deny,
+}
+
+/// `Principal`: `{"AWS": ARN or [ARN, ...]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// The IAM principal ARNs.
+    #[serde(rename = "AWS")]
+    pub aws: OneOrMany,
+}
+
+impl Principal {
+    fn one(arn: String) -> Self {
+        Principal {
+            aws: OneOrMany::One(arn),
+        }
+    }
+}
+
+/// A string, or a list when there are several (the policy grammar's
+/// shorthand).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One value.
+    One(String),
+    /// Several values (ORed in a condition).
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn from_vec(mut v: Vec<String>) -> Self {
+        if v.len() == 1
+            && let Some(one) = v.pop()
+        {
+            return OneOrMany::One(one);
+        }
+        OneOrMany::Many(v)
+    }
+
+    fn from_strs(v: &[&str]) -> Self {
+        Self::from_vec(v.iter().map(|s| (*s).to_owned()).collect())
+    }
+
+    /// The values.
+    pub fn values(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// One statement of a [`KeyPolicyDocument`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PolicyStatement {
+    /// What the statement is for.
+    pub sid: String,
+    /// Allow or Deny.
+    pub effect: Effect,
+    /// Who.
+    pub principal: Principal,
+    /// Which KMS actions.
+    pub action: OneOrMany,
+    /// `*`: in a key policy, "this key".
+    pub resource: &'static str,
+    /// Operator -> condition key -> values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<BTreeMap<String, BTreeMap<String, OneOrMany>>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE: &str = "arn:aws:iam::111122223333:role/keybroker-parent";
+    const ADMIN: &str = "arn:aws:iam::111122223333:role/KeyAdmins";
+
+    fn pcr(byte: u8) -> String {
+        hex::encode([byte; PCR_LEN])
+    }
+
+    /// A `nitro-cli describe-eif` output for a signed image, written for this
+    /// test after the shape of nitro-cli's `EifDescribeInfo` (Measurements
+    /// flattened beside the other members) and AWS's documented example; the
+    /// PCR values are made up (repeated bytes), not from a real EIF.
+    const DESCRIBE_EIF_SIGNED: &str = r#"{
+  "EifVersion": 4,
+  "Measurements": {
+    "HashAlgorithm": "Sha384 { ... }",
+    "PCR0": "A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0A0",
+    "PCR1": "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
+    "PCR2": "a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2",
+    "PCR8": "a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8a8"
+  },
+  "IsSigned": true,
+  "SigningCertificate": {"IssuerName": {"commonName": "keybroker-test"}, "Algorithm": "ecdsa-with-SHA384"},
+  "CheckCRC": true,
+  "SignatureCheck": true,
+  "ImageName": "keybroker-enclave",
+  "ImageVersion": "0.1.0",
+  "Metadata": {"BuildTime": "1970-01-01T00:00:00Z", "DockerInfo": {"Architecture": "amd64"}}
+}"#;
+
+    /// `nitro-cli build-enclave` with both output streams captured: progress
+    /// lines, then the JSON (unsigned image: no PCR8). Written for this
+    /// test; values made up.
+    fn build_enclave_output() -> String {
+        format!(
+            "Start building the Enclave Image...\nUsing the locally available Docker image...\n\
+             Enclave Image successfully created.\n{{\n  \"Measurements\": {{\n    \
+             \"HashAlgorithm\": \"Sha384 {{ ... }}\",\n    \"PCR0\": \"{}\",\n    \"PCR1\": \"{}\",\n    \
+             \"PCR2\": \"{}\"\n  }}\n}}\n",
+            pcr(0xb0),
+            pcr(0xb1),
+            pcr(0xb2)
+        )
+    }
+
+    #[test]
+    fn pcr_values_are_validated_and_lower_cased() {
+        let upper = pcr(0xab).to_uppercase();
+        assert_eq!(
+            Pcr::parse(0, &format!("  {upper}\n")).unwrap().as_str(),
+            pcr(0xab)
+        );
+        let e = Pcr::parse(1, &"ab".repeat(32)).unwrap_err().to_string();
+        assert!(e.contains("PCR1 is 32 bytes"), "{e}");
+        let e = Pcr::parse(2, &"zz".repeat(48)).unwrap_err().to_string();
+        assert!(e.contains("PCR2 is not hex"), "{e}");
+        let e = Pcr::parse(0, &pcr(0)).unwrap_err().to_string();
+        assert!(e.contains("debug-mode"), "{e}");
+        assert!(matches!(Pcr::parse(0, ""), Err(Error::KeyPolicy(_))));
+        let m = ImageMeasurements::new(&pcr(1)).unwrap();
+        assert!(m.clone().with_pcr(0, &pcr(2)).is_err());
+        assert!(m.clone().with_pcr(32, &pcr(2)).is_err());
+        assert!(m.with_pcr(8, &pcr(0)).is_err());
+    }
+
+    #[test]
+    fn principals_are_validated() {
+        for ok in [
+            ROLE,
+            "arn:aws:iam::111122223333:root",
+            "arn:aws:iam::111122223333:user/alice",
+            "arn:aws-us-gov:iam::111122223333:role/path/to/Role_1+=,.@-",
+            "arn:aws-cn:iam::111122223333:role/x",
+        ] {
+            assert_eq!(IamPrincipal::parse(ok).unwrap().arn(), ok);
+        }
+        assert_eq!(IamPrincipal::parse(ROLE).unwrap().account(), "111122223333");
+        for bad in [
+            "",
+            "keybroker-parent",
+            "arn:aws:iam::1111:role/x",
+            "arn:aws:iam::111122223333:role/",
+            "arn:aws:iam::111122223333:role/*",
+            "arn:aws:iam::111122223333:group/admins",
+            "arn:aws:iam:us-east-1:111122223333:role/x",
+            "arn:aws:s3:::bucket",
+            "arn:gcp:iam::111122223333:role/x",
+            "arn:aws:iam::111122223333:role/a b",
+        ] {
+            assert!(IamPrincipal::parse(bad).is_err(), "{bad}");
+        }
+        let e =
+            IamPrincipal::parse("arn:aws:sts::111122223333:assumed-role/keybroker-parent/i-0abc")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("arn:aws:iam::111122223333:role/keybroker-parent"),
+            "{e}"
+        );
+        assert!(
+            IamPrincipal::parse(&format!(
+                "arn:aws:iam::111122223333:role/{}",
+                "x".repeat(2048)
+            ))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn one_image_policy_has_the_documented_statements() {
+        let image = ImageMeasurements::new(&pcr(0xa0))
+            .unwrap()
+            .with_pcr(2, &pcr(0xa2))
+            .unwrap();
+        let p = EnclaveKeyPolicy::new(ROLE, vec![image])
+            .unwrap()
+            .with_key_admin(ADMIN)
+            .unwrap();
+        let doc = p.document();
+        let sids: Vec<&str> = doc.statement.iter().map(|s| s.sid.as_str()).collect();
+        assert_eq!(
+            sids,
+            [
+                "KeyAdministratorsManageTheKeyButCannotUseIt",
+                "ParentMayCallOperationsThatReturnNoPlaintext",
+                "PlaintextOnlyToAttestedEnclaveImage1",
+                "DenyParentPlaintextUnlessAttestedImage",
+                "DenyParentEncryptReEncryptAndGrants",
+            ]
+        );
+        let json = doc.to_value().unwrap();
+        assert_eq!(json["Version"], "2012-10-17");
+        let st = &json["Statement"];
+        // Administrators: management only, never a cryptographic operation
+        // and never CreateGrant.
+        assert_eq!(st[0]["Principal"]["AWS"], ADMIN);
+        let admin_actions = st[0]["Action"].as_array().unwrap();
+        assert!(admin_actions.contains(&"kms:Put*".into()));
+        for forbidden in [
+            "kms:Create*",
+            "kms:*",
+            "kms:Decrypt",
+            "kms:GenerateDataKey",
+            "kms:Encrypt",
+        ] {
+            assert!(!admin_actions.contains(&forbidden.into()), "{forbidden}");
+        }
+        // The without-plaintext operations: no condition.
+        assert_eq!(st[1]["Principal"]["AWS"], ROLE);
+        assert!(st[1].get("Condition").is_none());
+        assert_eq!(
+            st[1]["Action"],
+            serde_json::json!(WITHOUT_PLAINTEXT_ACTIONS)
+        );
+        // Plaintext only with all given PCRs.
+        assert_eq!(st[2]["Effect"], "Allow");
+        assert_eq!(st[2]["Action"], serde_json::json!(PLAINTEXT_ACTIONS));
+        assert_eq!(
+            st[2]["Condition"],
+            serde_json::json!({"StringEqualsIgnoreCase": {
+                "kms:RecipientAttestation:ImageSha384": pcr(0xa0),
+                "kms:RecipientAttestation:PCR2": pcr(0xa2),
+            }})
+        );
+        // The explicit deny without (or with another) attestation.
+        assert_eq!(st[3]["Effect"], "Deny");
+        assert_eq!(st[3]["Principal"]["AWS"], ROLE);
+        assert_eq!(st[3]["Action"], serde_json::json!(PLAINTEXT_ACTIONS));
+        assert_eq!(
+            st[3]["Condition"],
+            serde_json::json!({"StringNotEqualsIgnoreCase": {
+                "kms:RecipientAttestation:ImageSha384": pcr(0xa0)}})
+        );
+        assert_eq!(st[4]["Effect"], "Deny");
+        assert!(st[4].get("Condition").is_none());
+        // Never the account-wide delegation to IAM.
+        for s in st.as_array().unwrap() {
+            assert_ne!(s["Action"], "kms:*");
+            assert_ne!(s["Principal"]["AWS"], "arn:aws:iam::111122223333:root");
+        }
+        assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+        // Pretty output keeps the conventional member order.
+        let text = doc.to_json_pretty().unwrap();
+        let (v, s) = (
+            text.find("\"Version\"").unwrap(),
+            text.find("\"Statement\"").unwrap(),
+        );
+        assert!(v < s);
+        let (sid, cond) = (
+            text.find("\"Sid\"").unwrap(),
+            text.find("\"Effect\"").unwrap(),
+        );
+        assert!(sid < cond);
+    }
+
+    #[test]
+    fn rollout_policy_has_one_allow_per_image_and_one_deny_for_both() {
+        let old = ImageMeasurements::new(&pcr(0x01))
+            .unwrap()
+            .with_pcr(1, &pcr(0x11))
+            .unwrap();
+        let new = ImageMeasurements::new(&pcr(0x02))
+            .unwrap()
+            .with_pcr(1, &pcr(0x12))
+            .unwrap();
+        let doc = EnclaveKeyPolicy::new(ROLE, vec![old, new])
+            .unwrap()
+            .with_key_admin(ADMIN)
+            .unwrap()
+            .document();
+        let first = doc
+            .statement("PlaintextOnlyToAttestedEnclaveImage1")
+            .unwrap();
+        let second = doc
+            .statement("PlaintextOnlyToAttestedEnclaveImage2")
+            .unwrap();
+        let cond = |s: &PolicyStatement, key: &str| {
+            s.condition.as_ref().unwrap()["StringEqualsIgnoreCase"][key]
+                .values()
+                .join(",")
+        };
+        assert_eq!(cond(first, IMAGE_SHA384_KEY), pcr(0x01));
+        assert_eq!(cond(first, "kms:RecipientAttestation:PCR1"), pcr(0x11));
+        assert_eq!(cond(second, IMAGE_SHA384_KEY), pcr(0x02));
+        assert_eq!(cond(second, "kms:RecipientAttestation:PCR1"), pcr(0x12));
+        let deny = doc
+            .statement("DenyParentPlaintextUnlessAttestedImage")
+            .unwrap();
+        assert_eq!(
+            deny.condition.as_ref().unwrap()["StringNotEqualsIgnoreCase"][IMAGE_SHA384_KEY]
+                .values(),
+            [pcr(0x01), pcr(0x02)]
+        );
+    }
+
+    #[test]
+    fn admins_default_to_the_key_account_root_and_warnings_say_so() {
+        let image = || vec![ImageMeasurements::new(&pcr(7)).unwrap()];
+        let p = EnclaveKeyPolicy::new(ROLE, image()).unwrap();
+        assert_eq!(p.admin_arns(), ["arn:aws:iam::111122223333:root"]);
+        assert_eq!(p.warnings().len(), 1);
+        let p = p.with_account_id("444455556666").unwrap();
+        assert_eq!(p.admin_arns(), ["arn:aws:iam::444455556666:root"]);
+        assert!(
+            p.warnings()
+                .iter()
+                .any(|w| w.contains("IAM policy in its own account"))
+        );
+        assert!(
+            EnclaveKeyPolicy::new(ROLE, image())
+                .unwrap()
+                .with_account_id("12")
+                .is_err()
+        );
+        let gov =
+            EnclaveKeyPolicy::new("arn:aws-us-gov:iam::111122223333:role/p", image()).unwrap();
+        assert_eq!(gov.admin_arns(), ["arn:aws-us-gov:iam::111122223333:root"]);
+        // Several admins, duplicates once.
+        let p = EnclaveKeyPolicy::new(ROLE, image())
+            .unwrap()
+            .with_key_admin(ADMIN)
+            .unwrap()
+            .with_key_admin("arn:aws:iam::111122223333:user/ops")
+            .unwrap()
+            .with_key_admin(ADMIN)
+            .unwrap();
+        assert_eq!(p.admin_arns().len(), 2);
+        let doc = p.document();
+        assert_eq!(doc.statement[0].principal.aws.values().len(), 2);
+    }
+
+    #[test]
+    fn the_parent_cannot_administer_the_key() {
+        let image = vec![ImageMeasurements::new(&pcr(7)).unwrap()];
+        let e = EnclaveKeyPolicy::new(ROLE, image.clone())
+            .unwrap()
+            .with_key_admin(ROLE)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot also administer"), "{e}");
+        // An account root as both (the mock KMS's single caller) is allowed,
+        // with a warning.
+        let root = "arn:aws:iam::111122223333:root";
+        let p = EnclaveKeyPolicy::new(root, image)
+            .unwrap()
+            .with_key_admin(root)
+            .unwrap();
+        assert!(p.warnings().iter().any(|w| w.contains("account root")));
+        assert!(EnclaveKeyPolicy::new(ROLE, Vec::new()).is_err());
+    }
+
+    #[test]
+    fn nitro_cli_describe_eif_output_is_read() {
+        let m = ImageMeasurements::from_nitro_cli_json(DESCRIBE_EIF_SIGNED).unwrap();
+        let pcrs: Vec<(u8, String)> = m.pcrs().map(|(i, v)| (i, v.to_owned())).collect();
+        assert_eq!(
+            pcrs,
+            [
+                (0, pcr(0xa0)),
+                (1, pcr(0xa1)),
+                (2, pcr(0xa2)),
+                (8, pcr(0xa8))
+            ]
+        );
+        assert_eq!(m.pcr0(), pcr(0xa0));
+    }
+
+    #[test]
+    fn nitro_cli_build_enclave_output_with_progress_lines_is_read() {
+        let m = ImageMeasurements::from_nitro_cli_json(&build_enclave_output()).unwrap();
+        let indices: Vec<u8> = m.pcrs().map(|(i, _)| i).collect();
+        assert_eq!(indices, [0, 1, 2]);
+        // The Measurements object alone (what some pipelines store).
+        let bare = format!("{{\"PCR0\": \"{}\"}}", pcr(0xc0));
+        assert_eq!(
+            ImageMeasurements::from_nitro_cli_json(&bare)
+                .unwrap()
+                .pcr0(),
+            pcr(0xc0)
+        );
+    }
+
+    #[test]
+    fn bad_nitro_cli_output_is_refused() {
+        let with = |from: &str, to: &str| DESCRIBE_EIF_SIGNED.replace(from, to);
+        for (text, needle) in [
+            (
+                with("\"CheckCRC\": true", "\"CheckCRC\": false"),
+                "CheckCRC",
+            ),
+            (
+                with("\"SignatureCheck\": true", "\"SignatureCheck\": false"),
+                "SignatureCheck",
+            ),
+            (with("Sha384 { ... }", "Sha256 { ... }"), "HashAlgorithm"),
+            (with("\"PCR0\"", "\"PCRX\""), "unknown measurement"),
+            (with("\"PCR0\"", "\"Other\""), "no PCR0"),
+            (with(&"A0".repeat(48), &"A0".repeat(47)), "PCR0 is 47 bytes"),
+            (
+                "Enclave Image successfully created.\n".to_owned(),
+                "no JSON",
+            ),
+            ("{\"Measurements\": 3}".to_owned(), "not a JSON object"),
+            ("{not json".to_owned(), "not valid JSON"),
+            (format!("{{\"PCR0\": \"{}\"}}", pcr(0)), "debug-mode"),
+            (
+                format!("{{\"PCR0\": \"{}\", \"PCR1\": 5}}", pcr(1)),
+                "PCR1 is not a string",
+            ),
+        ] {
+            let e = ImageMeasurements::from_nitro_cli_json(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let huge = " ".repeat(MAX_NITRO_CLI_JSON_LEN + 1);
+        assert!(ImageMeasurements::from_nitro_cli_json(&huge).is_err());
+    }
+}
