@@ -16,10 +16,10 @@
 //! - `seal`, `open`: envelope encryption of a file ([`crate::envelope`]),
 //!   streamed; `open` replaces its output only once the whole message
 //!   authenticates.
-//! - `demo`: gets a data key with `Recipient` through the proxy, encrypts a
-//!   file with it (AES-256-GCM), recovers the data key with `Decrypt`,
-//!   decrypts the file, checks the round trip, and prints a JSON report (no
-//!   key material) on stdout.
+//! - `demo`: envelope-encrypts a file under a data key from `GenerateDataKey`
+//!   with `Recipient` through the proxy, opens it with the data key from
+//!   `Decrypt` with `Recipient`, checks the round trip, and prints a JSON
+//!   report (no key material) on stdout.
 //! - `mock-nsm init|pcr0` (builds with the `mock-nsm` feature): the
 //!   development CA and the mock NSM's default PCR0.
 //!
@@ -36,7 +36,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, RandomizedNonceKey, UnboundKey};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Parser, Subcommand};
@@ -945,10 +944,12 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// `demo`: a data key with `Recipient` through the proxy, AES-256-GCM
-/// encryption of the input file with it, `Decrypt` of the `CiphertextBlob`
-/// with `Recipient`, decryption of the file and comparison. Returns the JSON
-/// report (sizes, timings, outcome; never key material).
+/// `demo`: envelope encryption of the input file ([`crate::envelope`],
+/// no cache): `seal` gets a data key with `GenerateDataKey` + `Recipient`
+/// through the proxy, `open` gets it back with `Decrypt` + `Recipient` (and
+/// checks its key commitment), then the result is compared with the input.
+/// Returns the JSON report (sizes, timings, KMS calls, outcome; never key
+/// material).
 ///
 /// # Errors
 /// Any failure of the NSM, the proxy or KMS, or of reading the file; and
@@ -970,74 +971,41 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
     timings.insert("connect", ms(t.elapsed()));
 
     let context: BTreeMap<String, String> = args.context.iter().cloned().collect();
-    let context = (!context.is_empty()).then_some(context);
-
-    let t = Instant::now();
-    let data_key = client
-        .generate_data_key(GenerateDataKeyRequest {
-            key_id: Some(args.key.clone()),
-            key_spec: Some(DataKeySpec::Aes256),
-            encryption_context: context.clone(),
-            ..Default::default()
-        })
-        .await?;
-    timings.insert("generate_data_key", ms(t.elapsed()));
-
     let input = std::fs::read(&args.input).map_err(|e| Error::Io {
         context: format!("read {}", args.input.display()),
         source: e,
     })?;
-    let t = Instant::now();
-    let sealing = RandomizedNonceKey::new(&AES_256_GCM, data_key.plaintext.expose())
-        .map_err(|_| Error::InvalidArgument("data key is not an AES-256 key".into()))?;
-    let mut sealed = input.clone();
-    let nonce = sealing
-        .seal_in_place_append_tag(Aad::empty(), &mut sealed)
-        .map_err(|_| Error::InvalidArgument("AES-256-GCM encryption failed".into()))?;
-    timings.insert("encrypt_file", ms(t.elapsed()));
+    // No cache: the seal asks KMS for a data key (GenerateDataKey with
+    // Recipient), the open asks KMS to decrypt it (Decrypt with Recipient).
+    let envelope = crate::envelope::Envelope::new(client.clone(), &args.key);
 
     let t = Instant::now();
-    let recovered = client
-        .decrypt(DecryptRequest {
-            ciphertext_blob: Some(data_key.ciphertext_blob.clone()),
-            encryption_context: context.clone(),
-            key_id: Some(args.key.clone()),
-            ..Default::default()
-        })
-        .await?;
-    timings.insert("decrypt_data_key", ms(t.elapsed()));
-    let key_matches = aws_lc_rs::constant_time::verify_slices_are_equal(
-        recovered.plaintext.expose(),
-        data_key.plaintext.expose(),
-    )
-    .is_ok();
+    let sealed = envelope.seal(&input, &context).await?;
+    timings.insert("generate_data_key_and_encrypt_file", ms(t.elapsed()));
+    let header = crate::envelope::peek_header(&sealed)?;
 
     let t = Instant::now();
-    let opening = UnboundKey::new(&AES_256_GCM, recovered.plaintext.expose())
-        .map(LessSafeKey::new)
-        .map_err(|_| Error::InvalidArgument("recovered key is not an AES-256 key".into()))?;
-    let mut opened = sealed.clone();
-    let roundtrip_ok = opening
-        .open_in_place(nonce, Aad::empty(), &mut opened)
-        .is_ok_and(|plain| plain == input.as_slice());
-    timings.insert("decrypt_file", ms(t.elapsed()));
+    let opened = envelope.open(&sealed, &context).await?;
+    timings.insert("decrypt_data_key_and_file", ms(t.elapsed()));
+    let roundtrip_ok = opened.as_slice() == input.as_slice();
 
     let keys = client.keys().current();
-    let ok = key_matches && roundtrip_ok;
+    let kms_calls = client.stats().requests_sent;
+    // One GenerateDataKey and one Decrypt, both with Recipient.
+    let ok = roundtrip_ok && kms_calls == 2;
     let report = json!({
         "ok": ok,
         "proxy": args.broker.proxy.to_string(),
         "nsm": nsm_kind,
         "pcr0": pcr0,
-        "key_id": data_key.key_id,
-        "encryption_context": context,
+        "key_id": header.key_id(),
+        "encryption_context": (!context.is_empty()).then_some(&context),
         "attestation_document_bytes": keys.attestation_document().len(),
         "recipient_public_key_bytes": keys.public_key_spki_der().len(),
-        "data_key_bytes": data_key.plaintext.len(),
-        "data_key_ciphertext_blob_bytes": data_key.ciphertext_blob.0.len(),
+        "data_key_ciphertext_blob_bytes": header.ciphertext_blob().len(),
         "input_bytes": input.len(),
         "encrypted_file_bytes": sealed.len(),
-        "data_key_recovered_by_decrypt": key_matches,
+        "kms_calls": kms_calls,
         "file_roundtrip_ok": roundtrip_ok,
         "timings_ms": timings,
     });
@@ -1045,7 +1013,8 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
         Ok(report)
     } else {
         Err(Error::InvalidArgument(
-            "round trip failed: the decrypted data key or file does not match".into(),
+            "round trip failed: the file does not match, or KMS was not called exactly twice"
+                .into(),
         ))
     }
 }
