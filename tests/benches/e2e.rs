@@ -40,11 +40,9 @@ use aws_lc_rs::rsa::{
 use aws_sdk_kms::primitives::Blob as SdkBlob;
 use aws_sdk_kms::types::{DataKeySpec as SdkDataKeySpec, KeyEncryptionMechanism};
 use keybroker_common::cms::{RecipientPrivateKey, decrypt, encrypt_for_recipient};
-use keybroker_common::kms::{
-    DataKeySpec, GenerateDataKeyRequest, GenerateDataKeyWithoutPlaintextRequest,
-};
+use keybroker_common::kms::{DataKeySpec, GenerateDataKeyWithoutPlaintextRequest};
 use keybroker_enclave::Client;
-use keybroker_harness::testkit::{ALIAS, InProcessStack};
+use keybroker_harness::testkit::{ALIAS, InProcessStack, gdk};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -142,7 +140,7 @@ async fn throughput(client: &Arc<Client>, callers: usize) -> f64 {
         let done = Arc::clone(&done);
         tasks.spawn(async move {
             while Instant::now() < deadline {
-                let key = client.generate_data_key(gdk()).await.unwrap();
+                let key = client.generate_data_key(gdk(ALIAS)).await.unwrap();
                 assert_eq!(key.plaintext.expose().len(), 32);
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -154,14 +152,6 @@ async fn throughput(client: &Arc<Client>, callers: usize) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn gdk() -> GenerateDataKeyRequest {
-    GenerateDataKeyRequest {
-        key_id: Some(ALIAS.into()),
-        key_spec: Some(DataKeySpec::Aes256),
-        ..Default::default()
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let total = Instant::now();
@@ -170,7 +160,7 @@ async fn main() -> Result<(), BoxError> {
     let stack = InProcessStack::builder().start().await?;
     let kms = stack.sdk.clone();
     let client = Arc::new(stack.client.clone());
-    let sanity = client.generate_data_key(gdk()).await?;
+    let sanity = client.generate_data_key(gdk(ALIAS)).await?;
     assert_eq!(sanity.plaintext.expose().len(), 32);
 
     println!("keybroker e2e benchmark (in-process, loopback, mock NSM + mock KMS)");
@@ -216,7 +206,7 @@ async fn main() -> Result<(), BoxError> {
     })
     .await;
     let proxy_gdk = time_each_async(LATENCY_ITERS, || async {
-        let key = client.generate_data_key(gdk()).await.unwrap();
+        let key = client.generate_data_key(gdk(ALIAS)).await.unwrap();
         assert_eq!(key.plaintext.expose().len(), 32);
     })
     .await;

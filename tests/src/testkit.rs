@@ -10,9 +10,9 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), keybroker_harness::Error> {
-//! use keybroker_harness::testkit::InProcessStack;
+//! use keybroker_harness::testkit::{InProcessStack, gdk};
 //! let stack = InProcessStack::builder().start().await?;
-//! let key = stack.client.generate_data_key(stack.gdk()).await;
+//! let key = stack.client.generate_data_key(gdk(&stack.key_arn)).await;
 //! # Ok(()) }
 //! ```
 
@@ -131,7 +131,12 @@ impl StackBuilder {
         (self.proxy_tweak)(&mut config);
         let proxy = start_proxy(config, &sdk).await?;
         let addr = proxy.local_addr().clone();
-        let client = connect_client(&ca, &addr, self.enclave_pcr0).await?;
+        let client = connect_enclave(
+            &ca,
+            &addr,
+            MockNsmConfig::default().with_pcr(0, self.enclave_pcr0),
+        )
+        .await?;
         Ok(InProcessStack {
             ca,
             kms,
@@ -204,24 +209,36 @@ impl InProcessStack {
     /// # Errors
     /// [`Error::Io`] when it cannot connect.
     pub async fn client_with_pcr0(&self, pcr0: [u8; 48]) -> Result<Client, Error> {
-        connect_client(&self.ca, &self.addr, pcr0).await
+        connect_enclave(
+            &self.ca,
+            &self.addr,
+            MockNsmConfig::default().with_pcr(0, pcr0),
+        )
+        .await
     }
+}
 
-    /// A `GenerateDataKey` request for an AES-256 key under the stack's key.
-    pub fn gdk(&self) -> GenerateDataKeyRequest {
-        GenerateDataKeyRequest {
-            key_id: Some(self.key_arn.clone()),
-            key_spec: Some(DataKeySpec::Aes256),
-            ..Default::default()
-        }
+/// A `GenerateDataKey` request for an AES-256 data key under `key_id`.
+pub fn gdk(key_id: &str) -> GenerateDataKeyRequest {
+    GenerateDataKeyRequest {
+        key_id: Some(key_id.to_owned()),
+        key_spec: Some(DataKeySpec::Aes256),
+        ..Default::default()
     }
 }
 
 /// An enclave client of the proxy at `addr` with recipient keys attested by a
-/// mock NSM of `ca` that reports `pcr0`.
-async fn connect_client(ca: &MockCa, addr: &Address, pcr0: [u8; 48]) -> Result<Client, Error> {
-    let nsm = MockNsm::new(ca, MockNsmConfig::default().with_pcr(0, pcr0))
-        .map_err(|e| Error::Config(e.to_string()))?;
+/// mock NSM of `ca` configured by `nsm` (its PCRs).
+///
+/// # Errors
+/// [`Error::Config`] if the mock NSM or the keys cannot be made;
+/// [`Error::Io`] if the client cannot connect.
+pub async fn connect_enclave(
+    ca: &MockCa,
+    addr: &Address,
+    nsm: MockNsmConfig,
+) -> Result<Client, Error> {
+    let nsm = MockNsm::new(ca, nsm).map_err(|e| Error::Config(e.to_string()))?;
     let keys = RecipientKeys::new(Arc::new(nsm), RecipientKeysConfig::default())
         .await
         .map_err(|e| Error::Config(e.to_string()))?;

@@ -28,7 +28,7 @@ use keybroker_common::kms::{
     GenerateDataKeyWithoutPlaintextRequest, GenerateRandomRequest, KmsRequest,
 };
 use keybroker_common::protocol::ErrorCode;
-use keybroker_harness::testkit::{ALIAS, InProcessStack, PCR0, start_proxy};
+use keybroker_harness::testkit::{ALIAS, InProcessStack, PCR0, gdk, start_proxy};
 use keybroker_proxy::server::ProxyConfig;
 
 /// A stack whose key policy requires `pcr0_in_policy` and whose enclave
@@ -40,14 +40,6 @@ async fn stack(pcr0_in_policy: [u8; 48], enclave_pcr0: [u8; 48]) -> InProcessSta
         .start()
         .await
         .unwrap()
-}
-
-fn gdk(key: &str) -> GenerateDataKeyRequest {
-    GenerateDataKeyRequest {
-        key_id: Some(key.to_owned()),
-        key_spec: Some(DataKeySpec::Aes256),
-        ..Default::default()
-    }
 }
 
 fn context(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -27,19 +27,16 @@ use aws_sdk_kms::types::{
     RecipientInfo as SdkRecipient,
 };
 use keybroker_common::address::Address;
-use keybroker_common::kms::{
-    DataKeyPairSpec, DataKeySpec, DecryptRequest, GenerateDataKeyPairRequest,
-    GenerateDataKeyRequest,
-};
+use keybroker_common::kms::{DataKeyPairSpec, DecryptRequest, GenerateDataKeyPairRequest};
 use keybroker_enclave::{
-    Client, ClientConfig, MockCa, MockNsm, MockNsmConfig, RecipientKeys, RecipientKeysConfig,
+    Client, MockCa, MockNsm, MockNsmConfig, RecipientKeys, RecipientKeysConfig,
 };
 use keybroker_harness::local::kms_client;
 use keybroker_harness::mock_kms::policy::{Decision, Policy, RequestContext, evaluate};
 use keybroker_harness::mock_kms::{DEFAULT_ACCOUNT_ID, MockKms, MockKmsConfig, RunningMockKms};
-use keybroker_proxy::backend::SdkKmsBackend;
+use keybroker_harness::testkit::{connect_enclave, gdk, start_proxy};
 use keybroker_proxy::key_policy::{EnclaveKeyPolicy, ImageMeasurements};
-use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
+use keybroker_proxy::server::{ProxyConfig, ProxyHandle};
 
 /// The instance role the proxy runs as.
 const PARENT: &str = "arn:aws:iam::111122223333:role/keybroker-parent";
@@ -95,10 +92,7 @@ async fn parent_side(state: &Path, ca: &MockCa) -> ParentSide {
         .unwrap();
     let sdk = kms_client(&kms.endpoint());
     let config = ProxyConfig::new(Address::Tcp("127.0.0.1:0".into()));
-    let proxy = Proxy::bind(config, SdkKmsBackend::new(sdk.clone()))
-        .await
-        .unwrap()
-        .spawn();
+    let proxy = start_proxy(config, &sdk).await.unwrap();
     let addr = proxy.local_addr().clone();
     ParentSide {
         _kms: kms,
@@ -174,11 +168,7 @@ impl Deployment {
         let config = pcrs
             .iter()
             .fold(MockNsmConfig::default(), |c, (i, v)| c.with_pcr(*i, *v));
-        let nsm = MockNsm::new(&self.ca, config).unwrap();
-        let keys = RecipientKeys::new(Arc::new(nsm), RecipientKeysConfig::default())
-            .await
-            .unwrap();
-        Client::connect(ClientConfig::new(self.parent.addr.clone()), keys)
+        connect_enclave(&self.ca, &self.parent.addr, config)
             .await
             .unwrap()
     }
@@ -196,14 +186,6 @@ impl Deployment {
             .ciphertext_blob
             .unwrap()
             .into_inner()
-    }
-}
-
-fn gdk() -> GenerateDataKeyRequest {
-    GenerateDataKeyRequest {
-        key_id: Some(ALIAS.to_owned()),
-        key_spec: Some(DataKeySpec::Aes256),
-        ..Default::default()
     }
 }
 
@@ -240,7 +222,7 @@ async fn the_attested_enclave_gets_data_keys_and_decrypts() {
     let d = Deployment::new(&policy_for(&[&image(IMAGE)])).await;
     let enclave = d.enclave(&[(0, IMAGE)]).await;
 
-    let key = enclave.generate_data_key(gdk()).await.unwrap();
+    let key = enclave.generate_data_key(gdk(ALIAS)).await.unwrap();
     assert_eq!(key.plaintext.len(), 32);
     assert_eq!(key.key_id.as_deref(), Some(d.key_arn.as_str()));
     let back = enclave
@@ -279,7 +261,7 @@ async fn the_attested_enclave_gets_data_keys_and_decrypts() {
 async fn another_image_is_denied_by_the_explicit_deny() {
     let d = Deployment::new(&policy_for(&[&image(IMAGE)])).await;
     let other = d.enclave(&[(0, OTHER)]).await;
-    let m = enclave_denial(other.generate_data_key(gdk()).await);
+    let m = enclave_denial(other.generate_data_key(gdk(ALIAS)).await);
     assert!(m.ends_with(EXPLICIT_DENY), "{m}");
     let stored = d.stored_data_key().await;
     let m = enclave_denial(
@@ -467,12 +449,12 @@ async fn a_rollout_admits_both_images_until_the_old_one_is_removed() {
     let mut d = Deployment::new(&policy_for(&[&image(IMAGE), &image(NEW)])).await;
     let old_enclave = d.enclave(&[(0, IMAGE)]).await;
     let new_enclave = d.enclave(&[(0, NEW)]).await;
-    old_enclave.generate_data_key(gdk()).await.unwrap();
-    let kept = new_enclave.generate_data_key(gdk()).await.unwrap();
+    old_enclave.generate_data_key(gdk(ALIAS)).await.unwrap();
+    let kept = new_enclave.generate_data_key(gdk(ALIAS)).await.unwrap();
     let m = enclave_denial(
         d.enclave(&[(0, OTHER)])
             .await
-            .generate_data_key(gdk())
+            .generate_data_key(gdk(ALIAS))
             .await,
     );
     assert!(m.ends_with(EXPLICIT_DENY), "{m}");
@@ -489,7 +471,7 @@ async fn a_rollout_admits_both_images_until_the_old_one_is_removed() {
     d.restart_parent().await;
     let old_enclave = d.enclave(&[(0, IMAGE)]).await;
     let new_enclave = d.enclave(&[(0, NEW)]).await;
-    let m = enclave_denial(old_enclave.generate_data_key(gdk()).await);
+    let m = enclave_denial(old_enclave.generate_data_key(gdk(ALIAS)).await);
     assert!(m.ends_with(EXPLICIT_DENY), "{m}");
     // Keys made during the rollout stay readable by the new image.
     let back = new_enclave
@@ -516,13 +498,18 @@ async fn every_given_pcr_must_match() {
     let all = [(0, IMAGE), (1, p1), (2, p2), (8, p8)];
     d.enclave(&all)
         .await
-        .generate_data_key(gdk())
+        .generate_data_key(gdk(ALIAS))
         .await
         .unwrap();
     // Same image, signed with another certificate (PCR8): the PCR0 deny
     // does not fire, but no Allow matches either.
     let resigned = [(0, IMAGE), (1, p1), (2, p2), (8, [0x09; 48])];
-    let m = enclave_denial(d.enclave(&resigned).await.generate_data_key(gdk()).await);
+    let m = enclave_denial(
+        d.enclave(&resigned)
+            .await
+            .generate_data_key(gdk(ALIAS))
+            .await,
+    );
     assert!(
         m.ends_with(&format!("{NO_ALLOW} the kms:GenerateDataKey action")),
         "{m}"
