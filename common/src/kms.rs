@@ -800,6 +800,14 @@ pub mod aws_json {
     /// Prefix of the `X-Amz-Target` header value (KMS's service name).
     pub const TARGET_PREFIX: &str = "TrentService.";
 
+    /// Response header carrying the request id.
+    pub const REQUEST_ID_HEADER: &str = "x-amzn-RequestId";
+
+    /// The `n`th request id of a server, in the UUID shape KMS uses.
+    pub fn request_id(n: u64) -> String {
+        format!("00000000-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff)
+    }
+
     /// The operation name of an `X-Amz-Target` value, or the
     /// `UnknownOperationException` AWS JSON services answer for a missing or
     /// foreign target.
@@ -858,6 +866,7 @@ pub mod aws_json {
                 v,
                 serde_json::json!({"__type": "NotFoundException", "message": "Alias x is not found."})
             );
+            assert_eq!(request_id(255), "00000000-0000-4000-8000-0000000000ff");
             let bare: serde_json::Value =
                 serde_json::from_str(&error_body(&KmsError::new("X", ""))).unwrap();
             assert_eq!(bare, serde_json::json!({"__type": "X"}));

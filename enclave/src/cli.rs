@@ -509,6 +509,11 @@ fn print_json(v: &Value) -> Result<(), Error> {
 async fn connect(args: &BrokerArgs) -> Result<Client, Error> {
     let (nsm, _) = open_nsm(args.nsm.mock_nsm_ca.as_ref())?;
     let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default()).await?;
+    connect_with(args, keys).await
+}
+
+/// The connection for a subcommand, with `keys` already made.
+async fn connect_with(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
     let mut config = ClientConfig::new(args.proxy.clone());
     config.request_timeout = Duration::from_millis(args.timeout_ms);
     config.connect_timeout = config.connect_timeout.min(config.request_timeout);
@@ -964,10 +969,7 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
     timings.insert("nsm_and_recipient_keys", ms(t.elapsed()));
 
     let t = Instant::now();
-    let mut config = ClientConfig::new(args.broker.proxy.clone());
-    config.request_timeout = Duration::from_millis(args.broker.timeout_ms);
-    config.connect_timeout = config.connect_timeout.min(config.request_timeout);
-    let client = Client::connect(config, keys).await?;
+    let client = connect_with(&args.broker, keys).await?;
     timings.insert("connect", ms(t.elapsed()));
 
     let context: BTreeMap<String, String> = args.context.iter().cloned().collect();

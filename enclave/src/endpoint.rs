@@ -364,7 +364,7 @@ async fn handle_http(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let request_id = request_id(endpoint.inner.requests.fetch_add(1, Ordering::Relaxed));
+    let request_id = aws_json::request_id(endpoint.inner.requests.fetch_add(1, Ordering::Relaxed));
     let reply = if method != Method::POST || uri.path() != "/" {
         EndpointResponse::error(&KmsError::new(
             "UnknownOperationException",
@@ -399,14 +399,9 @@ async fn handle_http(
         HeaderValue::from_static(aws_json::CONTENT_TYPE),
     );
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        h.insert("x-amzn-RequestId", v);
+        h.insert(aws_json::REQUEST_ID_HEADER, v);
     }
     response
-}
-
-/// A request id in the UUID shape KMS uses (unique per endpoint run).
-fn request_id(n: u64) -> String {
-    format!("00000000-0000-4000-8000-{:012x}", n & 0xffff_ffff_ffff)
 }
 
 #[cfg(test)]

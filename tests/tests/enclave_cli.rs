@@ -14,6 +14,8 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -415,22 +417,14 @@ async fn serve_drops_to_the_given_user_after_binding() {
     assert_eq!((meta.uid(), meta.gid()), (65532, 65532));
     // It still serves (as root, the test may connect to the socket).
     let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
-    let (mut r, mut w) = stream.into_split();
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let body = br#"{"NumberOfBytes":8}"#;
-    w.write_all(
-        format!(
-            "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: TrentService.GenerateRandom\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
+    let (status, text) = support::raw_http_on(
+        stream,
+        "localhost",
+        "POST / HTTP/1.1\r\nX-Amz-Target: TrentService.GenerateRandom",
+        br#"{"NumberOfBytes":8}"#,
     )
-    .await
-    .unwrap();
-    w.write_all(body).await.unwrap();
-    let mut out = String::new();
-    r.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    .await;
+    assert_eq!(status, 200, "{text}");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert!(child.wait().await.unwrap().success());

@@ -34,10 +34,11 @@ pub(crate) struct ServerState {
 }
 
 fn request_id(state: &ServerState) -> String {
-    let n = state
-        .request_counter
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("00000000-0000-4000-8000-{n:012x}")
+    aws_json::request_id(
+        state
+            .request_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    )
 }
 
 fn json_response(status: StatusCode, body: &Value, request_id: &str) -> Response {
@@ -52,7 +53,7 @@ fn text_response(status: StatusCode, body: String, request_id: &str) -> Response
         HeaderValue::from_static(aws_json::CONTENT_TYPE),
     );
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-amzn-RequestId", v);
+        h.insert(aws_json::REQUEST_ID_HEADER, v);
     }
     resp
 }
