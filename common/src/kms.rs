@@ -651,6 +651,29 @@ pub enum KmsRequest {
 }
 
 impl KmsRequest {
+    /// Parses the AWS JSON 1.1 body of a call to `op` (the body of
+    /// `X-Amz-Target: TrentService.<op>`), as KMS reads it.
+    ///
+    /// # Errors
+    /// The `serde_json` error for malformed JSON or a field of the wrong
+    /// type (KMS answers those with `SerializationException`).
+    pub fn from_json(op: Operation, body: &[u8]) -> Result<Self, serde_json::Error> {
+        use serde_json::from_slice;
+        Ok(match op {
+            Operation::GenerateDataKey => Self::GenerateDataKey(from_slice(body)?),
+            Operation::GenerateDataKeyWithoutPlaintext => {
+                Self::GenerateDataKeyWithoutPlaintext(from_slice(body)?)
+            }
+            Operation::Decrypt => Self::Decrypt(from_slice(body)?),
+            Operation::GenerateDataKeyPair => Self::GenerateDataKeyPair(from_slice(body)?),
+            Operation::GenerateDataKeyPairWithoutPlaintext => {
+                Self::GenerateDataKeyPairWithoutPlaintext(from_slice(body)?)
+            }
+            Operation::GenerateRandom => Self::GenerateRandom(from_slice(body)?),
+            Operation::DescribeKey => Self::DescribeKey(from_slice(body)?),
+        })
+    }
+
     /// The operation this request is for.
     pub fn operation(&self) -> Operation {
         match self {
@@ -877,6 +900,22 @@ pub mod aws_json {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_bodies_parse_by_operation() {
+        let r = KmsRequest::from_json(
+            Operation::GenerateDataKey,
+            br#"{"KeyId":"alias/a","KeySpec":"AES_256"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.operation(), Operation::GenerateDataKey);
+        assert_eq!(r.key_id(), Some("alias/a"));
+        let r = KmsRequest::from_json(Operation::GenerateRandom, br#"{"NumberOfBytes":8}"#);
+        assert_eq!(r.unwrap().operation(), Operation::GenerateRandom);
+        // Malformed JSON or a field of the wrong type is an error.
+        assert!(KmsRequest::from_json(Operation::GenerateDataKey, br#"{"KeyId": 7}"#).is_err());
+        assert!(KmsRequest::from_json(Operation::GenerateDataKey, b"[").is_err());
+    }
 
     #[test]
     fn generate_data_key_json_matches_kms_shape() {

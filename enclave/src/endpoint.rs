@@ -49,7 +49,6 @@ use keybroker_common::kms::{
     KmsError, KmsRequest, KmsResponse, Operation, aws_json,
 };
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, UnixListener};
 use zeroize::Zeroizing;
 
@@ -139,14 +138,21 @@ impl KmsEndpoint {
     ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         let name = aws_json::operation_name(target)?;
         let op = Operation::from_name(name).ok_or_else(|| unsupported(name))?;
+        let request = KmsRequest::from_json(op, body).map_err(|e| {
+            KmsError::new(
+                "SerializationException",
+                format!("cannot parse the request body: {e}"),
+            )
+        })?;
+        // Operations without plaintext, and requests that carry an app's own
+        // Recipient (the app decrypts CiphertextForRecipient), go as they are.
+        if !op.returns_plaintext() || request.recipient().is_some() {
+            return self.relay(request).await;
+        }
         let client = &self.inner.client;
         let kms = |e: Error| e.to_kms_error();
-        match op {
-            Operation::GenerateDataKey => {
-                let req: keybroker_common::kms::GenerateDataKeyRequest = parse(body)?;
-                if req.recipient.is_some() {
-                    return self.relay(KmsRequest::GenerateDataKey(req)).await;
-                }
+        match request {
+            KmsRequest::GenerateDataKey(req) => {
                 let k = client.generate_data_key(req).await.map_err(kms)?;
                 to_json(&GenerateDataKeyResponse {
                     ciphertext_blob: Some(k.ciphertext_blob),
@@ -156,11 +162,7 @@ impl KmsEndpoint {
                     ciphertext_for_recipient: None,
                 })
             }
-            Operation::Decrypt => {
-                let req: keybroker_common::kms::DecryptRequest = parse(body)?;
-                if req.recipient.is_some() {
-                    return self.relay(KmsRequest::Decrypt(req)).await;
-                }
+            KmsRequest::Decrypt(req) => {
                 let d = client.decrypt(req).await.map_err(kms)?;
                 to_json(&DecryptResponse {
                     key_id: d.key_id,
@@ -170,11 +172,7 @@ impl KmsEndpoint {
                     ciphertext_for_recipient: None,
                 })
             }
-            Operation::GenerateDataKeyPair => {
-                let req: keybroker_common::kms::GenerateDataKeyPairRequest = parse(body)?;
-                if req.recipient.is_some() {
-                    return self.relay(KmsRequest::GenerateDataKeyPair(req)).await;
-                }
+            KmsRequest::GenerateDataKeyPair(req) => {
                 let p = client.generate_data_key_pair(req).await.map_err(kms)?;
                 to_json(&GenerateDataKeyPairResponse {
                     private_key_ciphertext_blob: Some(p.private_key_ciphertext_blob),
@@ -186,28 +184,15 @@ impl KmsEndpoint {
                     ciphertext_for_recipient: None,
                 })
             }
-            Operation::GenerateRandom => {
-                let req: keybroker_common::kms::GenerateRandomRequest = parse(body)?;
-                if req.recipient.is_some() {
-                    return self.relay(KmsRequest::GenerateRandom(req)).await;
-                }
+            KmsRequest::GenerateRandom(req) => {
                 let bytes = client.generate_random(req).await.map_err(kms)?;
                 to_json(&GenerateRandomResponse {
                     plaintext: Some(bytes),
                     ciphertext_for_recipient: None,
                 })
             }
-            Operation::GenerateDataKeyWithoutPlaintext => {
-                self.relay(KmsRequest::GenerateDataKeyWithoutPlaintext(parse(body)?))
-                    .await
-            }
-            Operation::GenerateDataKeyPairWithoutPlaintext => {
-                self.relay(KmsRequest::GenerateDataKeyPairWithoutPlaintext(parse(
-                    body,
-                )?))
-                .await
-            }
-            Operation::DescribeKey => self.relay(KmsRequest::DescribeKey(parse(body)?)).await,
+            // `returns_plaintext` holds for exactly the four above.
+            other => self.relay(other).await,
         }
     }
 
@@ -333,17 +318,6 @@ fn unsupported(name: &str) -> KmsError {
     )
 }
 
-/// Parses a request body as KMS does: malformed JSON or a field of the wrong
-/// type is a `SerializationException`.
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, KmsError> {
-    serde_json::from_slice(body).map_err(|e| {
-        KmsError::new(
-            "SerializationException",
-            format!("cannot parse the request body: {e}"),
-        )
-    })
-}
-
 /// Serializes a response into a zeroizing buffer.
 fn to_json<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
     let mut out = Zeroizing::new(Vec::with_capacity(1024));
@@ -415,14 +389,5 @@ mod tests {
         assert_eq!(e.status, 400);
         assert!(e.message.contains("untrusted parent"), "{}", e.message);
         assert!(unsupported("CreateKey").message.contains("GenerateDataKey"));
-    }
-
-    #[test]
-    fn bad_json_is_a_serialization_exception() {
-        let e = parse::<keybroker_common::kms::GenerateDataKeyRequest>(b"{\"KeyId\": 5}")
-            .err()
-            .map(|e| e.code);
-        assert_eq!(e.as_deref(), Some("SerializationException"));
-        assert!(parse::<keybroker_common::kms::GenerateDataKeyRequest>(b"[").is_err());
     }
 }
