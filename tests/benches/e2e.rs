@@ -42,7 +42,7 @@ use aws_sdk_kms::types::{DataKeySpec as SdkDataKeySpec, KeyEncryptionMechanism};
 use keybroker_common::cms::{RecipientPrivateKey, decrypt, encrypt_for_recipient};
 use keybroker_common::kms::{DataKeySpec, GenerateDataKeyWithoutPlaintextRequest};
 use keybroker_enclave::Client;
-use keybroker_harness::testkit::{ALIAS, InProcessStack, gdk};
+use keybroker_harness::testkit::{ALIAS, InProcessStack, gdk, spawn_kms_endpoint};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -271,10 +271,9 @@ async fn main() -> Result<(), BoxError> {
     );
 
     // --- 4. the in-enclave KMS endpoint: a stock SDK inside the enclave ---
-    let endpoint = keybroker_enclave::KmsEndpoint::new((*client).clone());
-    let listener = keybroker_enclave::endpoint::bind_tcp("127.0.0.1:0".parse()?, false).await?;
-    let endpoint_url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { endpoint.serve_tcp(listener, std::future::pending()).await });
+    let endpoint =
+        spawn_kms_endpoint(keybroker_enclave::KmsEndpoint::new((*client).clone())).await?;
+    let endpoint_url = format!("http://{endpoint}");
     let in_enclave_sdk = keybroker_harness::local::kms_client(&endpoint_url);
     let endpoint_gdk = time_each_async(LATENCY_ITERS, || {
         let req = in_enclave_sdk

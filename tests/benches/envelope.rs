@@ -42,6 +42,18 @@ struct Run {
     kms_requests: u64,
 }
 
+impl Run {
+    /// `n` messages of `len` bytes sealed since `start`.
+    fn new(n: u64, len: usize, start: Instant, kms_requests: u64) -> Self {
+        let secs = start.elapsed().as_secs_f64();
+        Run {
+            messages_per_s: n as f64 / secs,
+            mib_per_s: n as f64 * len as f64 / secs / (1 << 20) as f64,
+            kms_requests,
+        }
+    }
+}
+
 fn report(name: &str, r: &Run) {
     println!("{name} messages/s: {:.0}", r.messages_per_s);
     println!("{name} MiB/s: {:.1}", r.mib_per_s);
@@ -63,12 +75,12 @@ async fn seal_run(client: &Client, envelope: &Envelope<Client>, plaintext: &[u8]
         std::hint::black_box(m);
         n += 1;
     }
-    let secs = start.elapsed().as_secs_f64();
-    Run {
-        messages_per_s: n as f64 / secs,
-        mib_per_s: n as f64 * plaintext.len() as f64 / secs / (1 << 20) as f64,
-        kms_requests: client.stats().requests_sent - before,
-    }
+    Run::new(
+        n,
+        plaintext.len(),
+        start,
+        client.stats().requests_sent - before,
+    )
 }
 
 /// `seal_message` alone with a fixed key, for [`RUN`].
@@ -87,12 +99,7 @@ fn crypto_run(plaintext: &[u8]) -> Run {
         std::hint::black_box(m);
         n += 1;
     }
-    let secs = start.elapsed().as_secs_f64();
-    Run {
-        messages_per_s: n as f64 / secs,
-        mib_per_s: n as f64 * plaintext.len() as f64 / secs / (1 << 20) as f64,
-        kms_requests: 0,
-    }
+    Run::new(n, plaintext.len(), start, 0)
 }
 
 #[tokio::main]

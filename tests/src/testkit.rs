@@ -21,7 +21,8 @@ use std::sync::Arc;
 use keybroker_common::address::Address;
 use keybroker_common::kms::{DataKeySpec, GenerateDataKeyRequest};
 use keybroker_enclave::{
-    Client, ClientConfig, MockCa, MockNsm, MockNsmConfig, RecipientKeys, RecipientKeysConfig,
+    Client, ClientConfig, KmsEndpoint, MockCa, MockNsm, MockNsmConfig, RecipientKeys,
+    RecipientKeysConfig,
 };
 use keybroker_proxy::backend::SdkKmsBackend;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
@@ -216,6 +217,24 @@ impl InProcessStack {
         )
         .await
     }
+}
+
+/// Serves `endpoint` (the in-enclave KMS endpoint) on a free loopback port
+/// until the runtime ends; returns its address (the endpoint URL is
+/// `http://ADDRESS`).
+///
+/// # Errors
+/// [`Error::Io`] if it cannot bind.
+pub async fn spawn_kms_endpoint(endpoint: KmsEndpoint) -> Result<std::net::SocketAddr, Error> {
+    let io = |e: keybroker_enclave::Error| Error::Io(format!("KMS endpoint: {e}"));
+    let listener = keybroker_enclave::endpoint::bind_tcp(([127, 0, 0, 1], 0).into(), false)
+        .await
+        .map_err(io)?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Io(format!("KMS endpoint address: {e}")))?;
+    tokio::spawn(async move { endpoint.serve_tcp(listener, std::future::pending()).await });
+    Ok(addr)
 }
 
 /// A `GenerateDataKey` request for an AES-256 data key under `key_id`.

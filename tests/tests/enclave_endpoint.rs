@@ -20,7 +20,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec};
 use keybroker_enclave::endpoint::{self, KmsEndpoint};
 use keybroker_enclave::{Client, Error};
-use keybroker_harness::testkit::{ALIAS, InProcessStack};
+use keybroker_harness::testkit::{ALIAS, InProcessStack, spawn_kms_endpoint};
 use support::{expect_code, raw_http, raw_http_on};
 
 /// Serves `client` on a fresh loopback port; returns the endpoint URL's
@@ -30,12 +30,7 @@ async fn serve(client: Client) -> SocketAddr {
 }
 
 async fn serve_endpoint(endpoint: KmsEndpoint) -> SocketAddr {
-    let listener = endpoint::bind_tcp("127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { endpoint.serve_tcp(listener, std::future::pending()).await });
-    addr
+    spawn_kms_endpoint(endpoint).await.unwrap()
 }
 
 fn url(addr: SocketAddr) -> String {
