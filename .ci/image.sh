@@ -79,7 +79,7 @@ pm() {
 
 version="$(cd "${root}" && cargo pkgid -p keybroker-enclave)"
 version="${version##*[#@]}"
-tag="keybroker-enclave:${version}"
+tag="localhost/keybroker-enclave:${version}"
 
 # --- the binary, then the image twice ----------------------------------------
 say "static release build of keybroker-enclave"
@@ -106,21 +106,27 @@ echo "image digest ${dg1} / ${dg2}" >&2
 say "image configuration and contents"
 user="$(pm one image inspect --format '{{.Config.User}}' "${id1}")"
 [[ "${user}" == "65532:65532" ]] || fail "image user is '${user}', expected 65532:65532"
+# What the enclave will run, by nitro-cli's rule (Cmd with Env when both are
+# present, else Entrypoint alone; never joined): the whole command line.
+pm one image inspect --format '{{json .Config}}' "${id1}" >"${work}/config.json"
+argv="$(python3 "${root}/.ci/nitro-argv.py" argv-json <"${work}/config.json")" \
+    || fail "nitro-cli's rule finds no command in the image configuration"
+expected_argv='["/usr/bin/keybroker-enclave", "serve", "--proxy", "vsock://3:5000", "--listen", "127.0.0.1:8000", "--unix", "/run/keybroker/kms.sock", "--user", "65532:65532"]'
+[[ "${argv}" == "${expected_argv}" ]] \
+    || fail "the enclave would run ${argv}, expected ${expected_argv}"
 entrypoint="$(pm one image inspect --format '{{json .Config.Entrypoint}}' "${id1}")"
-[[ "${entrypoint}" == '["/usr/bin/keybroker-enclave"]' ]] \
-    || fail "image entrypoint is ${entrypoint}"
-cmd="$(pm one image inspect --format '{{json .Config.Cmd}}' "${id1}")"
-[[ "${cmd}" == '["serve",'* ]] || fail "image command is ${cmd}, expected serve ..."
-# nitro-cli ignores USER (the enclave's init runs the command as root): the
-# command itself must drop to the service user.
-[[ "${cmd}" == *'"--user","65532:65532"'* ]] || fail "image command ${cmd} does not drop to --user 65532:65532"
+[[ "${entrypoint}" == "null" || "${entrypoint}" == "[]" ]] \
+    || fail "image has an entrypoint ${entrypoint}: podman/docker would join it with CMD, nitro-cli would not"
 
 mnt="$(pm one image mount "${id1}")"
 [[ -d "${mnt}" ]] || fail "podman image mount gave no directory"
 (cd "${mnt}" && find . -mindepth 1 -printf '%M %U:%G %P\n' | LC_ALL=C sort) >"${work}/files"
 LC_ALL=C sort >"${work}/files.expected" <<'EOF'
+drwxr-xr-x 0:0 dev
+drwxr-xr-x 0:0 proc
 drwxr-xr-x 0:0 run
-drwxr-xr-x 65532:65532 run/keybroker
+drwxr-xr-x 0:0 sys
+drwxrwxrwt 0:0 tmp
 drwxr-xr-x 0:0 usr
 drwxr-xr-x 0:0 usr/bin
 -rwxr-xr-x 0:0 usr/bin/keybroker-enclave
@@ -178,12 +184,51 @@ fi
 # --- the image as a container ------------------------------------------------
 # Lower limits than the host's: the sandbox may not raise rlimits (no
 # CAP_SYS_RESOURCE), and podman's defaults are higher than the host's.
-say "podman run (entrypoint --version, as the image's user)"
+say "podman run (--version, as the image's user)"
 run_out="$(pm one run --rm --runtime runc --network none \
-    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "${id1}" --version 2>"${work}/run.err")" \
+    --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 "${id1}" \
+    /usr/bin/keybroker-enclave --version 2>"${work}/run.err")" \
     || fail "podman run failed: $(cat "${work}/run.err")"
 [[ "${run_out}" == "keybroker-enclave ${version}" ]] \
     || fail "podman run --version printed '${run_out}'"
+
+# --- boot it as an enclave boots it -----------------------------------------
+# .ci/enclave-boot.sh: nitro-cli's argv rule, the unpacked files, new mount,
+# network and PID namespaces, the init's mounts, chroot, root, `lo` down.
+unpack() {
+    # unpack STORAGE IMAGE DIR: the image's files, as nitro-cli takes them.
+    local m
+    m="$(pm "$1" image mount "$2")"
+    mkdir -p "$3"
+    cp -a "${m}/." "$3/"
+    pm "$1" image unmount "$2" >/dev/null
+}
+say "boot test: the production image must stop at the NSM"
+unpack one "${id1}" "${work}/rootfs-production"
+bash "${root}/.ci/enclave-boot.sh" --rootfs "${work}/rootfs-production" \
+    --config "${work}/config.json" --expect nsm-failure
+
+say "boot test: the dangerous-mock-nsm-test variant (same Dockerfile, mock NSM) must come up"
+"${root}/scripts/build-enclave-image.sh" --dangerous-mock-nsm --podman-root "${work}/podman-one" \
+    --storage-driver vfs --iidfile "${work}/mock.iid" >"${work}/mock.out"
+sed "s/^/    /" "${work}/mock.out" >&2
+mock_id="$(cat "${work}/mock.iid")"
+[[ "${mock_id}" != "${id1}" ]] || fail "the mock-NSM variant is the production image"
+pm one image inspect --format '{{json .Config}}' "${mock_id}" >"${work}/mock-config.json"
+# The same command line; the environment adds only the mock NSM's CA dir.
+mock_argv="$(python3 "${root}/.ci/nitro-argv.py" argv-json <"${work}/mock-config.json")"
+[[ "${mock_argv}" == "${argv}" ]] || fail "the variant's command ${mock_argv} differs from production's"
+mock_env="$(python3 "${root}/.ci/nitro-argv.py" env-json <"${work}/mock-config.json")"
+prod_env="$(python3 "${root}/.ci/nitro-argv.py" env-json <"${work}/config.json")"
+[[ "${prod_env}" == '["PATH=/sbin:/usr/sbin:/bin:/usr/bin"]' ]] \
+    || fail "the production environment is ${prod_env}, expected the init's PATH only"
+[[ "${mock_env}" == '["PATH=/sbin:/usr/sbin:/bin:/usr/bin", "KEYBROKER_MOCK_NSM_CA=/tmp/keybroker-mock-nsm"]' ]] \
+    || fail "the variant's environment is ${mock_env}"
+unpack one "${mock_id}" "${work}/rootfs-mock"
+cmp -s "${work}/rootfs-mock/usr/bin/keybroker-enclave" "${img_bin}" \
+    && fail "the variant has the production binary (no mock NSM in it)"
+bash "${root}/.ci/enclave-boot.sh" --rootfs "${work}/rootfs-mock" \
+    --config "${work}/mock-config.json" --expect ready
 
 # --- optional: the binary does not depend on the source path -----------------
 if ${reproducible_binary}; then

@@ -13,7 +13,12 @@
 #                             container: Dockerfile.enclave's builder stage
 #                             (the official Rust 1.95 image; needs its
 #                             registry and crates.io).
-#   --tag NAME                image name (default keybroker-enclave:<version>)
+#   --tag NAME                image name (default
+#                             localhost/keybroker-enclave:<version>; the
+#                             localhost/ prefix is what podman gives a local
+#                             image and keeps through `podman save | docker
+#                             load`, so `nitro-cli build-enclave --docker-uri`
+#                             finds it without trying a registry pull)
 #   --engine podman|docker    default: podman if installed, else docker
 #   --storage-driver DRIVER   podman's global --storage-driver (e.g. vfs where
 #                             overlay is unavailable); env KEYBROKER_STORAGE_DRIVER
@@ -22,6 +27,11 @@
 #   --rust-image REF          the builder stage's base image (container builder)
 #   --iidfile FILE            also write the image id to FILE
 #   --binary-only             build the static binary only; print its path
+#   --dangerous-mock-nsm      the boot-test variant: the binary WITH the
+#                             development mock NSM, and the image's
+#                             `dangerous-mock-nsm-test` stage (tag default
+#                             ...:<version>-dangerous-mock-nsm). Never deploy
+#                             it: anyone can forge its attestation documents.
 #   --stage DIR               build the binary and lay out DIR/rootfs and
 #                             DIR/sockdir (the build context of the final
 #                             stage); used by Dockerfile.enclave's builder
@@ -45,6 +55,7 @@ rust_image=""
 iidfile=""
 mode=image
 stage_dir=""
+mock_nsm=false
 extra_build_args=()
 
 die() {
@@ -66,6 +77,7 @@ while [[ $# -gt 0 ]]; do
         --rust-image) rust_image="${2:?--rust-image needs an image reference}"; shift 2 ;;
         --iidfile) iidfile="${2:?--iidfile needs a file}"; shift 2 ;;
         --binary-only) mode=binary; shift ;;
+        --dangerous-mock-nsm) mock_nsm=true; shift ;;
         --stage) mode=stage; stage_dir="${2:?--stage needs a directory}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         --) shift; extra_build_args=("$@"); break ;;
@@ -91,6 +103,11 @@ build_binary() {
     mkdir -p "${cargo_home}"
     cargo_home="$(cd "${cargo_home}" && pwd -P)"
     target_dir="${KEYBROKER_IMAGE_TARGET_DIR:-${root}/target/enclave-image}"
+    local features=() name=keybroker-enclave
+    if ${mock_nsm}; then
+        features=(--features mock-nsm)
+        name=keybroker-enclave-dangerous-mock-nsm
+    fi
     mkdir -p "${target_dir}"
     target_dir="$(cd "${target_dir}" && pwd -P)"
 
@@ -129,21 +146,30 @@ build_binary() {
             CARGO_PROFILE_RELEASE_DEBUG=false \
             CARGO_PROFILE_RELEASE_STRIP=debuginfo \
             SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-0}" \
-            cargo build --release --locked -p keybroker-enclave --target "${triple}" >&2
+            cargo build --release --locked -p keybroker-enclave --target "${triple}" \
+            "${features[@]}" >&2
     )
-    local bin="${target_dir}/${triple}/release/keybroker-enclave"
-    [[ -x "${bin}" ]] || die "cargo did not produce ${bin}"
+    local built="${target_dir}/${triple}/release/keybroker-enclave"
+    [[ -x "${built}" ]] || die "cargo did not produce ${built}"
+    # Both variants share the target dir (and so the compiled dependencies)
+    # but not the output path: cargo writes each to the same file.
+    local bin="${target_dir}/${name}"
+    cp "${built}" "${bin}.tmp" && mv "${bin}.tmp" "${bin}"
     printf '%s\n' "${bin}"
 }
 
 # stage BINARY DIR: the final stage's build context (see Dockerfile.enclave).
 # Modes are set explicitly so that the caller's umask cannot change the image.
+# The enclave's init mounts on /dev, /proc, /sys, /run and /tmp and does not
+# create them; nothing else goes in (serve creates its socket directory on the
+# tmpfs that /run becomes).
 stage() {
     local bin="$1" dir="$2"
-    rm -rf "${dir}/rootfs" "${dir}/sockdir"
-    install -d -m 0755 "${dir}/rootfs/usr/bin" "${dir}/rootfs/run"
+    rm -rf "${dir}/rootfs"
+    install -d -m 0755 "${dir}/rootfs/usr/bin" "${dir}/rootfs/dev" "${dir}/rootfs/proc" \
+        "${dir}/rootfs/sys" "${dir}/rootfs/run"
+    install -d -m 1777 "${dir}/rootfs/tmp"
     install -m 0755 "${bin}" "${dir}/rootfs/usr/bin/keybroker-enclave"
-    install -d -m 0700 "${dir}/sockdir"
 }
 
 case "${mode}" in
@@ -188,6 +214,12 @@ case "${engine}" in
     docker)
         [[ -z "${podman_root}" && -z "${storage_driver}" ]] \
             || die "--podman-root and --storage-driver are podman options"
+        # The legacy builder (no buildx) builds every stage, so even the host
+        # path would pull the Rust image and compile in it. BuildKit builds
+        # only the stages the target needs.
+        docker buildx version >/dev/null 2>&1 \
+            || die "docker buildx is not installed (BuildKit is needed to skip unused stages): install the buildx plugin (docker-buildx-plugin from Docker's package repository, or a buildx release binary in ~/.docker/cli-plugins/docker-buildx), or use --engine podman"
+        export DOCKER_BUILDKIT=1
         # BuildKit reads SOURCE_DATE_EPOCH for the created time; file times in
         # the layers are only rewritten by buildx's rewrite-timestamp output
         # option. Untested here (no Docker engine on the build machines).
@@ -198,7 +230,11 @@ esac
 
 if [[ -z "${tag}" ]]; then
     pkgid="$(cd "${root}" && cargo pkgid -p keybroker-enclave)"
-    tag="keybroker-enclave:${pkgid##*[#@]}"
+    tag="localhost/keybroker-enclave:${pkgid##*[#@]}"
+    ! ${mock_nsm} || tag="${tag}-dangerous-mock-nsm"
+fi
+if ${mock_nsm}; then
+    build_opts+=(--target dangerous-mock-nsm-test)
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/keybroker-enclave-image.XXXXXX")"
@@ -219,6 +255,7 @@ else
     "${engine_cmd[@]}" build "${build_opts[@]}" "${extra_build_args[@]}" \
         --build-arg BINARY_FROM=builder \
         --build-arg "SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}" \
+        --build-arg "DANGEROUS_MOCK_NSM=$(${mock_nsm} && echo 1 || true)" \
         -f "${root}/Dockerfile.enclave" -t "${tag}" --iidfile "${iid}" \
         "${root}" >&2
 fi
@@ -232,7 +269,7 @@ echo "id: ${id}"
 if [[ "${builder}" == host ]]; then
     echo "binary-sha256: $(sha256sum "${bin}" | cut -d' ' -f1)"
 fi
-echo "next: nitro-cli build-enclave --docker-uri ${tag} --output-file keybroker-enclave.eif" >&2
+echo "next: nitro-cli build-enclave --docker-uri ${tag} --output-file keybroker.eif" >&2
 if [[ "${engine}" == podman ]]; then
     echo "      (nitro-cli reads images from a Docker engine: podman save ${tag} | docker load)" >&2
 fi

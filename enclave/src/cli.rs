@@ -96,8 +96,12 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct NsmArgs {
     /// Use the development mock NSM with the CA in this directory (created
-    /// if absent) instead of /dev/nsm. Only in builds with `mock-nsm`.
+    /// if absent) instead of /dev/nsm. Only in builds with `mock-nsm`, where
+    /// it can also come from the environment (`KEYBROKER_MOCK_NSM_CA`, as in
+    /// the boot-test image variant); a production build reads no such
+    /// variable.
     #[arg(long, value_name = "DIR")]
+    #[cfg_attr(feature = "mock-nsm", arg(env = "KEYBROKER_MOCK_NSM_CA"))]
     pub mock_nsm_ca: Option<PathBuf>,
 }
 
@@ -441,7 +445,7 @@ pub fn exit_code(e: &Error) -> u8 {
 
 /// Runs the program with `args` (the first item is the program name, as in
 /// `std::env::args_os()`): parses them, sets up logging to stderr (`RUST_LOG`,
-/// default `warn`; skipped if the caller already installed a subscriber),
+/// default `info` for `serve`, `warn` otherwise; skipped if the caller already installed a subscriber),
 /// runs the subcommand on a new tokio runtime and returns the exit code
 /// ([`exit_code`]). `--help` and `--version` print and return success; usage
 /// errors return 2.
@@ -457,11 +461,17 @@ where
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
+    // A service logs its lifecycle (readiness, the proxy connection); a
+    // one-shot command only what went wrong.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .try_init();
     let result = match cli.command {
@@ -514,17 +524,36 @@ async fn connect(args: &BrokerArgs) -> Result<Client, Error> {
 
 /// The connection for a subcommand, with `keys` already made.
 async fn connect_with(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
+    Client::connect(client_config(args), keys).await
+}
+
+fn client_config(args: &BrokerArgs) -> ClientConfig {
     let mut config = ClientConfig::new(args.proxy.clone());
     config.request_timeout = Duration::from_millis(args.timeout_ms);
     config.connect_timeout = config.connect_timeout.min(config.request_timeout);
-    Client::connect(config, keys).await
+    config
 }
 
 /// `serve`: the KMS endpoint until SIGINT/SIGTERM. Prints one
 /// `listening: URL` line per listener on stdout once it accepts.
 ///
+/// Start-up follows what a Nitro Enclave gives the program (DESIGN.md, "How
+/// an enclave starts"): it runs as root with a fresh tmpfs on `/run` and
+/// `lo` down, and when it exits the enclave is gone. So, in this order:
+/// 1. the NSM and the first recipient key pair (a missing NSM is fatal:
+///    exit code 4);
+/// 2. the connection to the parent proxy starts in the background and is
+///    retried with backoff for as long as it takes; until it is up, requests
+///    wait within their deadline and then get `DependencyTimeoutException`
+///    (503, which SDKs retry). Readiness is logged;
+/// 3. while still root: `lo` is brought up when a TCP listener is on a
+///    loopback address ([`crate::loopback`]), the Unix socket's directory
+///    is created (owned by `--user`) when it does not exist, the listeners
+///    are bound and the socket given to `--user`;
+/// 4. privileges are dropped, then requests are served.
+///
 /// # Errors
-/// NSM, connection and binding failures; a non-loopback address without
+/// NSM and binding failures; a non-loopback address without
 /// `allow_non_loopback`.
 pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -532,7 +561,11 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
         (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8000))),
         (listen, _) => listen,
     };
-    let endpoint = KmsEndpoint::new(connect(&args.broker).await?);
+    let (nsm, _) = open_nsm(args.broker.nsm.mock_nsm_ca.as_ref())?;
+    let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default()).await?;
+    let client = Client::new(client_config(&args.broker), keys)?;
+    let readiness = tokio::spawn(log_readiness(client.clone()));
+    let endpoint = KmsEndpoint::new(client);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -541,26 +574,29 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
         }
     };
     let tcp = match listen {
-        Some(addr) => Some(endpoint::bind_tcp(addr, args.allow_non_loopback).await?),
+        Some(addr) => {
+            if addr.ip().is_loopback()
+                && crate::loopback::ensure_up().await? == crate::loopback::LoopbackState::BroughtUp
+            {
+                tracing::info!("brought the loopback interface up");
+            }
+            Some(endpoint::bind_tcp(addr, args.allow_non_loopback).await?)
+        }
         None => None,
     };
     let unix = match &args.unix {
         Some(path) => {
+            create_socket_dir(path, args.user)?;
             let listener = endpoint::bind_unix(path)?;
             if let Some(to) = args.user {
-                nix::unistd::chown(
-                    path,
-                    Some(nix::unistd::Uid::from_raw(to.uid)),
-                    Some(nix::unistd::Gid::from_raw(to.gid)),
-                )
-                .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))?;
+                chown(path, to)?;
             }
             Some((path, listener))
         }
         None => None,
     };
-    // Everything that may need root (binding, chown) is done; no request is
-    // served before this.
+    // Everything that may need root (lo, binding, chown) is done; no request
+    // is served before this.
     if let Some(to) = args.user {
         drop_privileges(to)?;
     }
@@ -600,10 +636,64 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
             _ => {}
         }
     }
+    readiness.abort();
     if let Some(path) = &args.unix {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Logs once when the proxy connection is first up, and a warning while it
+/// is not: first after one connection attempt's time limit, then at doubling
+/// intervals, at most every 5 minutes.
+async fn log_readiness(client: Client) {
+    let proxy = client.config().address.clone();
+    // First report after one connection attempt's time limit.
+    let mut wait = client.config().connect_timeout;
+    let started = Instant::now();
+    loop {
+        match client.wait_connected(wait).await {
+            Ok(()) => {
+                tracing::info!(%proxy, after_ms = started.elapsed().as_millis(), "ready: connected to the parent proxy");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%proxy, waited_s = started.elapsed().as_secs(), error = %e, "not ready: the parent proxy is not reachable yet; retrying, requests get DependencyTimeoutException until it is");
+                wait = (wait * 2).min(Duration::from_secs(300));
+            }
+        }
+    }
+}
+
+/// Creates the Unix socket's directory when it does not exist, owned by
+/// `user`: inside an enclave `/run` is a fresh tmpfs at boot, so whatever the
+/// image had under it is hidden. An existing directory is left as it is.
+fn create_socket_dir(socket: &Path, user: Option<RunAs>) -> Result<(), Error> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.exists() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    match user {
+        Some(to) => chown(dir, to),
+        None => Ok(()),
+    }
+}
+
+fn chown(path: &Path, to: RunAs) -> Result<(), Error> {
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(to.uid)),
+        Some(nix::unistd::Gid::from_raw(to.gid)),
+    )
+    .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))
 }
 
 /// Writes `bytes` to `path`, readable by the owner only (it may be key

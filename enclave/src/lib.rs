@@ -48,6 +48,7 @@ pub mod endpoint;
 pub mod envelope;
 mod error;
 pub mod keys;
+pub mod loopback;
 #[cfg(feature = "mock-nsm")]
 pub mod mock_nsm;
 pub mod nsm;

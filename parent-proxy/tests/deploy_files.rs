@@ -21,6 +21,14 @@ const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../deploy/keybroker-proxy.service"
 );
+const ENCLAVE_UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/keybroker-enclave.service"
+);
+const ENCLAVE_RUN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/keybroker-enclave-run"
+);
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/proxy.toml");
 const DEPLOY_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/deploy.md");
 /// Where the unit expects the configuration.
@@ -33,11 +41,16 @@ fn unit_text() -> String {
 /// The values of `key=` in `[Service]` (systemd unit file syntax: one
 /// setting per line, `#` comments).
 fn service_values(unit: &str, key: &str) -> Vec<String> {
+    section_values(unit, "[Service]", key)
+}
+
+/// The values of `key=` in `section` (e.g. `[Unit]`).
+fn section_values(unit: &str, section: &str, key: &str) -> Vec<String> {
     let mut in_service = false;
     let mut out = Vec::new();
     for line in unit.lines().map(str::trim) {
         if line.starts_with('[') {
-            in_service = line == "[Service]";
+            in_service = line == section;
             continue;
         }
         if !in_service || line.starts_with('#') {
@@ -186,4 +199,116 @@ fn systemd_analyze_verify_accepts_the_unit() {
         .filter(|l| !l.contains("Failed to parse system call"))
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The enclave's unit starts it after the proxy and the allocator, starts
+/// it again whenever it stops (an enclave whose program exits is gone), and
+/// runs the script from where its own install lines put it.
+#[test]
+fn the_enclave_unit_starts_after_the_proxy_and_restarts_the_enclave() {
+    let unit = std::fs::read_to_string(ENCLAVE_UNIT).unwrap();
+    let after = section_values(&unit, "[Unit]", "After").join(" ");
+    for dep in [
+        "keybroker-proxy.service",
+        "nitro-enclaves-allocator.service",
+    ] {
+        assert!(
+            after.split_whitespace().any(|u| u == dep),
+            "After= lacks {dep}: {after}"
+        );
+    }
+    assert_eq!(service_values(&unit, "Restart"), ["always"]);
+    let exec = service_values(&unit, "ExecStart");
+    assert_eq!(exec, ["/usr/local/libexec/keybroker/keybroker-enclave-run"]);
+    assert!(
+        unit.contains(&format!("deploy/keybroker-enclave-run {}", exec[0])),
+        "the unit's install lines do not put the script at {}",
+        exec[0]
+    );
+    let doc = std::fs::read_to_string(DEPLOY_DOC).unwrap();
+    assert!(
+        doc.contains("deploy/keybroker-enclave.service"),
+        "docs/deploy.md does not install the enclave unit"
+    );
+}
+
+/// The runner, against a stand-in `nitro-cli` that logs its calls and
+/// reports the enclave RUNNING twice, then gone: it passes the unit's
+/// settings to `run-enclave`, waits while the enclave runs, and exits 1 when
+/// it is gone (so that `Restart=always` starts it again).
+#[test]
+fn the_enclave_runner_starts_the_eif_and_exits_when_the_enclave_is_gone() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("deploy_files-enclave-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let eif = dir.join("keybroker.eif");
+    std::fs::write(&eif, b"not really an EIF").unwrap();
+    let calls = dir.join("calls");
+    let fake = dir.join("nitro-cli");
+    std::fs::write(
+        &fake,
+        format!(
+            r#"#!/usr/bin/env bash
+echo "$*" >> {calls}
+case "$1" in
+  run-enclave) echo 0 > {dir}/polls; echo '{{"EnclaveName": "keybroker"}}' ;;
+  describe-enclaves)
+    n=$(cat {dir}/polls 2>/dev/null || echo none)
+    if [ "$n" = none ]; then echo '[]'; exit 0; fi
+    echo $((n + 1)) > {dir}/polls
+    if [ "$n" -lt 2 ]; then
+      echo '[{{"EnclaveName": "other", "State": "RUNNING"}}, {{"EnclaveName": "keybroker", "State": "RUNNING"}}]'
+    else
+      echo '[{{"EnclaveName": "other", "State": "RUNNING"}}]'
+    fi ;;
+  *) exit 3 ;;
+esac
+"#,
+            calls = calls.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let unit = std::fs::read_to_string(ENCLAVE_UNIT).unwrap();
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(ENCLAVE_RUN)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap());
+    // The unit's own settings, with the EIF swapped for the test file.
+    for setting in service_values(&unit, "Environment") {
+        let (k, v) = setting.split_once('=').unwrap();
+        cmd.env(
+            k,
+            if k == "KEYBROKER_EIF" {
+                eif.to_str().unwrap()
+            } else {
+                v
+            },
+        );
+    }
+    let out = cmd
+        .env("NITRO_CLI", &fake)
+        .env("KEYBROKER_POLL_SECONDS", "0.05")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("enclave keybroker is no longer running"),
+        "{stderr}"
+    );
+    let calls = std::fs::read_to_string(&calls).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    assert_eq!(lines[0], "describe-enclaves", "{calls}");
+    assert_eq!(
+        lines[1],
+        format!(
+            "run-enclave --eif-path {} --cpu-count 2 --memory 512 --enclave-name keybroker --enclave-cid 16",
+            eif.display()
+        )
+    );
+    assert_eq!(lines[2..], ["describe-enclaves"; 3], "{calls}");
 }

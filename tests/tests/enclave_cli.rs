@@ -430,3 +430,68 @@ async fn serve_drops_to_the_given_user_after_binding() {
     assert!(child.wait().await.unwrap().success());
     assert!(!sock.exists(), "the socket is removed at exit");
 }
+
+/// In an enclave the program's exit ends the enclave, and `/run` is a fresh
+/// tmpfs: `serve` with no proxy to reach stays up, keeps its endpoint
+/// answering `DependencyTimeoutException` (503, retryable) instead of
+/// exiting, logs that it is not ready, and creates its socket's directory
+/// (owned by `--user` when it runs as root).
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_without_a_proxy_stays_up_creates_its_socket_dir_and_answers_503() {
+    let cli = Cli::start().await;
+    let sock = cli.path("fresh-run").join("keybroker").join("kms.sock");
+    assert!(!sock.parent().unwrap().exists());
+    let root = nix::unistd::geteuid().is_root();
+    let mut cmd = tokio::process::Command::new(LAUNCHER);
+    cmd.args([
+        "component",
+        "enclave",
+        "serve",
+        "--proxy",
+        "tcp://127.0.0.1:1",
+    ])
+    .args(["--timeout-ms", "300", "--mock-nsm-ca"])
+    .arg(&cli.ca_dir)
+    .arg("--unix")
+    .arg(&sock)
+    .env("RUST_LOG", "info")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    if root {
+        cmd.args(["--user", "65532:65532"]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(line, format!("listening: unix://{}", sock.display()));
+    use std::os::unix::fs::MetadataExt;
+    let dir = std::fs::metadata(sock.parent().unwrap()).unwrap();
+    if root {
+        assert_eq!((dir.uid(), dir.gid()), (65532, 65532));
+    }
+    assert_eq!(dir.mode() & 0o777, 0o755);
+    // Longer than the old 300 ms connect limit, after which it exited.
+    for _ in 0..3 {
+        let stream = tokio::net::UnixStream::connect(&sock).await.unwrap();
+        let (status, text) = support::raw_http_on(
+            stream,
+            "localhost",
+            "POST / HTTP/1.1\r\nX-Amz-Target: TrentService.GenerateDataKey",
+            br#"{"KeyId":"alias/x","KeySpec":"AES_256"}"#,
+        )
+        .await;
+        assert_eq!(status, 503, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["__type"], "DependencyTimeoutException", "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "serve exited");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not ready"), "{stderr}");
+}
