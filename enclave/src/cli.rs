@@ -469,6 +469,9 @@ where
     };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: an enclave's console and the journal
+        // get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
