@@ -42,7 +42,11 @@ use tokio_rustls::server::TlsStream;
 
 use crate::Error;
 
-/// The test CA's common name. Its organisation adds "not for production".
+/// The start of the test CA's common name, which ends in a tag of the CA's
+/// public key (so that two test CAs never share a subject, which would make
+/// a client that trusts one of them report the other's certificates as
+/// badly signed rather than unknown). Its organisation adds "never trust in
+/// production".
 pub const MOCK_CA_COMMON_NAME: &str = "Keybroker mock KMS test CA";
 const MOCK_CA_ORGANIZATION: &str = "Keybroker development only - never trust in production";
 
@@ -100,10 +104,14 @@ fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Io(format!("mock KMS TLS: {what}: {e}"))
 }
 
-fn ca_params() -> CertificateParams {
+/// The CA's parameters: a function of its key, so that a CA loaded from
+/// its key file can issue certificates again.
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    let tag = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.public_key_raw());
+    let tag = hex::encode(tag.as_ref().get(..4).unwrap_or_default());
     let mut p = CertificateParams::default();
     p.distinguished_name
-        .push(DnType::CommonName, MOCK_CA_COMMON_NAME);
+        .push(DnType::CommonName, format!("{MOCK_CA_COMMON_NAME} {tag}"));
     p.distinguished_name
         .push(DnType::OrganizationName, MOCK_CA_ORGANIZATION);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -147,11 +155,11 @@ impl MockKmsTls {
                 (der, key, false)
             }
         };
-        let issuer = Issuer::new(ca_params(), ca_key);
+        let issuer = Issuer::new(ca_params(&ca_key), ca_key);
         let (server_der, server_key) = issue_server_cert(&issuer, &names)?;
         if let Err(e) = check_chain(&ca_der, &server_der, &names) {
-            // Only a CA another program left behind (other subject) can fail
-            // here; a CA made now cannot.
+            // Only a CA another program (or version) left behind, with
+            // another subject, can fail here; a CA made now cannot.
             if !reused {
                 return Err(e);
             }
@@ -280,7 +288,7 @@ fn remove_ca(dir: &Path) -> Result<(), Error> {
 fn create_ca(dir: &Path) -> Result<(Vec<u8>, KeyPair), Error> {
     let key = KeyPair::generate().map_err(rcgen_error("CA key"))?;
     let now = OffsetDateTime::now_utc();
-    let mut params = ca_params();
+    let mut params = ca_params(&key);
     params.not_before = now - BACKDATE;
     params.not_after = now + CA_VALIDITY;
     let cert = params.self_signed(&key).map_err(rcgen_error("CA"))?;
