@@ -786,6 +786,8 @@ mod tests {
         let h = headers(&[("x-a", "  one   two "), ("x-a", "three")]);
         assert_eq!(canonical_header_value(&h, "x-a"), "one two,three");
         assert_eq!(canonical_header_value(&h, "x-missing"), "");
+        // A SignedHeaders entry that is no header name is just absent.
+        assert_eq!(canonical_header_value(&h, "bad name\n"), "");
     }
 
     #[test]
