@@ -399,6 +399,22 @@ async fn the_test_ca_is_reused_across_restarts_and_replaced_when_broken() {
         std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
         fourth.ca_pem()
     );
+    // A valid CA of someone else's making (another subject): replaced.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "someone else's CA");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let foreign = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), foreign.pem()).unwrap();
+    std::fs::write(dir.path().join("ca-key.pem"), key.serialize_pem()).unwrap();
+    let fifth = MockKmsTls::load_or_create(dir.path(), &[]).unwrap();
+    let der = CertificateDer::from_pem_slice(fifth.ca_pem().as_bytes()).unwrap();
+    assert!(
+        der.windows(b"Keybroker mock KMS test CA".len())
+            .any(|w| w == b"Keybroker mock KMS test CA")
+    );
 }
 
 #[tokio::test]

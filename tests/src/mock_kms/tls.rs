@@ -142,31 +142,37 @@ impl MockKmsTls {
             }
         }
 
-        let (ca_der, ca_key, reused) = match load_ca(dir) {
-            Ok(Some((der, key))) => (der, key, true),
-            Ok(None) => {
-                let (der, key) = create_ca(dir)?;
-                (der, key, false)
-            }
+        let loaded = match load_ca(dir) {
+            Ok(Some(ca)) => Some(ca),
+            Ok(None) => None,
             Err(why) => {
                 tracing::warn!(dir = %dir.display(), "replacing the mock KMS test CA: {why}");
                 remove_ca(dir)?;
-                let (der, key) = create_ca(dir)?;
-                (der, key, false)
+                None
             }
         };
-        let issuer = Issuer::new(ca_params(&ca_key), ca_key);
-        let (server_der, server_key) = issue_server_cert(&issuer, &names)?;
-        if let Err(e) = check_chain(&ca_der, &server_der, &names) {
-            // Only a CA another program (or version) left behind, with
-            // another subject, can fail here; a CA made now cannot.
-            if !reused {
-                return Err(e);
+        let issued = match loaded {
+            Some((ca_der, ca_key)) => {
+                match issue_and_check(ca_der, ca_key, &names) {
+                    Ok(issued) => Some(issued),
+                    // A CA another program (or version) left behind, with
+                    // another subject than ours for its key.
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), "replacing the mock KMS test CA: {e}");
+                        remove_ca(dir)?;
+                        None
+                    }
+                }
             }
-            tracing::warn!(dir = %dir.display(), "replacing the mock KMS test CA: {e}");
-            remove_ca(dir)?;
-            return Self::load_or_create(dir, extra_names);
-        }
+            None => None,
+        };
+        let (ca_der, server_der, server_key) = match issued {
+            Some(issued) => issued,
+            None => {
+                let (ca_der, ca_key) = create_ca(dir)?;
+                issue_and_check(ca_der, ca_key, &names)?
+            }
+        };
         let server_cert = CertificateDer::from(server_der);
         write_atomic(
             &dir.join(SERVER_CERT_FILE),
@@ -324,6 +330,18 @@ fn create_ca(dir: &Path) -> Result<(Vec<u8>, KeyPair), Error> {
             }
         }
     }
+}
+
+/// A server certificate for `names` under the CA, verified under it.
+fn issue_and_check(
+    ca_der: Vec<u8>,
+    ca_key: KeyPair,
+    names: &[String],
+) -> Result<(Vec<u8>, Vec<u8>, KeyPair), Error> {
+    let issuer = Issuer::new(ca_params(&ca_key), ca_key);
+    let (server_der, server_key) = issue_server_cert(&issuer, names)?;
+    check_chain(&ca_der, &server_der, names)?;
+    Ok((ca_der, server_der, server_key))
 }
 
 fn issue_server_cert(
