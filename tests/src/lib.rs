@@ -7,9 +7,11 @@
 //! - [`mock_kms`]: a local KMS (`keybroker-mock-kms`) that speaks the AWS
 //!   JSON 1.1 protocol of the real service and honours `Recipient`
 //!   (attestation documents, `CiphertextForRecipient`) and key policies with
-//!   `kms:RecipientAttestation:*` conditions. For development and tests
-//!   only: it does not check request signatures and keeps keys in memory or
-//!   a plain JSON file.
+//!   `kms:RecipientAttestation:*` conditions; optionally HTTPS under a test
+//!   CA, SigV4 verification and a shifted clock, for the enclave's
+//!   end-to-end mode. For development and tests only: it checks request
+//!   signatures only when given credentials and keeps keys in memory or a
+//!   plain JSON file.
 //! - [`testkit`]: the same stack in one process (mock KMS, proxy, enclave
 //!   client with mock NSM), for tests and benchmarks.
 #![forbid(unsafe_code)]

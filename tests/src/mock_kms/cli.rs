@@ -6,14 +6,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::{DEFAULT_ACCOUNT_ID, DEFAULT_MAX_BODY_BYTES, DEFAULT_REGION, MockKms, MockKmsConfig};
+use super::{
+    DEFAULT_ACCOUNT_ID, DEFAULT_MAX_BODY_BYTES, DEFAULT_REGION, MockKms, MockKmsConfig,
+    MockKmsCredentials, MockKmsTls,
+};
 use crate::Error;
 use clap::Parser;
 
-/// A local AWS KMS for development and tests: AWS JSON 1.1 on HTTP, key
-/// policies with kms:RecipientAttestation conditions, Recipient support.
-/// Request signatures are NOT verified.
-#[derive(Debug, Parser)]
+/// A local AWS KMS for development and tests: AWS JSON 1.1 on HTTP (or
+/// HTTPS under a test CA with --tls-dir), key policies with
+/// kms:RecipientAttestation conditions, Recipient support. Request
+/// signatures are verified only with --access-key-id/--secret-access-key.
+#[derive(Parser)]
 #[command(name = "keybroker-mock-kms", version)]
 pub struct Args {
     /// Address to listen on, e.g. 127.0.0.1:4566 (port 0 picks a free port).
@@ -47,8 +51,57 @@ pub struct Args {
     #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Accept requests without a SigV4 Authorization header (e.g. from curl).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "access_key_id")]
     allow_unsigned: bool,
+    /// Serve HTTPS: keep a test CA in DIR (ca.pem, the root clients trust;
+    /// created if absent or invalid) and issue a server certificate under it
+    /// for localhost, 127.0.0.1 and every --tls-name.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Another name for the server certificate, e.g.
+    /// kms.us-east-1.amazonaws.com (repeatable; needs --tls-dir).
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls_dir")]
+    tls_names: Vec<String>,
+    /// Verify SigV4 signatures: the one access key id accepted.
+    #[arg(long, value_name = "ID", requires = "secret_access_key")]
+    access_key_id: Option<String>,
+    /// Its secret access key (better passed in the environment).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "KEYBROKER_MOCK_KMS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "access_key_id"
+    )]
+    secret_access_key: Option<String>,
+    /// The session token requests must carry (X-Amz-Security-Token).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "KEYBROKER_MOCK_KMS_SESSION_TOKEN",
+        hide_env_values = true,
+        requires = "access_key_id"
+    )]
+    session_token: Option<String>,
+    /// Run the mock's clock N seconds ahead of the system clock (negative:
+    /// behind), for signature expiry and the Date header.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    clock_offset_secs: i64,
+}
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Args")
+            .field("listen", &self.listen)
+            .field("tls_dir", &self.tls_dir)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Parses `300`, `300s`, `5m`, `1h`.
@@ -83,8 +136,21 @@ async fn run(args: Args) -> Result<(), Error> {
         max_attestation_age: args.max_attestation_age,
         max_body_bytes: args.max_body_bytes,
         allow_unsigned: args.allow_unsigned,
+        clock_offset_secs: args.clock_offset_secs,
         ..MockKmsConfig::default()
     };
+    if let Some(dir) = &args.tls_dir {
+        config.tls = Some(MockKmsTls::load_or_create(dir, &args.tls_names)?);
+    }
+    if let (Some(id), Some(secret)) = (args.access_key_id, args.secret_access_key) {
+        config.credentials = Some(MockKmsCredentials::new(id, secret, args.session_token));
+    }
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let ca_path = config.tls.as_ref().map(MockKmsTls::ca_pem_path);
     for path in &args.attestation_roots {
         let pem = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
@@ -100,8 +166,12 @@ async fn run(args: Args) -> Result<(), Error> {
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
-        // If stdout is closed there is nobody to tell; keep serving.
-        let _ = writeln!(out, "listening on http://{addr}");
+        // If stdout is closed there is nobody to tell; keep serving. The
+        // CA line comes first: whoever waits for "listening on" has both.
+        if let Some(ca) = &ca_path {
+            let _ = writeln!(out, "test CA: {}", ca.display());
+        }
+        let _ = writeln!(out, "listening on {scheme}://{addr}");
         let _ = out.flush();
     }
     tokio::select! {
@@ -147,6 +217,49 @@ mod tests {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn tls_auth_and_clock_flags_parse() {
+        let a = Args::try_parse_from([
+            "keybroker-mock-kms",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            "/tmp/x",
+            "--tls-name",
+            "kms.us-east-1.amazonaws.com",
+            "--tls-name",
+            "kms.eu-west-1.amazonaws.com",
+            "--access-key-id",
+            "AKID",
+            "--secret-access-key",
+            "s3cret",
+            "--session-token",
+            "tok",
+            "--clock-offset-secs",
+            "-600",
+        ])
+        .unwrap();
+        assert_eq!(a.tls_names.len(), 2);
+        assert_eq!(a.clock_offset_secs, -600);
+        assert_eq!(a.session_token.as_deref(), Some("tok"));
+        assert!(!format!("{a:?}").contains("s3cret"));
+
+        let fails = |extra: &[&str]| {
+            let mut v = vec!["keybroker-mock-kms", "--listen", "127.0.0.1:0"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).is_err()
+        };
+        assert!(fails(&["--tls-name", "x"]), "--tls-name needs --tls-dir");
+        assert!(fails(&["--access-key-id", "AKID"]), "needs the secret");
+        assert!(fails(&[
+            "--access-key-id",
+            "AKID",
+            "--secret-access-key",
+            "s",
+            "--allow-unsigned"
+        ]));
     }
 
     #[test]

@@ -15,7 +15,34 @@
 //!
 //! or as the `keybroker-mock-kms` binary (see `tests/README.md`).
 //!
-//! Modules: [`server`] (HTTP), [`ops`] (operations and validation),
+//! By default it serves plain HTTP and checks only that a SigV4
+//! `Authorization` header is present. For the enclave's end-to-end mode
+//! (TLS and SigV4 from inside the enclave) it can also serve HTTPS under a
+//! test CA it makes ([`MockKmsConfig::tls`], [`tls::MockKmsTls`]), verify
+//! SigV4 signatures as KMS does ([`MockKmsConfig::credentials`],
+//! [`sigv4`]) and run its clock off by some seconds
+//! ([`MockKmsConfig::clock_offset_secs`]; every response carries a `Date`
+//! from that clock).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), keybroker_harness::Error> {
+//! use keybroker_harness::mock_kms::{MockKms, MockKmsConfig, MockKmsCredentials, MockKmsTls};
+//! let dir = std::path::Path::new("/tmp/mock-kms-tls");
+//! let tls = MockKmsTls::load_or_create(dir, &["kms.us-east-1.amazonaws.com".into()])?;
+//! let running = MockKms::new(MockKmsConfig {
+//!     tls: Some(tls),
+//!     credentials: Some(MockKmsCredentials::new("AKIDTEST", "secret", None)),
+//!     ..MockKmsConfig::default()
+//! })?
+//! .spawn("127.0.0.1:0")
+//! .await?;
+//! let endpoint = running.endpoint(); // "https://127.0.0.1:PORT"
+//! let ca = running.ca_pem_path(); // Some(".../ca.pem"): what clients trust
+//! # running.shutdown().await; Ok(()) }
+//! ```
+//!
+//! Modules: [`server`] (HTTP), [`sigv4`] (signature verification), [`tls`]
+//! (test CA, HTTPS listener), [`ops`] (operations and validation),
 //! [`store`] (keys, aliases, state and seed files), [`policy`] (key policy
 //! evaluation), [`ciphertext`] (the blob format), [`recipient`]
 //! (attestation and `CiphertextForRecipient`).
@@ -26,7 +53,9 @@ pub mod ops;
 pub mod policy;
 pub mod recipient;
 mod server;
+pub mod sigv4;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +68,9 @@ use crate::Error;
 use ops::{Engine, EngineConfig};
 use recipient::RecipientVerifier;
 use server::ServerState;
+pub use sigv4::MockKmsCredentials;
 use store::{SeedFile, Store};
+pub use tls::MockKmsTls;
 
 /// Default account in ARNs (the AWS documentation's example account).
 pub const DEFAULT_ACCOUNT_ID: &str = "111122223333";
@@ -74,7 +105,19 @@ pub struct MockKmsConfig {
     /// Request bodies larger than this are rejected.
     pub max_body_bytes: usize,
     /// Accept requests without a SigV4 `Authorization` header (curl).
+    /// Cannot be combined with [`Self::credentials`].
     pub allow_unsigned: bool,
+    /// Serve HTTPS with this test CA's server certificate instead of plain
+    /// HTTP ([`MockKmsTls::load_or_create`]).
+    pub tls: Option<MockKmsTls>,
+    /// Verify SigV4 signatures (service `kms`, region [`Self::region`])
+    /// against these credentials, refusing as KMS does; `None`: any
+    /// credentials are accepted, unverified.
+    pub credentials: Option<MockKmsCredentials>,
+    /// Seconds the mock's clock is ahead of the system clock (negative:
+    /// behind). It decides whether a signature has expired and is the
+    /// `Date` header of every response.
+    pub clock_offset_secs: i64,
 }
 
 impl Default for MockKmsConfig {
@@ -89,6 +132,9 @@ impl Default for MockKmsConfig {
             max_attestation_age: DEFAULT_MAX_ATTESTATION_AGE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             allow_unsigned: false,
+            tls: None,
+            credentials: None,
+            clock_offset_secs: 0,
         }
     }
 }
@@ -137,6 +183,7 @@ pub fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, Error> {
 #[derive(Debug, Clone)]
 pub struct MockKms {
     state: Arc<ServerState>,
+    tls: Option<MockKmsTls>,
 }
 
 #[allow(clippy::cast_precision_loss)] // epoch milliseconds fit an f64
@@ -149,7 +196,18 @@ fn now_secs() -> f64 {
 impl MockKms {
     /// Loads the state file (if it exists), applies the seed file, and
     /// prepares the attestation verifier.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for `allow_unsigned` together with `credentials`,
+    /// and for bad attestation roots; [`Error::State`] / [`Error::Seed`] for
+    /// the state and seed files.
     pub fn new(config: MockKmsConfig) -> Result<Self, Error> {
+        if config.allow_unsigned && config.credentials.is_some() {
+            return Err(Error::Config(
+                "allow_unsigned (--allow-unsigned) and credentials (--access-key-id) exclude each other"
+                    .into(),
+            ));
+        }
         let mut store = match &config.state_file {
             Some(p) if p.exists() => Store::load(p, &config.region, &config.account_id)?,
             _ => Store::new(&config.region, &config.account_id),
@@ -181,7 +239,11 @@ impl MockKms {
                 max_body_bytes: config.max_body_bytes,
                 allow_unsigned: config.allow_unsigned,
                 request_counter: std::sync::atomic::AtomicU64::new(1),
+                credentials: config.credentials,
+                region: config.region,
+                clock_offset_secs: config.clock_offset_secs,
             }),
+            tls: config.tls,
         })
     }
 
@@ -201,11 +263,40 @@ impl MockKms {
             .with_state(Arc::clone(&self.state))
     }
 
-    /// Serves on `listener` until the future is dropped.
+    /// `https` with [`MockKmsConfig::tls`], else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Serves on `listener` (HTTPS if [`MockKmsConfig::tls`] is set) until
+    /// the future is dropped.
     pub async fn serve(self, listener: TcpListener) -> Result<(), Error> {
-        axum::serve(listener, self.router())
-            .await
-            .map_err(|e| Error::Io(format!("server failed: {e}")))
+        self.serve_until(listener, std::future::pending()).await
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then waits for open
+    /// connections to finish.
+    async fn serve_until(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let router = self.router();
+        let result = match &self.tls {
+            Some(tls) => {
+                let listener = tls::TlsListener::new(listener, tls.server_config())
+                    .map_err(|e| Error::Io(format!("cannot read the bound address: {e}")))?;
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        };
+        result.map_err(|e| Error::Io(format!("server failed: {e}")))
     }
 
     /// Binds `addr` (use port 0 for any free port) and serves in a
@@ -218,20 +309,20 @@ impl MockKms {
             .local_addr()
             .map_err(|e| Error::Io(format!("cannot read the bound address: {e}")))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let router = self.router();
+        let scheme = self.scheme();
+        let ca_pem_path = self.tls.as_ref().map(MockKmsTls::ca_pem_path);
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = rx.await;
             };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
+            if let Err(e) = self.serve_until(listener, shutdown).await {
                 tracing::error!(error = %e, "mock KMS server failed");
             }
         });
         Ok(RunningMockKms {
             addr,
+            scheme,
+            ca_pem_path,
             shutdown: Some(tx),
             task: Some(task),
         })
@@ -242,6 +333,8 @@ impl MockKms {
 #[derive(Debug)]
 pub struct RunningMockKms {
     addr: SocketAddr,
+    scheme: &'static str,
+    ca_pem_path: Option<PathBuf>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -252,9 +345,15 @@ impl RunningMockKms {
         self.addr
     }
 
-    /// `http://ADDR`, for an SDK endpoint override.
+    /// `http://ADDR`, or `https://ADDR` when serving TLS, for an SDK
+    /// endpoint override.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The test CA's root certificate (`DIR/ca.pem`) when serving TLS.
+    pub fn ca_pem_path(&self) -> Option<&std::path::Path> {
+        self.ca_pem_path.as_deref()
     }
 
     /// Stops accepting connections and waits (up to 5 s, then aborts) for

@@ -4,16 +4,22 @@
 //!   `Content-Type: application/x-amz-json-1.1` (plain `application/json`
 //!   is accepted too);
 //! - a SigV4 `Authorization` header must be present (as the SDKs always
-//!   send one) unless `allow_unsigned` is set; **the signature is not
-//!   verified**: any credentials are accepted;
+//!   send one) unless `allow_unsigned` is set; without configured
+//!   credentials **the signature is not verified**: any credentials are
+//!   accepted; with them ([`super::MockKmsConfig::credentials`]) it is
+//!   verified as KMS does ([`super::sigv4`]);
 //! - bodies larger than the configured limit (default 1 MiB) are refused
 //!   with a `ValidationException` before parsing;
 //! - responses are `application/x-amz-json-1.1` with an
 //!   `x-amzn-RequestId`; errors are `{"__type": ..., "message": ...}` with
 //!   the status KMS uses ([`KmsError::new`]). An unknown or missing target is
-//!   `UnknownOperationException` (400, as AWS JSON services answer).
+//!   `UnknownOperationException` (400, as AWS JSON services answer);
+//! - every response carries an RFC 7231 `Date` from the mock's clock (the
+//!   system clock shifted by `clock_offset_secs`), from which clients
+//!   correct their SigV4 clock skew, as against AWS.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, to_bytes};
 use axum::extract::State;
@@ -23,6 +29,7 @@ use keybroker_common::kms::{KmsError, aws_json};
 use serde_json::Value;
 
 use super::ops::Engine;
+use super::sigv4::{self, MockKmsCredentials};
 
 /// What the HTTP layer needs.
 #[derive(Debug)]
@@ -31,6 +38,32 @@ pub(crate) struct ServerState {
     pub(crate) max_body_bytes: usize,
     pub(crate) allow_unsigned: bool,
     pub(crate) request_counter: std::sync::atomic::AtomicU64,
+    /// Verify SigV4 signatures against these.
+    pub(crate) credentials: Option<MockKmsCredentials>,
+    /// The region a credential scope must name.
+    pub(crate) region: String,
+    /// Seconds added to the system clock (negative: behind).
+    pub(crate) clock_offset_secs: i64,
+}
+
+impl ServerState {
+    /// The mock's notion of now: the system clock shifted by
+    /// `clock_offset_secs`.
+    pub(crate) fn now(&self) -> SystemTime {
+        shifted_now(self.clock_offset_secs)
+    }
+}
+
+/// The system clock shifted by `offset_secs` (saturating at the epoch and
+/// far future).
+pub(crate) fn shifted_now(offset_secs: i64) -> SystemTime {
+    let now = SystemTime::now();
+    let by = Duration::from_secs(offset_secs.unsigned_abs());
+    if offset_secs >= 0 {
+        now.checked_add(by).unwrap_or(now)
+    } else {
+        now.checked_sub(by).unwrap_or(SystemTime::UNIX_EPOCH)
+    }
 }
 
 fn request_id(state: &ServerState) -> String {
@@ -73,7 +106,7 @@ pub(crate) async fn handle(
 ) -> Response {
     let rid = request_id(&state);
     let result = dispatch(&state, &method, &uri, &headers, body).await;
-    match result {
+    let mut resp = match result {
         Ok((op, v)) => {
             tracing::info!(request_id = %rid, op, "200");
             json_response(StatusCode::OK, &v, &rid)
@@ -82,7 +115,13 @@ pub(crate) async fn handle(
             tracing::info!(request_id = %rid, op, status = e.status, code = %e.code, "{}", e.message);
             error_response(&e, &rid)
         }
+    };
+    // hyper would add a Date from the system clock; this one is the
+    // mock's (possibly shifted) clock.
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(state.now())) {
+        resp.headers_mut().insert(header::DATE, v);
     }
+    resp
 }
 
 async fn dispatch(
@@ -109,16 +148,22 @@ async fn dispatch(
         .map_err(|e| (String::new(), e))?
         .to_owned();
     let fail = |e: KmsError| (op.clone(), e);
-    if !state.allow_unsigned {
+    // With credentials: everything but the signature now, the signature
+    // once the (size-limited) body is read.
+    let pending = match &state.credentials {
+        Some(creds) => Some(
+            sigv4::check_headers(creds, &state.region, method, uri, headers, state.now())
+                .map_err(fail)?,
+        ),
+        None => None,
+    };
+    if pending.is_none() && !state.allow_unsigned {
         let signed = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 "));
         if !signed {
-            return Err(fail(KmsError::new(
-                "MissingAuthenticationTokenException",
-                "Request is missing Authentication Token",
-            )));
+            return Err(fail(sigv4::missing_authentication()));
         }
     }
     let bytes = to_bytes(body, state.max_body_bytes).await.map_err(|_| {
@@ -130,6 +175,9 @@ async fn dispatch(
             ),
         ))
     })?;
+    if let Some(p) = &pending {
+        p.verify_body(&bytes).map_err(fail)?;
+    }
     let st = Arc::clone(state);
     let op2 = op.clone();
     // Key pair generation (RSA-4096) can take a while: keep it off the
