@@ -83,6 +83,20 @@ impl SdkKmsBackend {
     /// profile, web identity, ECS/EC2 instance role; region: environment,
     /// profile, IMDS), overridden by `settings`.
     pub async fn from_settings(settings: &KmsSettings) -> Self {
+        Self::from_sdk_config(&load_sdk_config(settings).await)
+    }
+
+    /// Builds a client from a loaded configuration ([`load_sdk_config`]).
+    pub fn from_sdk_config(config: &aws_config::SdkConfig) -> Self {
+        Self::new(aws_sdk_kms::Client::new(config))
+    }
+}
+
+/// Loads the AWS configuration from the default chain, overridden by
+/// `settings`: the KMS client and the credentials handed to the enclave
+/// ([`crate::credentials::AwsConfigCredentials`]) share its region and
+/// credential provider.
+pub async fn load_sdk_config(settings: &KmsSettings) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
@@ -102,9 +116,10 @@ impl SdkKmsBackend {
                     .build(),
             );
         }
-        let sdk_config = loader.load().await;
-        Self::new(aws_sdk_kms::Client::new(&sdk_config))
-    }
+        loader.load().await
+}
+
+impl SdkKmsBackend {
 
     async fn dispatch(&self, request: KmsRequest) -> Result<KmsResponse, WireError> {
         let c = &self.client;
