@@ -97,30 +97,29 @@ impl SdkKmsBackend {
 /// ([`crate::credentials::AwsConfigCredentials`]) share its region and
 /// credential provider.
 pub async fn load_sdk_config(settings: &KmsSettings) -> aws_config::SdkConfig {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &settings.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        if let Some(attempts) = settings.max_attempts {
-            loader = loader.retry_config(
-                aws_config::retry::RetryConfig::standard().with_max_attempts(attempts.max(1)),
-            );
-        }
-        if let Some(connect) = settings.connect_timeout {
-            loader = loader.timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(connect)
-                    .build(),
-            );
-        }
-        loader.load().await
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &settings.endpoint {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    if let Some(attempts) = settings.max_attempts {
+        loader = loader.retry_config(
+            aws_config::retry::RetryConfig::standard().with_max_attempts(attempts.max(1)),
+        );
+    }
+    if let Some(connect) = settings.connect_timeout {
+        loader = loader.timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(connect)
+                .build(),
+        );
+    }
+    loader.load().await
 }
 
 impl SdkKmsBackend {
-
     async fn dispatch(&self, request: KmsRequest) -> Result<KmsResponse, WireError> {
         let c = &self.client;
         Ok(match request {

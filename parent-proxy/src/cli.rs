@@ -557,7 +557,9 @@ fn add_region_kms_target(
         Some(target) => {
             tunnels.allowed.insert(target);
         }
-        None => tracing::warn!(region = ?region.as_ref(), "the AWS region is not a plausible region name: no default tunnel target"),
+        None => {
+            tracing::warn!(region = ?region.as_ref(), "the AWS region is not a plausible region name: no default tunnel target")
+        }
     }
 }
 

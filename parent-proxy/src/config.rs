@@ -312,7 +312,9 @@ impl FileConfig {
             connect_timeout: ms(t.connect_timeout_ms, d.connect_timeout),
         };
         if settings.max_tunnels == 0 {
-            return Err(Error::Config("tunnel.max_tunnels must be at least 1".into()));
+            return Err(Error::Config(
+                "tunnel.max_tunnels must be at least 1".into(),
+            ));
         }
         if settings.idle_timeout.is_zero() || settings.connect_timeout.is_zero() {
             return Err(Error::Config(
@@ -636,7 +638,10 @@ mod tests {
             "[tunnel]\nmax_tunnels = 0\n",
             "[tunnel]\nidle_timeout_ms = 0\n",
         ] {
-            assert!(FileConfig::parse(bad).unwrap().tunnel_settings().is_err(), "{bad}");
+            assert!(
+                FileConfig::parse(bad).unwrap().tunnel_settings().is_err(),
+                "{bad}"
+            );
         }
         assert!(FileConfig::parse("[tunnel]\nallow = []\n").is_err());
         assert!(FileConfig::parse("[credentials]\nenable = true\n").is_err());

@@ -42,7 +42,8 @@ pub struct AwsConfigCredentials {
 
 impl std::fmt::Debug for AwsConfigCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsConfigCredentials").finish_non_exhaustive()
+        f.debug_struct("AwsConfigCredentials")
+            .finish_non_exhaustive()
     }
 }
 

@@ -50,8 +50,8 @@ use tokio::time::Instant;
 
 use crate::audit::{AuditRecord, CredentialsRecord, Outcome};
 use crate::backend::KmsBackend;
-use crate::credentials::CredentialSource;
 pub use crate::config::{ProxyConfig, ServerLimits};
+use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::listener::{Io, Listener};
 use crate::policy::check_response;
@@ -342,7 +342,10 @@ impl FrameReader {
 /// Writes queued messages; ends when every sender is gone (returning the
 /// write half, flushed, for the caller to close or to hand to a tunnel) or
 /// when the peer stops accepting bytes (`None`).
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Message>) -> Option<W> {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Message>,
+) -> Option<W> {
     use zeroize::Zeroize as _;
     let mut out = Vec::new();
     while let Some(first) = rx.recv().await {

@@ -223,9 +223,12 @@ pub(crate) async fn serve(
     let (permit, target) = match opened {
         Ok(pair) => pair,
         Err((code, message)) => {
-            send_and_close(&mut io, &Message::Error {
-                error: WireError::new(code, message),
-            })
+            send_and_close(
+                &mut io,
+                &Message::Error {
+                    error: WireError::new(code, message),
+                },
+            )
             .await;
             record.outcome = TunnelOutcome::Refused(code);
             record.duration = started.elapsed();
@@ -319,7 +322,10 @@ async fn relay(
         if target.write_all(&early).await.is_err() {
             return TunnelOutcome::Failed;
         }
-        to_target.fetch_add(u64::try_from(early.len()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        to_target.fetch_add(
+            u64::try_from(early.len()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
     // Milliseconds since `started` of the last byte read on either side.
     let activity = Arc::new(AtomicU64::new(millis(started.elapsed())));
@@ -468,7 +474,8 @@ mod tests {
     fn only_listed_targets_are_allowed() {
         let mut s = TunnelSettings::default();
         assert!(!s.allows("kms.us-east-1.amazonaws.com", 443));
-        s.allowed.insert(TunnelTarget::region_kms("us-east-1").unwrap());
+        s.allowed
+            .insert(TunnelTarget::region_kms("us-east-1").unwrap());
         assert!(s.allows("kms.us-east-1.amazonaws.com", 443));
         assert!(!s.allows("kms.us-east-2.amazonaws.com", 443));
         assert!(!s.allows("kms.us-east-1.amazonaws.com", 80));
