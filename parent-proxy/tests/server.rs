@@ -103,7 +103,7 @@ async fn handshake_and_one_request() {
     c.send(&Message::hello("test")).await;
     match c.recv().await {
         Some(Message::HelloAck { version, server }) => {
-            assert_eq!(version, 1);
+            assert_eq!(version, keybroker_common::protocol::PROTOCOL_VERSION);
             assert!(server.starts_with("keybroker-proxy/"), "{server}");
         }
         other => panic!("{other:?}"),
