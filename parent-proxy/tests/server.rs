@@ -200,13 +200,13 @@ async fn unsupported_version_is_refused() {
     let (proxy, _) = start(config()).await;
     let mut c = Client::connect(proxy.local_addr()).await;
     c.send(&Message::Hello {
-        versions: VersionRange::new(2, 3),
+        versions: VersionRange::new(3, 4),
         client: "future".into(),
     })
     .await;
     let err = fatal_error(c.recv().await);
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
-    assert!(err.message().contains("2..=3"), "{err}");
+    assert!(err.message().contains("3..=4"), "{err}");
     assert_eq!(c.recv().await, None, "closed after the Error");
     proxy.shutdown_and_wait().await.unwrap();
 }
