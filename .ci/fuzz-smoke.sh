@@ -62,6 +62,10 @@ seed_frames() {
     # Response: [4, {"id": 1, "result": {"Err": {"code": 5, "message": "m", "retryable": true}}}]
     printf '\x00\x00\x00\x2f\x82\x04\xa2bid\x01fresult\xa1cErr\xa3dcode\x05gmessageamiretryable\xf5' \
         >"${dir}/seed-response"
+    # GetCredentials (v2): [7, {"id": 1}]
+    printf '\x00\x00\x00\x07\x82\x07\xa1bid\x01' >"${dir}/seed-get-credentials"
+    # OpenTunnel (v2): [9, {"host": "kms", "port": 443}]
+    printf '\x00\x00\x00\x14\x82\x09\xa2dhostckmsdport\x19\x01\xbb' >"${dir}/seed-open-tunnel"
 }
 
 status=0

@@ -18,6 +18,9 @@
 //! - [`envelope`]: [`Envelope`], envelope encryption (`seal`/`open`,
 //!   streaming) with KMS data keys and a [`DataKeyCache`] with the AWS
 //!   Encryption SDK's limits;
+//! - [`parent`]: protocol version 2 with the parent proxy: AWS credentials
+//!   ([`parent::fetch_credentials`]) and byte tunnels
+//!   ([`parent::open_tunnel`]) for end-to-end mode;
 //! - [`transport`]: `vsock://`, `tcp://` and `unix://` connections;
 //! - [`cli`]: the `keybroker-enclave` command line (`demo`, `mock-nsm`).
 //!
@@ -52,6 +55,7 @@ pub mod loopback;
 #[cfg(feature = "mock-nsm")]
 pub mod mock_nsm;
 pub mod nsm;
+pub mod parent;
 pub mod transport;
 
 pub use client::{Client, ClientConfig, ClientStats, DataKey, DataKeyPair, Decrypted};

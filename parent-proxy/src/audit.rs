@@ -5,6 +5,12 @@
 //! caller PCR0 (hex, `-` without an attestation document), outcome and
 //! latency. Never key material, ciphertext or attestation documents: only
 //! the fields listed here are logged.
+//!
+//! Protocol version 2 adds two lines of the same target: one per tunnel when
+//! it ends ([`TunnelRecord`], message `tunnel`: host, port, bytes each way,
+//! duration, outcome) and one per credentials request
+//! ([`CredentialsRecord`], message `credentials`: outcome and expiry, never
+//! the credentials).
 
 use std::time::Duration;
 
@@ -101,6 +107,105 @@ impl AuditRecord<'_> {
     }
 }
 
+/// How a tunnel ended, as logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelOutcome {
+    /// Both sides closed (the normal end).
+    Closed,
+    /// No byte moved for the idle timeout; the proxy closed it.
+    Idle,
+    /// The proxy shut down; the tunnel was closed at the drain deadline.
+    Shutdown,
+    /// The tunnel was refused with this code (not allowed, limit, DNS or
+    /// connect failure, shutdown) and never carried a byte.
+    Refused(ErrorCode),
+    /// A read or write on either side failed (e.g. a reset).
+    Failed,
+}
+
+impl std::fmt::Display for TunnelOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunnelOutcome::Closed => f.write_str("closed"),
+            TunnelOutcome::Idle => f.write_str("idle"),
+            TunnelOutcome::Shutdown => f.write_str("shutdown"),
+            TunnelOutcome::Refused(code) => write!(f, "refused:{code}"),
+            TunnelOutcome::Failed => f.write_str("io-error"),
+        }
+    }
+}
+
+/// The audit line of one tunnel, emitted when it ends.
+#[derive(Clone, Debug)]
+pub struct TunnelRecord<'a> {
+    /// Connection number (per proxy process).
+    pub connection: u64,
+    /// The target host as the enclave sent it. Peer-controlled: logged with
+    /// `Debug` formatting (quoted, escaped), never raw.
+    pub host: &'a str,
+    /// The target port.
+    pub port: u16,
+    /// Bytes relayed from the enclave to the target.
+    pub to_target: u64,
+    /// Bytes relayed from the target to the enclave.
+    pub from_target: u64,
+    /// From `OpenTunnel` to the end of the tunnel.
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: TunnelOutcome,
+}
+
+impl TunnelRecord<'_> {
+    /// Emits the line.
+    pub fn emit(&self) {
+        let duration_ms = self.duration.as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: AUDIT_TARGET,
+            conn = self.connection,
+            host = ?self.host,
+            port = self.port,
+            bytes_to_target = self.to_target,
+            bytes_from_target = self.from_target,
+            outcome = %self.outcome,
+            duration_ms = format_args!("{duration_ms:.3}"),
+            "tunnel"
+        );
+    }
+}
+
+/// The audit line of one `GetCredentials`: never the credentials, only
+/// whether they were handed over and until when they are valid.
+#[derive(Clone, Debug)]
+pub struct CredentialsRecord {
+    /// Connection number (per proxy process).
+    pub connection: u64,
+    /// The enclave's request id.
+    pub request_id: u64,
+    /// `None`: handed over; else the error code answered.
+    pub error: Option<ErrorCode>,
+    /// Expiry of the credentials handed over, ms since the Unix epoch.
+    pub expiration_ms: Option<u64>,
+}
+
+impl CredentialsRecord {
+    /// Emits the line.
+    pub fn emit(&self) {
+        let outcome = match self.error {
+            None => Outcome::Ok,
+            Some(code) => Outcome::Error(code),
+        };
+        tracing::info!(
+            target: AUDIT_TARGET,
+            conn = self.connection,
+            id = self.request_id,
+            operation = "GetCredentials",
+            outcome = %outcome,
+            expiration_ms = self.expiration_ms,
+            "credentials"
+        );
+    }
+}
+
 /// Installs the global `tracing` subscriber writing to standard error, in
 /// `format`, filtered by `RUST_LOG` (default `info`). Fails if a subscriber
 /// is already installed.
@@ -137,6 +242,11 @@ mod tests {
         assert_eq!(
             Outcome::Denied(Rule::RecipientRequired).to_string(),
             "denied:RecipientRequired"
+        );
+        assert_eq!(TunnelOutcome::Closed.to_string(), "closed");
+        assert_eq!(
+            TunnelOutcome::Refused(ErrorCode::PolicyDenied).to_string(),
+            "refused:PolicyDenied"
         );
     }
 }

@@ -83,29 +83,43 @@ impl SdkKmsBackend {
     /// profile, web identity, ECS/EC2 instance role; region: environment,
     /// profile, IMDS), overridden by `settings`.
     pub async fn from_settings(settings: &KmsSettings) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(region) = &settings.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &settings.endpoint {
-            loader = loader.endpoint_url(endpoint.clone());
-        }
-        if let Some(attempts) = settings.max_attempts {
-            loader = loader.retry_config(
-                aws_config::retry::RetryConfig::standard().with_max_attempts(attempts.max(1)),
-            );
-        }
-        if let Some(connect) = settings.connect_timeout {
-            loader = loader.timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(connect)
-                    .build(),
-            );
-        }
-        let sdk_config = loader.load().await;
-        Self::new(aws_sdk_kms::Client::new(&sdk_config))
+        Self::from_sdk_config(&load_sdk_config(settings).await)
     }
 
+    /// Builds a client from a loaded configuration ([`load_sdk_config`]).
+    pub fn from_sdk_config(config: &aws_config::SdkConfig) -> Self {
+        Self::new(aws_sdk_kms::Client::new(config))
+    }
+}
+
+/// Loads the AWS configuration from the default chain, overridden by
+/// `settings`: the KMS client and the credentials handed to the enclave
+/// ([`crate::credentials::AwsConfigCredentials`]) share its region and
+/// credential provider.
+pub async fn load_sdk_config(settings: &KmsSettings) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &settings.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &settings.endpoint {
+        loader = loader.endpoint_url(endpoint.clone());
+    }
+    if let Some(attempts) = settings.max_attempts {
+        loader = loader.retry_config(
+            aws_config::retry::RetryConfig::standard().with_max_attempts(attempts.max(1)),
+        );
+    }
+    if let Some(connect) = settings.connect_timeout {
+        loader = loader.timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(connect)
+                .build(),
+        );
+    }
+    loader.load().await
+}
+
+impl SdkKmsBackend {
     async fn dispatch(&self, request: KmsRequest) -> Result<KmsResponse, WireError> {
         let c = &self.client;
         Ok(match request {

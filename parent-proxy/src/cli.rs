@@ -208,6 +208,20 @@ pub struct ServeArgs {
     /// For demonstrations only.
     #[arg(long)]
     pub dangerous_forward_without_recipient: bool,
+    /// Also allow enclaves to open a byte tunnel (end-to-end mode) to this
+    /// HOST:PORT, e.g. kms-fips.us-east-1.amazonaws.com:443 or a VPC
+    /// endpoint name; repeatable, adds to the file's [tunnel] allowed. The
+    /// region's KMS endpoint (kms.REGION.amazonaws.com:443) is always
+    /// allowed when the proxy knows its region.
+    #[arg(long = "tunnel", value_name = "HOST:PORT")]
+    pub tunnels: Vec<crate::tunnel::TunnelTarget>,
+    /// Tunnels open at once.
+    #[arg(long, value_name = "N")]
+    pub max_tunnels: Option<usize>,
+    /// Do not hand AWS credentials to enclaves (GetCredentials is answered
+    /// PolicyDenied); for broker-only fleets.
+    #[arg(long)]
+    pub no_credentials: bool,
 }
 
 /// Subcommands of `keybroker-proxy attestation`.
@@ -380,6 +394,8 @@ pub struct ServeSettings {
     pub kms: crate::config::KmsSettings,
     /// Log format.
     pub log_format: crate::config::LogFormat,
+    /// Whether `GetCredentials` is answered with the AWS chain's credentials.
+    pub credentials: bool,
 }
 
 /// Merges the `--config` file (if any) and the flags.
@@ -402,6 +418,9 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
     k.endpoint = args.kms_endpoint.clone().or(k.endpoint.take());
     k.region = args.region.clone().or(k.region.take());
     k.max_attempts = args.kms_max_attempts.or(k.max_attempts);
+    file.tunnel.max_tunnels = args.max_tunnels.or(file.tunnel.max_tunnels);
+    let mut tunnels = file.tunnel_settings()?;
+    tunnels.allowed.extend(args.tunnels.iter().cloned());
 
     let mut policy = file.policy()?;
     if args.dangerous_forward_without_recipient {
@@ -452,9 +471,11 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
             listen: file.listen_address()?,
             limits: file.server_limits()?,
             policy,
+            tunnels,
         },
         kms: file.kms_settings(),
         log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        credentials: !args.no_credentials && file.credentials.enabled.unwrap_or(true),
     })
 }
 
@@ -480,11 +501,24 @@ pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -
             return EXIT_FAILURE;
         }
     };
-    let ServeSettings { proxy, kms, .. } = settings;
+    let ServeSettings {
+        mut proxy,
+        kms,
+        credentials,
+        ..
+    } = settings;
     let bound = runtime.block_on(async {
-        let backend = crate::backend::SdkKmsBackend::from_settings(&kms).await;
+        let sdk_config = crate::backend::load_sdk_config(&kms).await;
+        add_region_kms_target(&mut proxy.tunnels, &sdk_config);
+        let backend = crate::backend::SdkKmsBackend::from_sdk_config(&sdk_config);
         let signal = crate::server::shutdown_signal()?;
-        let proxy = crate::server::Proxy::bind(proxy, backend).await?;
+        let mut proxy = crate::server::Proxy::bind(proxy, backend).await?;
+        if credentials {
+            match crate::credentials::AwsConfigCredentials::from_sdk_config(&sdk_config) {
+                Some(source) => proxy = proxy.with_credentials(std::sync::Arc::new(source)),
+                None => tracing::warn!("no AWS credential provider: GetCredentials is refused"),
+            }
+        }
         Ok::<_, crate::Error>((proxy, signal))
     });
     let (proxy, signal) = match bound {
@@ -505,6 +539,26 @@ pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -
             tracing::error!(error = %e, "server failed");
             let _ = writeln!(stderr, "error: {e}");
             EXIT_FAILURE
+        }
+    }
+}
+
+/// Allows tunnels to the KMS endpoint of the region the proxy runs in (from
+/// `--region`, `[kms] region` or the AWS chain), if it knows one.
+fn add_region_kms_target(
+    tunnels: &mut crate::tunnel::TunnelSettings,
+    sdk_config: &aws_config::SdkConfig,
+) {
+    let Some(region) = sdk_config.region() else {
+        tracing::warn!("no AWS region: no default tunnel target (add one with --tunnel)");
+        return;
+    };
+    match crate::tunnel::TunnelTarget::region_kms(region.as_ref()) {
+        Some(target) => {
+            tunnels.allowed.insert(target);
+        }
+        None => {
+            tracing::warn!(region = ?region.as_ref(), "the AWS region is not a plausible region name: no default tunnel target")
         }
     }
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::key_policy::{ImageMeasurements, MAX_NITRO_CLI_JSON_LEN};
 use crate::policy::{AllowedImage, Policy, check_pcr_value};
+pub use crate::tunnel::{TunnelSettings, TunnelTarget};
 
 /// The default listening address: vsock, any CID (`VMADDR_CID_ANY`,
 /// 0xFFFFFFFF, so the parent accepts from every enclave it runs), port 5000.
@@ -82,6 +83,9 @@ pub struct ProxyConfig {
     pub limits: ServerLimits,
     /// The request policy.
     pub policy: Policy,
+    /// Tunnels (protocol version 2): the allowed targets and their limits.
+    /// The default allows none; `serve` adds the region's KMS endpoint.
+    pub tunnels: TunnelSettings,
 }
 
 impl ProxyConfig {
@@ -91,6 +95,7 @@ impl ProxyConfig {
             listen,
             limits: ServerLimits::default(),
             policy: Policy::default(),
+            tunnels: TunnelSettings::default(),
         }
     }
 }
@@ -139,6 +144,34 @@ pub struct FileConfig {
     /// `[policy]`.
     #[serde(default)]
     pub policy: FilePolicy,
+    /// `[tunnel]`.
+    #[serde(default)]
+    pub tunnel: FileTunnel,
+    /// `[credentials]`.
+    #[serde(default)]
+    pub credentials: FileCredentials,
+}
+
+/// `[tunnel]` (see [`TunnelSettings`]; durations in milliseconds).
+/// `allowed` adds `HOST:PORT` targets to the region's KMS endpoint.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FileTunnel {
+    pub allowed: Option<Vec<String>>,
+    pub max_tunnels: Option<usize>,
+    pub idle_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+}
+
+/// `[credentials]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredentials {
+    /// Whether the proxy answers `GetCredentials` with the credentials of
+    /// aws-config's default chain (default `true`; `false`, like
+    /// `--no-credentials`, answers `PolicyDenied`).
+    pub enabled: Option<bool>,
 }
 
 /// `[limits]` (see [`ServerLimits`]; durations in milliseconds).
@@ -256,6 +289,39 @@ impl FileConfig {
             )));
         }
         Ok(limits)
+    }
+
+    /// The tunnel settings, defaults where absent. The region's KMS
+    /// endpoint is not added here (the region may come from the AWS chain);
+    /// `serve` adds it.
+    pub fn tunnel_settings(&self) -> Result<TunnelSettings> {
+        let d = TunnelSettings::default();
+        let t = &self.tunnel;
+        let mut allowed = std::collections::BTreeSet::new();
+        for entry in t.allowed.iter().flatten() {
+            let target: TunnelTarget = entry
+                .parse()
+                .map_err(|e| Error::Config(format!("tunnel.allowed: {e}")))?;
+            allowed.insert(target);
+        }
+        let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+        let settings = TunnelSettings {
+            allowed,
+            max_tunnels: t.max_tunnels.unwrap_or(d.max_tunnels),
+            idle_timeout: ms(t.idle_timeout_ms, d.idle_timeout),
+            connect_timeout: ms(t.connect_timeout_ms, d.connect_timeout),
+        };
+        if settings.max_tunnels == 0 {
+            return Err(Error::Config(
+                "tunnel.max_tunnels must be at least 1".into(),
+            ));
+        }
+        if settings.idle_timeout.is_zero() || settings.connect_timeout.is_zero() {
+            return Err(Error::Config(
+                "tunnel.idle_timeout_ms and tunnel.connect_timeout_ms must be at least 1".into(),
+            ));
+        }
+        Ok(settings)
     }
 
     /// The KMS client settings.
@@ -545,6 +611,40 @@ mod tests {
         assert!(p.allowed_images.is_empty());
         assert!(!p.verifies_attestation());
         assert_eq!(c.kms_settings(), KmsSettings::default());
+        assert_eq!(c.tunnel_settings().unwrap(), TunnelSettings::default());
+        assert!(c.tunnel_settings().unwrap().allowed.is_empty());
+        assert_eq!(c.credentials.enabled, None);
+    }
+
+    #[test]
+    fn tunnel_section_parses() {
+        let c = FileConfig::parse(
+            "[tunnel]\nallowed = [\"kms-fips.us-east-1.amazonaws.com:443\", \"LOCALHOST:4566\"]\n\
+             max_tunnels = 8\nidle_timeout_ms = 1500\nconnect_timeout_ms = 250\n\
+             [credentials]\nenabled = false\n",
+        )
+        .unwrap();
+        let t = c.tunnel_settings().unwrap();
+        assert!(t.allows("kms-fips.us-east-1.amazonaws.com", 443));
+        assert!(t.allows("localhost", 4566));
+        assert!(!t.allows("localhost", 443));
+        assert_eq!(t.max_tunnels, 8);
+        assert_eq!(t.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(t.connect_timeout, Duration::from_millis(250));
+        assert_eq!(c.credentials.enabled, Some(false));
+        for bad in [
+            "[tunnel]\nallowed = [\"no-port\"]\n",
+            "[tunnel]\nallowed = [\"bad_host:443\"]\n",
+            "[tunnel]\nmax_tunnels = 0\n",
+            "[tunnel]\nidle_timeout_ms = 0\n",
+        ] {
+            assert!(
+                FileConfig::parse(bad).unwrap().tunnel_settings().is_err(),
+                "{bad}"
+            );
+        }
+        assert!(FileConfig::parse("[tunnel]\nallow = []\n").is_err());
+        assert!(FileConfig::parse("[credentials]\nenable = true\n").is_err());
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! - [`policy`]: what is forwarded (a pure function, [`policy::Policy`]);
 //! - [`backend`]: where it goes ([`backend::KmsBackend`], `aws-sdk-kms`);
 //! - [`config`]: the TOML file and limits;
-//! - [`audit`]: logging, one audit line per request;
+//! - [`audit`]: logging, one audit line per request (and per tunnel);
+//! - [`tunnel`]: byte tunnels to allowed `host:port` targets (protocol
+//!   version 2, end-to-end mode);
+//! - [`credentials`]: the AWS credentials handed to the enclave
+//!   ([`credentials::CredentialSource`]);
 //! - [`key_policy`]: the KMS key policy that binds a key to enclave images
 //!   (`keybroker-proxy policy`);
 //! - [`cli`]: the command line.
@@ -42,11 +46,13 @@ pub mod audit;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 mod error;
 pub mod key_policy;
 mod listener;
 pub mod policy;
 pub mod server;
+pub mod tunnel;
 
 pub use error::{Error, Result};
 pub use listener::Io;

@@ -16,12 +16,20 @@
 //!    requests in flight on it are abandoned, as the protocol specifies.
 //! 4. Nothing in flight and no message for [`ServerLimits::idle_timeout`]:
 //!    `Goodbye`, close.
+//! 5. Protocol version 2 only (a version 1 connection that sends them gets
+//!    `Error{BadRequest}`): `GetCredentials` is answered `Credentials` from
+//!    the [`CredentialSource`] given to [`Proxy::with_credentials`] (without
+//!    one: `PolicyDenied`); `OpenTunnel`, as the first message after the
+//!    handshake, turns the connection into a byte tunnel (see
+//!    [`crate::tunnel`]). Broker connections and tunnels share the listener
+//!    and the connection limit.
 //!
 //! Shutdown ([`Proxy::run_until`]'s future completes, or
 //! [`ProxyHandle::shutdown`]): the listener closes, every connection gets
 //! `Goodbye`, requests still arriving are answered `Shutdown`, in-flight
 //! requests finish within [`ServerLimits::drain_timeout`] (the rest are
-//! answered `Shutdown`), then the connections close and `run_until` returns.
+//! answered `Shutdown`), tunnels keep relaying until the same deadline, then
+//! the connections close and `run_until` returns.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,17 +40,18 @@ use std::time::Duration;
 use keybroker_common::address::Address;
 use keybroker_common::kms::{KmsRequest, Operation};
 use keybroker_common::protocol::{
-    Decoded, ErrorCode, LENGTH_PREFIX_LEN, Limits, Message, ProtocolError, WireError, decode_frame,
-    encode_into, negotiate,
+    AwsCredentialsWire, Decoded, ErrorCode, LENGTH_PREFIX_LEN, Limits, Message, MessageKind,
+    ProtocolError, WireError, decode_frame, encode_into, negotiate,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::audit::{AuditRecord, Outcome};
+use crate::audit::{AuditRecord, CredentialsRecord, Outcome};
 use crate::backend::KmsBackend;
 pub use crate::config::{ProxyConfig, ServerLimits};
+use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::listener::{Io, Listener};
 use crate::policy::check_response;
@@ -55,6 +64,10 @@ struct Shared {
     config: ProxyConfig,
     backend: Arc<dyn KmsBackend>,
     next_connection: AtomicU64,
+    /// `None`: `GetCredentials` is answered `PolicyDenied`.
+    credentials: Option<Arc<dyn CredentialSource>>,
+    /// One permit per open tunnel ([`crate::tunnel::TunnelSettings::max_tunnels`]).
+    tunnel_slots: Arc<Semaphore>,
 }
 
 /// A bound, not yet running proxy. [`Proxy::bind`], then
@@ -62,7 +75,7 @@ struct Shared {
 pub struct Proxy {
     listener: Listener,
     local_addr: Address,
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -83,15 +96,25 @@ impl Proxy {
     /// [`Proxy::bind`] with a shared backend.
     pub async fn bind_shared(config: ProxyConfig, backend: Arc<dyn KmsBackend>) -> Result<Proxy> {
         let (listener, local_addr) = Listener::bind(&config.listen).await?;
+        let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
         Ok(Proxy {
             listener,
             local_addr,
-            shared: Arc::new(Shared {
+            shared: Shared {
                 config,
                 backend,
                 next_connection: AtomicU64::new(1),
-            }),
+                credentials: None,
+                tunnel_slots,
+            },
         })
+    }
+
+    /// Answers `GetCredentials` (protocol version 2) with credentials from
+    /// `source`. Without a source the proxy answers `PolicyDenied`.
+    pub fn with_credentials(mut self, source: Arc<dyn CredentialSource>) -> Self {
+        self.shared.credentials = Some(source);
+        self
     }
 
     /// The address actually bound (for `tcp://...:0`, with the real port).
@@ -110,6 +133,13 @@ impl Proxy {
             local_addr,
             shared,
         } = self;
+        let shared = Arc::new(shared);
+        tracing::info!(
+            targets = %shared.config.tunnels.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            max_tunnels = shared.config.tunnels.max_tunnels,
+            credentials = shared.credentials.is_some(),
+            "tunnel targets and credentials"
+        );
         let limits = shared.config.limits.clone();
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -309,25 +339,39 @@ impl FrameReader {
     }
 }
 
-/// Writes queued messages; ends (closing the write half) when every sender
-/// is gone or the peer stops accepting bytes.
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Message>) {
+/// Writes queued messages; ends when every sender is gone (returning the
+/// write half, flushed, for the caller to close or to hand to a tunnel) or
+/// when the peer stops accepting bytes (`None`).
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Message>,
+) -> Option<W> {
+    use zeroize::Zeroize as _;
     let mut out = Vec::new();
     while let Some(first) = rx.recv().await {
         out.clear();
+        // A batch with a `Credentials` frame holds secrets: zeroized below.
+        let mut secret = matches!(first, Message::Credentials { .. });
         push_frame(&first, &mut out);
         // Coalesce whatever else is ready into one write.
         while out.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(msg) => push_frame(&msg, &mut out),
+                Ok(msg) => {
+                    secret |= matches!(msg, Message::Credentials { .. });
+                    push_frame(&msg, &mut out);
+                }
                 Err(_) => break,
             }
         }
-        if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
-            return;
+        let written = wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok();
+        if secret {
+            out.zeroize();
+        }
+        if !written {
+            return None;
         }
     }
-    let _ = wr.shutdown().await;
+    Some(wr)
 }
 
 /// Encodes `msg`; a response that cannot be encoded (larger than the frame
@@ -442,9 +486,12 @@ impl Connection {
         let writer = tokio::spawn(write_loop(wr, rx));
         let mut reader = FrameReader::new(Limits::new(limits.max_frame_len));
 
-        if self.handshake(&mut reader, &mut rd, &tx).await {
+        let mut tunnel = None;
+        if let Some(version) = self.handshake(&mut reader, &mut rd, &tx).await {
             let mut requests = Requests::default();
-            self.serve(&mut reader, &mut rd, &tx, &mut requests).await;
+            tunnel = self
+                .serve(&mut reader, &mut rd, &tx, &mut requests, version)
+                .await;
             // Whatever is still running lost its connection.
             for (id, job) in requests.cancel_all().await {
                 self.audit_unanswered(id, &job, Outcome::Abandoned);
@@ -452,20 +499,41 @@ impl Connection {
         }
         drop(tx);
         // The writer ends once the queue is flushed (or the peer is gone).
-        let _ = writer.await;
+        let Ok(Some(mut wr)) = writer.await else {
+            return;
+        };
+        match tunnel {
+            None => {
+                let _ = wr.shutdown().await;
+            }
+            Some((host, port)) => {
+                // The frame reader may already hold bytes the enclave sent
+                // after `OpenTunnel`: they are the tunnel's first bytes.
+                let early = std::mem::take(&mut reader.buf);
+                let ctx = crate::tunnel::TunnelContext {
+                    connection: self.id,
+                    settings: self.shared.config.tunnels.clone(),
+                    slots: self.shared.tunnel_slots.clone(),
+                    stop: self.stop.clone(),
+                    drain_timeout: limits.drain_timeout,
+                };
+                crate::tunnel::serve(ctx, rd.unsplit(wr), early, host, port).await;
+            }
+        }
     }
 
-    /// Waits for `Hello` and answers it. `false`: close the connection.
+    /// Waits for `Hello` and answers it; the negotiated version, or `None`:
+    /// close the connection.
     async fn handshake<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut FrameReader,
         rd: &mut R,
         tx: &mpsc::Sender<Message>,
-    ) -> bool {
+    ) -> Option<u16> {
         let timeout = self.shared.config.limits.handshake_timeout;
         let first = tokio::select! {
             r = tokio::time::timeout(timeout, reader.next(rd)) => r,
-            () = stopped(&mut self.stop) => return false,
+            () = stopped(&mut self.stop) => return None,
         };
         let conn = self.id;
         match first {
@@ -476,7 +544,7 @@ impl Connection {
                     format!("no Hello within {} ms", timeout.as_millis()),
                 );
                 let _ = tx.send(Message::Error { error }).await;
-                false
+                None
             }
             Ok(Ok(Some((Message::Hello { versions, client }, _)))) => match negotiate(versions) {
                 Ok(version) => {
@@ -485,12 +553,12 @@ impl Connection {
                         version,
                         server: SERVER_ID.to_owned(),
                     };
-                    tx.send(ack).await.is_ok()
+                    tx.send(ack).await.ok().map(|()| version)
                 }
                 Err(e) => {
                     tracing::info!(conn, error = %e, "handshake failed");
                     send_fatal(tx, e).await;
-                    false
+                    None
                 }
             },
             Ok(Ok(Some((other, _)))) => {
@@ -500,27 +568,29 @@ impl Connection {
                 };
                 tracing::info!(conn, error = %e, "handshake failed");
                 send_fatal(tx, e).await;
-                false
+                None
             }
-            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => false,
+            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => None,
             Ok(Err(ReadError::Protocol(e))) => {
                 tracing::info!(conn, error = %e, "bad frame during handshake");
                 send_fatal(tx, e).await;
-                false
+                None
             }
         }
     }
 
-    /// The request loop, after a successful handshake. Returns when the
-    /// connection is to be closed; requests still in `requests` are then
-    /// cancelled by the caller.
+    /// The request loop, after a successful handshake that negotiated
+    /// `version`. Returns when the connection is to be closed (`None`;
+    /// requests still in `requests` are then cancelled by the caller) or is
+    /// to become a tunnel to the `(host, port)` returned.
     async fn serve<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut FrameReader,
         rd: &mut R,
         tx: &mpsc::Sender<Message>,
         requests: &mut Requests,
-    ) {
+        version: u16,
+    ) -> Option<(String, u16)> {
         let limits = self.shared.config.limits.clone();
         let conn = self.id;
         // The enclave may still send requests.
@@ -531,10 +601,12 @@ impl Connection {
         let mut idle_deadline = Instant::now() + limits.idle_timeout;
         let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut stop = self.stop.clone();
+        // Nothing but the handshake so far: `OpenTunnel` is allowed.
+        let mut first = true;
 
         loop {
             if (draining || !reading) && requests.is_empty() {
-                return;
+                return None;
             }
             tokio::select! {
                 // Reap finished requests first, so capacity frees up.
@@ -551,11 +623,16 @@ impl Connection {
                 read = reader.next(rd), if reading => match read {
                     Ok(Some((message, len))) => {
                         idle_deadline = Instant::now() + limits.idle_timeout;
+                        let was_first = std::mem::replace(&mut first, false);
+                        if let Err(e) = message.kind().check_version(version) {
+                            self.fatal(tx, requests, e).await;
+                            return None;
+                        }
                         match message {
                             Message::Request { id, timeout_ms, request } => {
                                 if requests.contains(id) {
                                     self.fatal(tx, requests, ProtocolError::DuplicateRequestId { id }).await;
-                                    return;
+                                    return None;
                                 }
                                 let refusal = if draining {
                                     Some(WireError::new(ErrorCode::Shutdown, "the proxy is shutting down; retry on a new connection"))
@@ -585,24 +662,46 @@ impl Connection {
                             }
                             Message::Error { error } => {
                                 tracing::info!(conn, error = %error, "Error from the enclave; closing");
-                                return;
+                                return None;
                             }
-                            other @ (Message::Hello { .. } | Message::HelloAck { .. } | Message::Response { .. }) => {
+                            Message::GetCredentials { id } => {
+                                let result = if draining {
+                                    Err(WireError::new(ErrorCode::Shutdown, "the proxy is shutting down; retry on a new connection"))
+                                } else {
+                                    self.credentials(id).await
+                                };
+                                let _ = tx.send(Message::Credentials { id, result }).await;
+                            }
+                            Message::OpenTunnel { host, port } if was_first => {
+                                tracing::debug!(conn, host = ?host, port, "OpenTunnel");
+                                return Some((host, port));
+                            }
+                            other @ (Message::Hello { .. }
+                            | Message::HelloAck { .. }
+                            | Message::Response { .. }
+                            | Message::Credentials { .. }
+                            | Message::OpenTunnel { .. }
+                            | Message::TunnelOpened) => {
+                                let expected = if other.kind() == MessageKind::OpenTunnel {
+                                    "OpenTunnel only as the first message after the handshake"
+                                } else {
+                                    "Request, GetCredentials or Goodbye"
+                                };
                                 let e = ProtocolError::UnexpectedMessage {
-                                    expected: "Request or Goodbye",
+                                    expected,
                                     got: other.kind(),
                                 };
                                 self.fatal(tx, requests, e).await;
-                                return;
+                                return None;
                             }
                         }
                     }
                     // End of stream: answer what is in flight, then close.
                     Ok(None) => reading = false,
-                    Err(ReadError::Io) => return,
+                    Err(ReadError::Io) => return None,
                     Err(ReadError::Protocol(e)) => {
                         self.fatal(tx, requests, e).await;
-                        return;
+                        return None;
                     }
                 },
                 () = stopped(&mut stop), if !draining => {
@@ -614,7 +713,7 @@ impl Connection {
                 () = tokio::time::sleep_until(idle_deadline), if requests.is_empty() && !draining => {
                     tracing::debug!(conn, "idle; sending Goodbye");
                     let _ = tx.send(Message::Goodbye).await;
-                    return;
+                    return None;
                 }
                 () = tokio::time::sleep_until(drain_deadline.unwrap_or(far_future)), if drain_deadline.is_some() => {
                     let cancelled = requests.cancel_all().await;
@@ -624,10 +723,49 @@ impl Connection {
                             "the proxy shut down before KMS answered; retry on a new connection");
                         self.answer_unrun(tx, id, &job, error).await;
                     }
-                    return;
+                    return None;
                 }
             }
         }
+    }
+
+    /// The answer to `GetCredentials{id}`, with its audit line. Awaited in
+    /// the connection's loop (bounded by the default request timeout): the
+    /// chain caches credentials, so this is fast but for the first call.
+    async fn credentials(&self, id: u64) -> Result<AwsCredentialsWire, WireError> {
+        let timeout = self.shared.config.limits.default_request_timeout;
+        let result = match &self.shared.credentials {
+            None => Err(WireError::new(
+                ErrorCode::PolicyDenied,
+                "this proxy hands out no AWS credentials (started without a credential source \
+                 or with --no-credentials)",
+            )),
+            Some(source) => match tokio::time::timeout(timeout, source.credentials()).await {
+                Err(_) => Err(WireError::new(
+                    ErrorCode::Timeout,
+                    format!("no AWS credentials within {} ms", timeout.as_millis()),
+                )),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(creds)) => match creds.validate() {
+                    Ok(()) => Ok(creds),
+                    Err(e) => {
+                        tracing::error!(conn = self.id, error = %e, "the credential source gave unusable credentials");
+                        Err(WireError::new(
+                            ErrorCode::Internal,
+                            format!("the proxy's AWS credentials are unusable: {e}"),
+                        ))
+                    }
+                },
+            },
+        };
+        CredentialsRecord {
+            connection: self.id,
+            request_id: id,
+            error: result.as_ref().err().map(WireError::code),
+            expiration_ms: result.as_ref().ok().and_then(|c| c.expiration_ms),
+        }
+        .emit();
+        result
     }
 
     /// Answers a request the proxy did not (or could not) run to the end,

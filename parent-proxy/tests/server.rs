@@ -103,7 +103,7 @@ async fn handshake_and_one_request() {
     c.send(&Message::hello("test")).await;
     match c.recv().await {
         Some(Message::HelloAck { version, server }) => {
-            assert_eq!(version, 1);
+            assert_eq!(version, keybroker_common::protocol::PROTOCOL_VERSION);
             assert!(server.starts_with("keybroker-proxy/"), "{server}");
         }
         other => panic!("{other:?}"),
@@ -200,13 +200,13 @@ async fn unsupported_version_is_refused() {
     let (proxy, _) = start(config()).await;
     let mut c = Client::connect(proxy.local_addr()).await;
     c.send(&Message::Hello {
-        versions: VersionRange::new(2, 3),
+        versions: VersionRange::new(3, 4),
         client: "future".into(),
     })
     .await;
     let err = fatal_error(c.recv().await);
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
-    assert!(err.message().contains("2..=3"), "{err}");
+    assert!(err.message().contains("3..=4"), "{err}");
     assert_eq!(c.recv().await, None, "closed after the Error");
     proxy.shutdown_and_wait().await.unwrap();
 }

@@ -6,13 +6,17 @@ use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::cbor::scan_item;
+use super::v2::{AwsCredentialsWire, check_tunnel_host, check_tunnel_port};
 use super::{MAX_NESTING_DEPTH, ProtocolError, VersionRange, WireError};
 use crate::kms::{KmsRequest, KmsResponse};
 
 /// One protocol message (see the [module docs](super) for the wire layout).
 ///
 /// A new message type is a new protocol version, so the enum is exhaustive:
-/// both ends handle every message of the versions they negotiate.
+/// both ends handle every message of the versions they negotiate. The
+/// decoder accepts every kind it knows; whether a kind is allowed on a
+/// connection depends on the negotiated version
+/// ([`MessageKind::check_version`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
     /// Client -> proxy, first message: the versions the client speaks and a
@@ -60,6 +64,36 @@ pub enum Message {
     /// Either way, graceful: the sender accepts no new requests; requests in
     /// flight are still answered, then the connection closes.
     Goodbye,
+    /// Client -> proxy (version 2): asks for the AWS credentials the proxy
+    /// holds (end-to-end mode signs KMS requests inside the enclave).
+    GetCredentials {
+        /// Chosen by the client; the [`Message::Credentials`] answer carries
+        /// it back.
+        id: u64,
+    },
+    /// Proxy -> client (version 2): the answer to [`Message::GetCredentials`].
+    Credentials {
+        /// The request's id.
+        id: u64,
+        /// The credentials (checked by [`AwsCredentialsWire::validate`] on
+        /// encode and decode), or why there are none.
+        result: Result<AwsCredentialsWire, WireError>,
+    },
+    /// Client -> proxy (version 2), only as the first message after the
+    /// handshake on a new connection: relay raw bytes between this
+    /// connection and `host:port`. The proxy answers
+    /// [`Message::TunnelOpened`] or [`Message::Error`] (then closes).
+    OpenTunnel {
+        /// A DNS name or IP literal, checked by
+        /// [`super::check_tunnel_host`]; the proxy resolves it.
+        host: String,
+        /// The TCP port, not 0.
+        port: u16,
+    },
+    /// Proxy -> client (version 2): the tunnel is connected. After this
+    /// frame the connection carries the tunnelled bytes, unframed, in both
+    /// directions until either side closes; the proxy never parses them.
+    TunnelOpened,
 }
 
 /// The type of a [`Message`], with its wire value.
@@ -77,6 +111,14 @@ pub enum MessageKind {
     Error,
     /// [`Message::Goodbye`] (6).
     Goodbye,
+    /// [`Message::GetCredentials`] (7, version 2).
+    GetCredentials,
+    /// [`Message::Credentials`] (8, version 2).
+    Credentials,
+    /// [`Message::OpenTunnel`] (9, version 2).
+    OpenTunnel,
+    /// [`Message::TunnelOpened`] (10, version 2).
+    TunnelOpened,
 }
 
 impl MessageKind {
@@ -89,6 +131,37 @@ impl MessageKind {
             Self::Response => 4,
             Self::Error => 5,
             Self::Goodbye => 6,
+            Self::GetCredentials => 7,
+            Self::Credentials => 8,
+            Self::OpenTunnel => 9,
+            Self::TunnelOpened => 10,
+        }
+    }
+
+    /// The first protocol version that has this message.
+    pub const fn since_version(self) -> u16 {
+        match self {
+            Self::Hello
+            | Self::HelloAck
+            | Self::Request
+            | Self::Response
+            | Self::Error
+            | Self::Goodbye => 1,
+            Self::GetCredentials | Self::Credentials | Self::OpenTunnel | Self::TunnelOpened => 2,
+        }
+    }
+
+    /// Whether this message may be sent on a connection that negotiated
+    /// `version`: [`ProtocolError::NotInVersion`] if the version predates it
+    /// (a version 1 peer never sees a version 2 message).
+    pub const fn check_version(self, version: u16) -> Result<(), ProtocolError> {
+        if version >= self.since_version() {
+            Ok(())
+        } else {
+            Err(ProtocolError::NotInVersion {
+                kind: self,
+                version,
+            })
         }
     }
 
@@ -101,6 +174,10 @@ impl MessageKind {
             Self::Response => "Response",
             Self::Error => "Error",
             Self::Goodbye => "Goodbye",
+            Self::GetCredentials => "GetCredentials",
+            Self::Credentials => "Credentials",
+            Self::OpenTunnel => "OpenTunnel",
+            Self::TunnelOpened => "TunnelOpened",
         }
     }
 }
@@ -121,6 +198,10 @@ impl Message {
             Self::Response { .. } => MessageKind::Response,
             Self::Error { .. } => MessageKind::Error,
             Self::Goodbye => MessageKind::Goodbye,
+            Self::GetCredentials { .. } => MessageKind::GetCredentials,
+            Self::Credentials { .. } => MessageKind::Credentials,
+            Self::OpenTunnel { .. } => MessageKind::OpenTunnel,
+            Self::TunnelOpened => MessageKind::TunnelOpened,
         }
     }
 
@@ -148,6 +229,21 @@ impl Message {
             } if resp.has_plaintext() => Err(ProtocolError::PlaintextOnWire {
                 operation: resp.operation(),
             }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the fields with limits beyond the frame's: tunnel host and
+    /// port, credentials.
+    fn check_fields(&self) -> Result<(), ProtocolError> {
+        match self {
+            Self::OpenTunnel { host, port } => {
+                check_tunnel_host(host)?;
+                check_tunnel_port(*port)
+            }
+            Self::Credentials {
+                result: Ok(creds), ..
+            } => creds.validate(),
             _ => Ok(()),
         }
     }
@@ -191,9 +287,30 @@ struct ErrorP<E> {
 #[derive(Serialize, Deserialize)]
 struct GoodbyeP {}
 
+#[derive(Serialize, Deserialize)]
+struct GetCredentialsP {
+    id: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CredentialsP<R> {
+    id: u64,
+    result: R,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OpenTunnelP<S> {
+    host: S,
+    port: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TunnelOpenedP {}
+
 /// Appends the CBOR body of `msg` to `out`.
 pub(crate) fn encode_body(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     msg.check_no_plaintext()?;
+    msg.check_fields()?;
     let kind = msg.kind().to_wire();
     let r = match msg {
         Message::Hello { versions, client } => ciborium::into_writer(
@@ -237,6 +354,23 @@ pub(crate) fn encode_body(msg: &Message, out: &mut Vec<u8>) -> Result<(), Protoc
         }
         Message::Error { error } => ciborium::into_writer(&(kind, ErrorP { error }), &mut *out),
         Message::Goodbye => ciborium::into_writer(&(kind, GoodbyeP {}), &mut *out),
+        Message::GetCredentials { id } => {
+            ciborium::into_writer(&(kind, GetCredentialsP { id: *id }), &mut *out)
+        }
+        Message::Credentials { id, result } => {
+            ciborium::into_writer(&(kind, CredentialsP { id: *id, result }), &mut *out)
+        }
+        Message::OpenTunnel { host, port } => ciborium::into_writer(
+            &(
+                kind,
+                OpenTunnelP {
+                    host: host.as_str(),
+                    port: *port,
+                },
+            ),
+            &mut *out,
+        ),
+        Message::TunnelOpened => ciborium::into_writer(&(kind, TunnelOpenedP {}), &mut *out),
     };
     r.map_err(|e| ProtocolError::Encode(truncate_detail(&e.to_string())))
 }
@@ -254,13 +388,17 @@ pub(crate) fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
     // largest string the body can contain: the body itself. Its size is
     // bounded by the frame limit. Every other allocation is bounded by the
     // bytes present, which `scan_item` checked against each declared length.
-    let mut scratch = vec![0u8; body.len()];
-    let raw: RawBody = ciborium::from_reader_with_buffer(body, &mut scratch).map_err(de_error)?;
+    // The scratch buffer may hold a text string it read (a credential in a
+    // version 2 `Credentials` message), so it is zeroized when dropped.
+    let mut scratch = zeroize::Zeroizing::new(vec![0u8; body.len()]);
+    let raw: RawBody =
+        ciborium::from_reader_with_buffer(body, scratch.as_mut_slice()).map_err(de_error)?;
     let msg = match raw {
         RawBody::Known(m) => m,
         RawBody::Unknown(kind) => return Err(ProtocolError::UnknownMessageType(kind)),
     };
     msg.check_no_plaintext()?;
+    msg.check_fields()?;
     Ok(msg)
 }
 
@@ -359,6 +497,29 @@ impl<'de> Visitor<'de> for BodyVisitor {
             6 => {
                 let GoodbyeP {} = payload(&mut seq, &self)?;
                 Message::Goodbye
+            }
+            7 => {
+                let p: GetCredentialsP = payload(&mut seq, &self)?;
+                Message::GetCredentials { id: p.id }
+            }
+            8 => {
+                let p: CredentialsP<Result<AwsCredentialsWire, WireError>> =
+                    payload(&mut seq, &self)?;
+                Message::Credentials {
+                    id: p.id,
+                    result: p.result,
+                }
+            }
+            9 => {
+                let p: OpenTunnelP<String> = payload(&mut seq, &self)?;
+                Message::OpenTunnel {
+                    host: p.host,
+                    port: p.port,
+                }
+            }
+            10 => {
+                let TunnelOpenedP {} = payload(&mut seq, &self)?;
+                Message::TunnelOpened
             }
             other => {
                 let _: IgnoredAny = payload(&mut seq, &self)?;

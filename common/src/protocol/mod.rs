@@ -30,6 +30,18 @@
 //! | 4 | [`Message::Response`] | `{id, result: {"Ok": KmsResponse} / {"Err": WireError}}` |
 //! | 5 | [`Message::Error`] | `{error: WireError}` |
 //! | 6 | [`Message::Goodbye`] | `{}` |
+//! | 7 | [`Message::GetCredentials`] (v2) | `{id}` |
+//! | 8 | [`Message::Credentials`] (v2) | `{id, result: {"Ok": {access_key_id, secret_access_key, session_token?, expiration_ms?}} / {"Err": WireError}}` |
+//! | 9 | [`Message::OpenTunnel`] (v2) | `{host, port}` |
+//! | 10 | [`Message::TunnelOpened`] (v2) | `{}` |
+//!
+//! Kinds 7 to 10 exist from version 2 on ([`MessageKind::since_version`]);
+//! on a connection that negotiated version 1 either side refuses them
+//! ([`ProtocolError::NotInVersion`]), so version 1 peers keep working for
+//! broker requests. `OpenTunnel.host` is a DNS name or IP literal of at most
+//! [`MAX_HOST_LEN`] bytes ([`check_tunnel_host`]); credentials are bounded
+//! and visible ASCII ([`AwsCredentialsWire::validate`]); both are checked on
+//! encode and decode.
 //!
 //! KMS requests and responses are the [`crate::kms`] types, serialized by
 //! serde with their KMS field names (`KeyId`, `Recipient`, ...); blobs are
@@ -47,6 +59,12 @@
 //!    each with exactly one `Response` carrying the same id, in any order.
 //! 3. Either side may send `Goodbye` (no new requests; those in flight are
 //!    still answered) or `Error` (fatal: the sender closes the connection).
+//! 4. Version 2: the enclave may send `GetCredentials{id}`, answered by
+//!    `Credentials{id, result}`. On a new connection, `OpenTunnel{host,
+//!    port}` as the first message after `HelloAck` asks the proxy to relay
+//!    raw bytes to `host:port` (if its allowlist has that target); the proxy
+//!    answers `TunnelOpened` and from then on the connection is no longer
+//!    framed, or `Error` and closes.
 //!
 //! Plaintext key material never crosses this wire: encoding or decoding a
 //! response that carries `Plaintext`/`PrivateKeyPlaintext` fails with
@@ -57,6 +75,7 @@ mod cbor;
 mod errors;
 mod frame;
 mod message;
+mod v2;
 
 use core::fmt;
 
@@ -68,9 +87,15 @@ pub use frame::{
     encode_into,
 };
 pub use message::{Message, MessageKind};
+pub use v2::{
+    AwsCredentialsWire, MAX_ACCESS_KEY_ID_LEN, MAX_HOST_LEN, MAX_LABEL_LEN,
+    MAX_SECRET_ACCESS_KEY_LEN, MAX_SESSION_TOKEN_LEN, MIN_ACCESS_KEY_ID_LEN, check_tunnel_host,
+    check_tunnel_port,
+};
 
 /// The protocol version this build speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 adds credentials and tunnels (kinds 7 to 10).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
@@ -196,6 +221,24 @@ pub enum ProtocolError {
         /// What arrived.
         got: MessageKind,
     },
+    /// A message of a later protocol version than the connection
+    /// negotiated (e.g. `OpenTunnel` on a version 1 connection).
+    #[error("{kind} is not a message of protocol version {version}")]
+    NotInVersion {
+        /// The message's type.
+        kind: MessageKind,
+        /// The negotiated version.
+        version: u16,
+    },
+    /// A field violates its limit (a tunnel host that is not a DNS name or
+    /// IP literal, an oversized credential). Never quotes the value.
+    #[error("invalid {field}: {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A `Response` names a request id that is not in flight.
     #[error("response for unknown request id {id}")]
     UnknownRequestId {
@@ -274,7 +317,7 @@ mod tests {
 
     #[test]
     fn negotiation_without_overlap_fails() {
-        let offered = VersionRange::new(2, 3);
+        let offered = VersionRange::new(3, 4);
         assert_eq!(
             negotiate(offered),
             Err(ProtocolError::UnsupportedVersion {
@@ -286,7 +329,7 @@ mod tests {
         assert!(negotiate(VersionRange::new(1, 0)).is_err());
         assert!(negotiate(VersionRange::new(0, 0)).is_err());
         let msg = negotiate(offered).unwrap_err().to_string();
-        assert!(msg.contains("2..=3") && msg.contains("1..=1"), "{msg}");
+        assert!(msg.contains("3..=4") && msg.contains("1..=2"), "{msg}");
     }
 
     #[test]

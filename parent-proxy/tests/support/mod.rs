@@ -43,7 +43,9 @@ impl Client {
         let mut c = Client::connect(addr).await;
         c.send(&Message::hello("test-client/1")).await;
         match c.recv().await {
-            Some(Message::HelloAck { version, .. }) => assert_eq!(version, 1),
+            Some(Message::HelloAck { version, .. }) => {
+                assert_eq!(version, keybroker_common::protocol::PROTOCOL_VERSION)
+            }
             other => panic!("expected HelloAck, got {other:?}"),
         }
         c
