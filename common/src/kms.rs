@@ -702,6 +702,20 @@ impl KmsRequest {
         }
     }
 
+    /// The `KeyId` field of the request, for the operations that have one
+    /// (`None` for `GenerateRandom`), to rewrite it (key pinning).
+    pub fn key_id_mut(&mut self) -> Option<&mut Option<String>> {
+        match self {
+            Self::GenerateDataKey(r) => Some(&mut r.key_id),
+            Self::GenerateDataKeyWithoutPlaintext(r) => Some(&mut r.key_id),
+            Self::Decrypt(r) => Some(&mut r.key_id),
+            Self::GenerateDataKeyPair(r) => Some(&mut r.key_id),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => Some(&mut r.key_id),
+            Self::GenerateRandom(_) => None,
+            Self::DescribeKey(r) => Some(&mut r.key_id),
+        }
+    }
+
     /// The key named by the request, if any (`KeyId`).
     pub fn key_id(&self) -> Option<&str> {
         match self {
@@ -730,6 +744,42 @@ pub enum KmsResponse {
 }
 
 impl KmsResponse {
+    /// Parses the AWS JSON 1.1 body of a successful KMS answer to `op`, as
+    /// the AWS SDKs read it (unknown fields ignored).
+    ///
+    /// # Errors
+    /// The `serde_json` error for malformed JSON or a field of the wrong type.
+    pub fn from_json(op: Operation, body: &[u8]) -> Result<Self, serde_json::Error> {
+        use serde_json::from_slice;
+        Ok(match op {
+            Operation::GenerateDataKey => Self::GenerateDataKey(from_slice(body)?),
+            Operation::GenerateDataKeyWithoutPlaintext => {
+                Self::GenerateDataKeyWithoutPlaintext(from_slice(body)?)
+            }
+            Operation::Decrypt => Self::Decrypt(from_slice(body)?),
+            Operation::GenerateDataKeyPair => Self::GenerateDataKeyPair(from_slice(body)?),
+            Operation::GenerateDataKeyPairWithoutPlaintext => {
+                Self::GenerateDataKeyPairWithoutPlaintext(from_slice(body)?)
+            }
+            Operation::GenerateRandom => Self::GenerateRandom(from_slice(body)?),
+            Operation::DescribeKey => Self::DescribeKey(from_slice(body)?),
+        })
+    }
+
+    /// The `KeyId` the response names (`KeyMetadata.Arn` for `DescribeKey`;
+    /// `None` for `GenerateRandom`, which names no key).
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Self::GenerateDataKey(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyWithoutPlaintext(r) => r.key_id.as_deref(),
+            Self::Decrypt(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyPair(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => r.key_id.as_deref(),
+            Self::GenerateRandom(_) => None,
+            Self::DescribeKey(r) => r.key_metadata.as_ref().and_then(|m| m.arn.as_deref()),
+        }
+    }
+
     /// The operation this response answers.
     pub fn operation(&self) -> Operation {
         match self {

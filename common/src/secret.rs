@@ -70,6 +70,41 @@ impl<'de> serde::Deserialize<'de> for SecretBytes {
     }
 }
 
+/// A secret string (an AWS secret access key, a session token): zeroized on
+/// drop, redacted in `Debug`, no `Display`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretString(Zeroizing<String>);
+
+impl SecretString {
+    /// Takes ownership of `s`; it is zeroized when this value drops.
+    pub fn new(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+
+    /// Borrows the secret. Keep the borrow short and never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(s: String) -> Self {
+        Self::new(s)
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString([REDACTED])")
+    }
+}
+
+impl Zeroize for SecretString {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +116,8 @@ mod tests {
         assert!(!shown.contains("secret key"), "{shown}");
         assert!(shown.contains("REDACTED"));
         assert!(shown.contains("25 bytes"));
+        let s = SecretString::new("wJalrXUtnFEMI".into());
+        assert_eq!(format!("{s:?}"), "SecretString([REDACTED])");
+        assert_eq!(s.expose(), "wJalrXUtnFEMI");
     }
 }
