@@ -674,6 +674,24 @@ impl KmsRequest {
         })
     }
 
+    /// The AWS JSON 1.1 body of this request, as KMS reads it (the inverse
+    /// of [`KmsRequest::from_json`]).
+    ///
+    /// # Errors
+    /// The `serde_json` error (these types always serialize).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        use serde_json::to_vec;
+        match self {
+            Self::GenerateDataKey(r) => to_vec(r),
+            Self::GenerateDataKeyWithoutPlaintext(r) => to_vec(r),
+            Self::Decrypt(r) => to_vec(r),
+            Self::GenerateDataKeyPair(r) => to_vec(r),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => to_vec(r),
+            Self::GenerateRandom(r) => to_vec(r),
+            Self::DescribeKey(r) => to_vec(r),
+        }
+    }
+
     /// The operation this request is for.
     pub fn operation(&self) -> Operation {
         match self {
@@ -961,7 +979,9 @@ mod tests {
         assert_eq!(r.operation(), Operation::GenerateDataKey);
         assert_eq!(r.key_id(), Some("alias/a"));
         let r = KmsRequest::from_json(Operation::GenerateRandom, br#"{"NumberOfBytes":8}"#);
-        assert_eq!(r.unwrap().operation(), Operation::GenerateRandom);
+        let r = r.unwrap();
+        assert_eq!(r.operation(), Operation::GenerateRandom);
+        assert_eq!(r.to_json().unwrap(), br#"{"NumberOfBytes":8}"#);
         // Malformed JSON or a field of the wrong type is an error.
         assert!(KmsRequest::from_json(Operation::GenerateDataKey, br#"{"KeyId": 7}"#).is_err());
         assert!(KmsRequest::from_json(Operation::GenerateDataKey, b"[").is_err());
