@@ -80,7 +80,7 @@ pub(crate) struct CredentialCache {
 /// Credentials fetched less than this long ago are used even if they expire
 /// within the margin (a parent that hands out short-lived credentials is not
 /// asked again on every request).
-const MIN_REFETCH: Duration = Duration::from_secs(5);
+const MIN_REFETCH: Duration = Duration::from_secs(1);
 
 impl CredentialCache {
     pub(crate) fn new(margin: Duration) -> Self {
