@@ -674,6 +674,24 @@ impl KmsRequest {
         })
     }
 
+    /// The AWS JSON 1.1 body of this request, as KMS reads it (the inverse
+    /// of [`KmsRequest::from_json`]).
+    ///
+    /// # Errors
+    /// The `serde_json` error (these types always serialize).
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        use serde_json::to_vec;
+        match self {
+            Self::GenerateDataKey(r) => to_vec(r),
+            Self::GenerateDataKeyWithoutPlaintext(r) => to_vec(r),
+            Self::Decrypt(r) => to_vec(r),
+            Self::GenerateDataKeyPair(r) => to_vec(r),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => to_vec(r),
+            Self::GenerateRandom(r) => to_vec(r),
+            Self::DescribeKey(r) => to_vec(r),
+        }
+    }
+
     /// The operation this request is for.
     pub fn operation(&self) -> Operation {
         match self {
@@ -699,6 +717,20 @@ impl KmsRequest {
             Self::GenerateDataKeyWithoutPlaintext(_)
             | Self::GenerateDataKeyPairWithoutPlaintext(_)
             | Self::DescribeKey(_) => None,
+        }
+    }
+
+    /// The `KeyId` field of the request, for the operations that have one
+    /// (`None` for `GenerateRandom`), to rewrite it (key pinning).
+    pub fn key_id_mut(&mut self) -> Option<&mut Option<String>> {
+        match self {
+            Self::GenerateDataKey(r) => Some(&mut r.key_id),
+            Self::GenerateDataKeyWithoutPlaintext(r) => Some(&mut r.key_id),
+            Self::Decrypt(r) => Some(&mut r.key_id),
+            Self::GenerateDataKeyPair(r) => Some(&mut r.key_id),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => Some(&mut r.key_id),
+            Self::GenerateRandom(_) => None,
+            Self::DescribeKey(r) => Some(&mut r.key_id),
         }
     }
 
@@ -730,6 +762,42 @@ pub enum KmsResponse {
 }
 
 impl KmsResponse {
+    /// Parses the AWS JSON 1.1 body of a successful KMS answer to `op`, as
+    /// the AWS SDKs read it (unknown fields ignored).
+    ///
+    /// # Errors
+    /// The `serde_json` error for malformed JSON or a field of the wrong type.
+    pub fn from_json(op: Operation, body: &[u8]) -> Result<Self, serde_json::Error> {
+        use serde_json::from_slice;
+        Ok(match op {
+            Operation::GenerateDataKey => Self::GenerateDataKey(from_slice(body)?),
+            Operation::GenerateDataKeyWithoutPlaintext => {
+                Self::GenerateDataKeyWithoutPlaintext(from_slice(body)?)
+            }
+            Operation::Decrypt => Self::Decrypt(from_slice(body)?),
+            Operation::GenerateDataKeyPair => Self::GenerateDataKeyPair(from_slice(body)?),
+            Operation::GenerateDataKeyPairWithoutPlaintext => {
+                Self::GenerateDataKeyPairWithoutPlaintext(from_slice(body)?)
+            }
+            Operation::GenerateRandom => Self::GenerateRandom(from_slice(body)?),
+            Operation::DescribeKey => Self::DescribeKey(from_slice(body)?),
+        })
+    }
+
+    /// The `KeyId` the response names (`KeyMetadata.Arn` for `DescribeKey`;
+    /// `None` for `GenerateRandom`, which names no key).
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Self::GenerateDataKey(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyWithoutPlaintext(r) => r.key_id.as_deref(),
+            Self::Decrypt(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyPair(r) => r.key_id.as_deref(),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => r.key_id.as_deref(),
+            Self::GenerateRandom(_) => None,
+            Self::DescribeKey(r) => r.key_metadata.as_ref().and_then(|m| m.arn.as_deref()),
+        }
+    }
+
     /// The operation this response answers.
     pub fn operation(&self) -> Operation {
         match self {
@@ -911,7 +979,9 @@ mod tests {
         assert_eq!(r.operation(), Operation::GenerateDataKey);
         assert_eq!(r.key_id(), Some("alias/a"));
         let r = KmsRequest::from_json(Operation::GenerateRandom, br#"{"NumberOfBytes":8}"#);
-        assert_eq!(r.unwrap().operation(), Operation::GenerateRandom);
+        let r = r.unwrap();
+        assert_eq!(r.operation(), Operation::GenerateRandom);
+        assert_eq!(r.to_json().unwrap(), br#"{"NumberOfBytes":8}"#);
         // Malformed JSON or a field of the wrong type is an error.
         assert!(KmsRequest::from_json(Operation::GenerateDataKey, br#"{"KeyId": 7}"#).is_err());
         assert!(KmsRequest::from_json(Operation::GenerateDataKey, b"[").is_err());

@@ -14,7 +14,8 @@
 //! - [`kms`]: typed KMS requests and responses (AWS JSON 1.1 shapes).
 //! - [`envelope`]: the envelope-encryption message format (AES-256-GCM
 //!   frames under a KMS data key), sealed and opened frame by frame.
-//! - [`secret`]: zeroizing containers for plaintext key material.
+//! - [`key_allowlist`]: the KMS keys an enclave in end-to-end mode may use.
+//! - [`secret`]: zeroizing containers for plaintext key material and credentials.
 #![forbid(unsafe_code)]
 
 pub mod address;
@@ -22,6 +23,7 @@ pub mod attestation;
 pub mod cms;
 pub mod envelope;
 mod error;
+pub mod key_allowlist;
 pub mod kms;
 pub mod protocol;
 pub mod secret;

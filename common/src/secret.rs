@@ -115,7 +115,7 @@ impl From<String> for SecretString {
 
 impl fmt::Debug for SecretString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretString([REDACTED; {} bytes])", self.0.len())
+        f.write_str("SecretString([REDACTED])")
     }
 }
 
@@ -159,10 +159,7 @@ mod tests {
         let s = SecretString::from_str_copy("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
         let shown = format!("{s:?}");
         assert!(!shown.contains("wJalr"), "{shown}");
-        assert!(
-            shown.contains("REDACTED") && shown.contains("40 bytes"),
-            "{shown}"
-        );
+        assert_eq!(shown, "SecretString([REDACTED])");
         let mut cbor = Vec::new();
         ciborium::into_writer(&s, &mut cbor).unwrap();
         let back: SecretString = ciborium::from_reader(&cbor[..]).unwrap();
@@ -177,5 +174,8 @@ mod tests {
         assert!(!shown.contains("secret key"), "{shown}");
         assert!(shown.contains("REDACTED"));
         assert!(shown.contains("25 bytes"));
+        let s = SecretString::new("wJalrXUtnFEMI".into());
+        assert_eq!(format!("{s:?}"), "SecretString([REDACTED])");
+        assert_eq!(s.expose(), "wJalrXUtnFEMI");
     }
 }

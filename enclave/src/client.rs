@@ -78,6 +78,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::e2e::{E2eConfig, E2eTransport, Mode, ParentLink};
 use crate::keys::{RecipientKeyPair, RecipientKeys};
 use crate::transport::{self, BoxStream};
 
@@ -198,13 +199,18 @@ pub struct DataKeyPair {
 /// Counters of a [`Client`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
-    /// Connections established (handshake completed).
+    /// Connections established (handshake completed): proxy connections in
+    /// broker mode, TLS connections to KMS in e2e mode.
     pub connections: u64,
+    /// E2e mode: TLS handshakes with the KMS endpoint (0 in broker mode).
+    pub tls_handshakes: u64,
+    /// E2e mode: credential fetches from the parent (0 in broker mode).
+    pub credential_fetches: u64,
     /// Request frames handed to a connection (retries included).
     pub requests_sent: u64,
     /// Requests sent again after a lost connection or a `Shutdown` answer.
     pub retries: u64,
-    /// Requests waiting for an answer right now.
+    /// Requests waiting for an answer right now (broker mode).
     pub in_flight: usize,
 }
 
@@ -219,6 +225,7 @@ pub struct Client {
 impl core::fmt::Debug for Client {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Client")
+            .field("mode", &self.mode())
             .field("address", &self.inner.config.address)
             .field("timeout", &self.timeout)
             .field("stats", &self.stats())
@@ -229,10 +236,20 @@ impl core::fmt::Debug for Client {
 struct Inner {
     config: ClientConfig,
     keys: RecipientKeys,
-    state: watch::Receiver<ConnState>,
     next_id: AtomicU64,
     counters: Arc<Counters>,
-    _supervisor: TaskGuard,
+    link: Link,
+}
+
+/// How requests reach KMS.
+enum Link {
+    /// Framed requests to the parent proxy over one supervised connection.
+    Broker {
+        state: watch::Receiver<ConnState>,
+        _supervisor: TaskGuard,
+    },
+    /// HTTPS to KMS through parent tunnels ([`crate::e2e`]).
+    E2e(Arc<E2eTransport>),
 }
 
 #[derive(Default)]
@@ -275,13 +292,104 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 keys,
-                state,
                 next_id: AtomicU64::new(1),
                 counters,
-                _supervisor: TaskGuard(supervisor),
+                link: Link::Broker {
+                    state,
+                    _supervisor: TaskGuard(supervisor),
+                },
             }),
             timeout,
         })
+    }
+
+    /// A client in end-to-end mode ([`crate::e2e`]): HTTPS to the KMS
+    /// endpoint of `e2e` over tunnels and with credentials from `link`, keys
+    /// pinned to `e2e.allowlist`. `config` supplies the deadlines and
+    /// back-off (its `address` is not used by the client itself). Nothing
+    /// is connected until the first call.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] if the TLS configuration cannot be built.
+    pub fn new_e2e(
+        config: ClientConfig,
+        e2e: E2eConfig,
+        link: Arc<dyn ParentLink>,
+        keys: RecipientKeys,
+    ) -> Result<Self, Error> {
+        let transport = E2eTransport::new(e2e, link)?;
+        let timeout = config.request_timeout;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                keys,
+                next_id: AtomicU64::new(1),
+                counters: Arc::new(Counters::default()),
+                link: Link::E2e(Arc::new(transport)),
+            }),
+            timeout,
+        })
+    }
+
+    /// [`Client::new_e2e`], then fetches credentials from the parent within
+    /// [`ClientConfig::connect_timeout`] (so a parent that cannot serve them
+    /// is found at start-up).
+    ///
+    /// # Errors
+    /// As [`Client::new_e2e`]; [`Error::Unavailable`] without credentials.
+    pub async fn connect_e2e(
+        config: ClientConfig,
+        e2e: E2eConfig,
+        link: Arc<dyn ParentLink>,
+        keys: RecipientKeys,
+    ) -> Result<Self, Error> {
+        let wait = config.connect_timeout;
+        let client = Self::new_e2e(config, e2e, link, keys)?;
+        client.wait_connected(wait).await?;
+        Ok(client)
+    }
+
+    /// Which mode this client runs in.
+    pub fn mode(&self) -> Mode {
+        match self.inner.link {
+            Link::Broker { .. } => Mode::Broker,
+            Link::E2e(_) => Mode::E2e,
+        }
+    }
+
+    /// The end-to-end configuration (`None` in broker mode).
+    pub fn e2e_config(&self) -> Option<&E2eConfig> {
+        match &self.inner.link {
+            Link::E2e(t) => Some(t.config()),
+            Link::Broker { .. } => None,
+        }
+    }
+
+    /// E2e mode: KMS's clock minus the local clock as last measured from a
+    /// response `Date`, in milliseconds (0 in broker mode).
+    pub fn clock_skew_ms(&self) -> i64 {
+        match &self.inner.link {
+            Link::E2e(t) => t.clock_skew(),
+            Link::Broker { .. } => 0,
+        }
+    }
+
+    /// Whether a key named by stored data (an envelope header) may be used:
+    /// in e2e mode it must resolve against the key allowlist; broker mode
+    /// has no allowlist.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotAllowed`].
+    pub fn check_key_allowed(&self, key_id: &str) -> Result<(), Error> {
+        match &self.inner.link {
+            Link::E2e(t) => t
+                .config()
+                .allowlist
+                .resolve(key_id)
+                .map(|_| ())
+                .map_err(Into::into),
+            Link::Broker { .. } => Ok(()),
+        }
     }
 
     /// [`Client::new`], then waits up to [`ClientConfig::connect_timeout`] for
@@ -302,6 +410,9 @@ impl Client {
     /// # Errors
     /// [`Error::Unavailable`] with the last connection error.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        if let Link::E2e(t) = &self.inner.link {
+            return t.prefetch_credentials(timeout).await;
+        }
         match tokio::time::timeout(timeout, self.connection()).await {
             Ok(r) => r.map(|_| ()),
             Err(_) => Err(self.unavailable()),
@@ -309,8 +420,14 @@ impl Client {
     }
 
     /// Whether a usable connection exists right now.
+    /// (In e2e mode connections are made per call: always `true`.)
     pub fn is_connected(&self) -> bool {
-        matches!(&*self.inner.state.borrow(), ConnState::Connected(c) if c.is_usable())
+        match &self.inner.link {
+            Link::Broker { state, .. } => {
+                matches!(&*state.borrow(), ConnState::Connected(c) if c.is_usable())
+            }
+            Link::E2e(_) => true,
+        }
     }
 
     /// A handle whose calls use `timeout` as their deadline (sharing this
@@ -335,15 +452,31 @@ impl Client {
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         let c = &self.inner.counters;
-        let in_flight = match &*self.inner.state.borrow() {
-            ConnState::Connected(conn) => conn.in_flight(),
-            ConnState::Connecting { .. } => 0,
-        };
-        ClientStats {
-            connections: c.connections.load(Ordering::Relaxed),
-            requests_sent: c.requests_sent.load(Ordering::Relaxed),
-            retries: c.retries.load(Ordering::Relaxed),
-            in_flight,
+        match &self.inner.link {
+            Link::Broker { state, .. } => {
+                let in_flight = match &*state.borrow() {
+                    ConnState::Connected(conn) => conn.in_flight(),
+                    ConnState::Connecting { .. } => 0,
+                };
+                ClientStats {
+                    connections: c.connections.load(Ordering::Relaxed),
+                    requests_sent: c.requests_sent.load(Ordering::Relaxed),
+                    retries: c.retries.load(Ordering::Relaxed),
+                    in_flight,
+                    ..ClientStats::default()
+                }
+            }
+            Link::E2e(t) => {
+                let handshakes = t.tls_handshakes();
+                ClientStats {
+                    connections: handshakes,
+                    tls_handshakes: handshakes,
+                    credential_fetches: t.counters.credential_fetches.load(Ordering::Relaxed),
+                    requests_sent: t.counters.requests_sent.load(Ordering::Relaxed),
+                    retries: t.counters.retries.load(Ordering::Relaxed),
+                    in_flight: 0,
+                }
+            }
         }
     }
 
@@ -548,7 +681,12 @@ impl Client {
 
     /// The usable connection, waiting for one.
     async fn connection(&self) -> Result<Arc<Conn>, Error> {
-        let mut rx = self.inner.state.clone();
+        let Link::Broker { state, .. } = &self.inner.link else {
+            return Err(Error::InvalidArgument(
+                "internal: no proxy connection in e2e mode".into(),
+            ));
+        };
+        let mut rx = state.clone();
         loop {
             if let ConnState::Connected(c) = &*rx.borrow_and_update()
                 && c.is_usable()
@@ -562,7 +700,12 @@ impl Client {
     }
 
     fn unavailable(&self) -> Error {
-        let reason = match &*self.inner.state.borrow() {
+        let Link::Broker { state, .. } = &self.inner.link else {
+            return Error::Unavailable {
+                reason: "KMS unreachable".into(),
+            };
+        };
+        let reason = match &*state.borrow() {
             ConnState::Connecting {
                 last_error: Some(e),
             } => e.to_string(),
@@ -572,8 +715,23 @@ impl Client {
         Error::Unavailable { reason }
     }
 
-    /// One call: send, await the answer, retry when safe (module docs).
+    /// One call in either mode.
     async fn call(&self, request: KmsRequest, timeout: Duration) -> Result<KmsResponse, Error> {
+        match &self.inner.link {
+            Link::E2e(t) => {
+                let deadline = Instant::now() + timeout;
+                t.call(request, deadline, timeout, &self.inner.config).await
+            }
+            Link::Broker { .. } => self.call_broker(request, timeout).await,
+        }
+    }
+
+    /// One broker call: send, await the answer, retry when safe (module docs).
+    async fn call_broker(
+        &self,
+        request: KmsRequest,
+        timeout: Duration,
+    ) -> Result<KmsResponse, Error> {
         let operation = request.operation();
         let deadline = Instant::now() + timeout;
         let mut request = request;
@@ -675,7 +833,7 @@ impl Client {
 }
 
 /// Operations KMS answers without creating anything, so a duplicate is harmless.
-fn retry_safe(op: Operation) -> bool {
+pub(crate) fn retry_safe(op: Operation) -> bool {
     matches!(
         op,
         Operation::Decrypt | Operation::GenerateRandom | Operation::DescribeKey

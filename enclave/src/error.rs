@@ -12,6 +12,7 @@
 
 use core::time::Duration;
 
+use keybroker_common::key_allowlist::KeyPinError;
 use keybroker_common::kms::{KmsError, Operation};
 use keybroker_common::protocol::{ErrorCode, ProtocolError};
 
@@ -84,6 +85,19 @@ pub enum Error {
     /// The client or the key rotation was shut down.
     #[error("shut down")]
     Shutdown,
+    /// End-to-end mode, key pinning: a request named a key the image's
+    /// allowlist does not admit (refused before anything was sent), or a KMS
+    /// response named one (refused; no plaintext released).
+    #[error(transparent)]
+    KeyNotAllowed(#[from] keybroker_common::key_allowlist::KeyPinError),
+    /// End-to-end mode: the TLS session with the KMS endpoint failed to
+    /// establish: a certificate that does not verify for the endpoint's
+    /// host name, a protocol failure, or trust roots that do not load.
+    #[error("TLS: {reason}")]
+    Tls {
+        /// What failed (rustls's description).
+        reason: String,
+    },
 }
 
 impl Error {
@@ -102,7 +116,9 @@ impl Error {
             Error::Nsm { .. }
             | Error::InvalidResponse { .. }
             | Error::InvalidArgument(_)
-            | Error::Shutdown => false,
+            | Error::Shutdown
+            | Error::KeyNotAllowed(_)
+            | Error::Tls { .. } => false,
         }
     }
 
@@ -139,6 +155,8 @@ impl Error {
     /// - the proxy or the connection being unavailable, lost or slow is
     ///   `DependencyTimeoutException` (503, retried by SDKs);
     /// - a caller mistake is `ValidationException` (400);
+    /// - a request for a key outside the e2e allowlist is
+    ///   `AccessDeniedException` (400), as a key policy's refusal would be;
     /// - anything else (NSM failure, an undecryptable or malformed answer) is
     ///   `KMSInternalException` (500).
     ///
@@ -163,6 +181,12 @@ impl Error {
             | Error::InvalidArgument(_) => KmsError::new("ValidationException", message),
             Error::ConnectionLost { .. } | Error::Unavailable { .. } | Error::Timeout { .. } => {
                 KmsError::new("DependencyTimeoutException", message)
+            }
+            Error::KeyNotAllowed(
+                KeyPinError::RequestKeyNotAllowed(_) | KeyPinError::Unresolvable { .. },
+            ) => KmsError::new("AccessDeniedException", message),
+            Error::KeyNotAllowed(KeyPinError::Invalid { .. }) => {
+                KmsError::new("ValidationException", message)
             }
             _ => KmsError::new("KMSInternalException", message),
         }

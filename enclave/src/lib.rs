@@ -10,9 +10,12 @@
 //! - [`keys`]: [`RecipientKeys`], the ephemeral RSA-2048 key and attestation
 //!   document attached to requests as KMS `Recipient`, rotated in the
 //!   background by age and use count;
-//! - [`client`]: [`Client`], the broker operations over the framed protocol
-//!   of `keybroker_common::protocol`, with concurrent requests on one
-//!   connection, reconnection and deadlines;
+//! - [`client`]: [`Client`], the KMS operations with `Recipient`, in broker
+//!   mode (the framed protocol of `keybroker_common::protocol`, concurrent
+//!   requests on one connection, reconnection, deadlines) or in end-to-end
+//!   mode;
+//! - [`e2e`]: end-to-end mode: HTTPS with SigV4 to KMS over parent tunnels,
+//!   key pinning, clock-skew correction ([`E2eConfig`], [`ParentLink`]);
 //! - [`endpoint`]: [`KmsEndpoint`], a KMS-compatible HTTP endpoint (AWS JSON
 //!   1.1) so unmodified AWS SDKs inside the enclave get attested KMS;
 //! - [`envelope`]: [`Envelope`], envelope encryption (`seal`/`open`,
@@ -47,6 +50,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod e2e;
 pub mod endpoint;
 pub mod envelope;
 mod error;
@@ -59,6 +63,7 @@ pub mod parent;
 pub mod transport;
 
 pub use client::{Client, ClientConfig, ClientStats, DataKey, DataKeyPair, Decrypted};
+pub use e2e::{AwsCredentials, E2eConfig, KmsUrl, Mode, ParentLink, TrustRoots};
 pub use endpoint::KmsEndpoint;
 pub use envelope::{CachingConfig, DataKeyCache, DataKeySource, Envelope};
 pub use error::Error;

@@ -60,7 +60,9 @@
 //! `KeyId`), so a message whose data key belongs to another KMS key fails
 //! with KMS's `IncorrectKeyException` instead of being opened under a key
 //! the caller did not choose (the AWS Encryption SDK's strict mode). The key
-//! id recorded in the header is informational ([`peek_header`]).
+//! id recorded in the header is informational ([`peek_header`]), except that
+//! a source with a key allowlist ([`Client`] in e2e mode) refuses a header
+//! whose key it does not allow ([`DataKeySource::check_key_allowed`]).
 
 mod cache;
 
@@ -107,6 +109,17 @@ pub trait DataKeySource: Send + Sync {
         ciphertext_blob: &[u8],
         context: &EncryptionContext,
     ) -> impl Future<Output = Result<SecretBytes, Error>> + Send;
+
+    /// Whether the key a message header names may be used at all, checked
+    /// before any data key is fetched or taken from the cache. [`Client`] in
+    /// e2e mode checks it against its key allowlist; the default allows any.
+    ///
+    /// # Errors
+    /// [`Error::KeyNotAllowed`] for a key the source refuses.
+    fn check_key_allowed(&self, key_id: &str) -> Result<(), Error> {
+        let _ = key_id;
+        Ok(())
+    }
 }
 
 /// An empty context is sent as no context (KMS treats them alike).
@@ -152,6 +165,10 @@ impl DataKeySource for Client {
         .await
         .map(|d| d.plaintext)
     }
+
+    fn check_key_allowed(&self, key_id: &str) -> Result<(), Error> {
+        Client::check_key_allowed(self, key_id)
+    }
 }
 
 impl<S: DataKeySource + ?Sized> DataKeySource for Arc<S> {
@@ -170,6 +187,10 @@ impl<S: DataKeySource + ?Sized> DataKeySource for Arc<S> {
         context: &EncryptionContext,
     ) -> impl Future<Output = Result<SecretBytes, Error>> + Send {
         (**self).decrypt_data_key(key_id, ciphertext_blob, context)
+    }
+
+    fn check_key_allowed(&self, key_id: &str) -> Result<(), Error> {
+        (**self).check_key_allowed(key_id)
     }
 }
 
@@ -341,6 +362,9 @@ impl<S: DataKeySource> Envelope<S> {
         context: &EncryptionContext,
         context_bytes: &[u8],
     ) -> Result<Arc<Material>, Error> {
+        // E2e mode: a header naming a key outside the allowlist is refused
+        // before anything else (issue 10, "Key pinning").
+        self.source.check_key_allowed(header.key_id())?;
         let blob = header.ciphertext_blob();
         if let Some(m) = self
             .cache
