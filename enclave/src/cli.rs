@@ -46,6 +46,7 @@ use keybroker_common::kms::{
 };
 use serde_json::{Map, Value, json};
 
+use crate::e2e::{KmsSettings, Mode, ParentLink, ProxyLink, TrustRoots};
 use crate::endpoint::{self, KmsEndpoint};
 use crate::nsm::{Nsm, NsmDevice};
 use crate::{Client, ClientConfig, Error, RecipientKeys, RecipientKeysConfig};
@@ -105,7 +106,12 @@ pub struct NsmArgs {
     pub mock_nsm_ca: Option<PathBuf>,
 }
 
-/// How to reach KMS: the parent proxy, and the NSM that attests.
+/// How to reach KMS: the parent proxy, the KMS path (mode), and the NSM
+/// that attests.
+///
+/// The mode, region, endpoint and allowed keys come from the image only (its
+/// command line, or `--config FILE` inside it; see [`crate::e2e::config`]):
+/// deliberately none of them has an environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct BrokerArgs {
     /// Proxy address: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH.
@@ -114,9 +120,64 @@ pub struct BrokerArgs {
     /// Per-request deadline in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// KMS path: `e2e` (TLS to KMS inside the enclave; the parent relays
+    /// encrypted bytes) or `broker` (the parent relays typed requests; trust
+    /// it with integrity). Default: broker, or the --config file's.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// E2e: the AWS region (SigV4, and the endpoint kms.REGION.amazonaws.com).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// E2e: the KMS endpoint https://HOST[:PORT] (FIPS, a VPC endpoint name).
+    #[arg(long, value_name = "URL")]
+    pub kms_endpoint: Option<String>,
+    /// E2e: an allowed KMS key: key ARN, alias ARN or
+    /// arn:aws:kms:REGION:ACCOUNT:* (repeatable; replaces the file's list).
+    #[arg(long = "allow-key", value_name = "ARN")]
+    pub allow_key: Vec<String>,
+    /// TOML file in the image with mode, region, kms-endpoint, allow-key;
+    /// command-line values override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// E2e, development only: also trust this CA (PEM) for the KMS endpoint
+    /// (the mock KMS's). Only in builds with `mock-nsm`.
+    #[cfg(feature = "mock-nsm")]
+    #[arg(long, value_name = "PEM")]
+    pub mock_kms_ca: Option<PathBuf>,
     /// The NSM.
     #[command(flatten)]
     pub nsm: NsmArgs,
+}
+
+impl BrokerArgs {
+    /// The KMS settings: the command line over the `--config` file.
+    ///
+    /// # Errors
+    /// Reading or parsing the file.
+    pub fn kms_settings(&self) -> Result<KmsSettings, Error> {
+        let cli = KmsSettings {
+            mode: self.mode,
+            region: self.region.clone(),
+            kms_endpoint: self.kms_endpoint.clone(),
+            allow_key: self.allow_key.clone(),
+        };
+        match &self.config {
+            Some(path) => Ok(cli.over(KmsSettings::load(path)?)),
+            None => Ok(cli),
+        }
+    }
+
+    /// The CAs trusted for the KMS endpoint: the Amazon roots (plus
+    /// `--mock-kms-ca` in mock builds).
+    fn trust_roots(&self) -> Result<TrustRoots, Error> {
+        #[cfg(feature = "mock-nsm")]
+        if let Some(pem) = &self.mock_kms_ca {
+            let bytes =
+                std::fs::read(pem).map_err(|e| Error::io(format!("read {}", pem.display()), e))?;
+            return TrustRoots::mock_with_dev_ca_pem(&bytes);
+        }
+        TrustRoots::amazon()
+    }
 }
 
 /// Arguments of `serve`.
@@ -525,16 +586,30 @@ async fn connect(args: &BrokerArgs) -> Result<Client, Error> {
     connect_with(args, keys).await
 }
 
-/// The connection for a subcommand, with `keys` already made.
+/// The connection for a subcommand, with `keys` already made: waits up to
+/// the connect timeout for the first connection (broker mode) or the first
+/// credentials (e2e mode).
 async fn connect_with(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
-    Client::connect(client_config(args), keys).await
+    let client = new_client(args, keys)?;
+    client.wait_connected(client.config().connect_timeout).await?;
+    Ok(client)
 }
 
-fn client_config(args: &BrokerArgs) -> ClientConfig {
+/// A client in the mode the image's settings give, connecting in the
+/// background.
+fn new_client(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
     let mut config = ClientConfig::new(args.proxy.clone());
     config.request_timeout = Duration::from_millis(args.timeout_ms);
     config.connect_timeout = config.connect_timeout.min(config.request_timeout);
-    config
+    let settings = args.kms_settings()?;
+    match settings.mode() {
+        Mode::Broker => Client::new(config, keys),
+        Mode::E2e => {
+            let e2e = settings.e2e_config(args.trust_roots()?)?;
+            let link: Arc<dyn ParentLink> = Arc::new(ProxyLink::new(args.proxy.clone()));
+            Client::new_e2e(config, e2e, link, keys)
+        }
+    }
 }
 
 /// `serve`: the KMS endpoint until SIGINT/SIGTERM. Prints one
@@ -566,7 +641,7 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
     };
     let (nsm, _) = open_nsm(args.broker.nsm.mock_nsm_ca.as_ref())?;
     let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default()).await?;
-    let client = Client::new(client_config(&args.broker), keys)?;
+    let client = new_client(&args.broker, keys)?;
     let readiness = tokio::spawn(log_readiness(client.clone()));
     let endpoint = KmsEndpoint::new(client);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -844,3 +844,127 @@ async fn kms_errors_are_relayed_and_retryable_ones_retried() {
     );
     assert_eq!(c.stats().retries, 0, "client errors are not retried");
 }
+
+// ---------------------------------------------------------------- CLI
+
+const BIN: &str = env!("CARGO_BIN_EXE_keybroker-enclave");
+
+fn run(args: &[&str], extra: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .args(extra)
+        // The new settings have no environment variables: these are ignored.
+        .env("KEYBROKER_MODE", "broker")
+        .env("KEYBROKER_REGION", "us-east-1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_mode_flags_and_config_file() {
+    use clap::Parser as _;
+    use keybroker_enclave::cli::{Cli, Command};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kms.toml");
+    std::fs::write(
+        &file,
+        format!("mode = \"e2e\"\nregion = \"eu-west-1\"\nallow-key = [\"{ARN}\"]\n"),
+    )
+    .unwrap();
+    let cli = Cli::try_parse_from([
+        "keybroker-enclave",
+        "generate-data-key",
+        "--key-id",
+        "alias/app",
+        "--config",
+        file.to_str().unwrap(),
+        "--region",
+        "us-east-1",
+        "--kms-endpoint",
+        "https://kms-fips.us-east-1.amazonaws.com",
+        "--mock-kms-ca",
+        "/x/ca.pem",
+    ])
+    .unwrap();
+    let Command::GenerateDataKey(a) = cli.command else {
+        panic!()
+    };
+    let settings = a.broker.kms_settings().unwrap();
+    assert_eq!(
+        settings.mode(),
+        keybroker_enclave::Mode::E2e,
+        "from the file"
+    );
+    assert_eq!(
+        settings.region.as_deref(),
+        Some("us-east-1"),
+        "command line wins"
+    );
+    assert_eq!(settings.allow_key, [ARN]);
+    assert_eq!(
+        a.broker.mock_kms_ca.as_deref(),
+        Some(std::path::Path::new("/x/ca.pem"))
+    );
+
+    // `--allow-key` repeats; the default mode is broker.
+    let cli = Cli::try_parse_from([
+        "keybroker-enclave",
+        "serve",
+        "--allow-key",
+        ARN,
+        "--allow-key",
+        "arn:aws:kms:us-east-1:111122223333:*",
+    ])
+    .unwrap();
+    let Command::Serve(a) = cli.command else {
+        panic!()
+    };
+    assert_eq!(a.broker.allow_key.len(), 2);
+    assert_eq!(
+        a.broker.kms_settings().unwrap().mode(),
+        keybroker_enclave::Mode::Broker
+    );
+    assert!(Cli::try_parse_from(["keybroker-enclave", "serve", "--mode", "tunnel"]).is_err());
+
+    // E2e without a region or allowed keys is a usage error (exit 2), and
+    // environment variables do not supply them.
+    let ca = dir.path().join("nsm");
+    let out = run(
+        &[
+            "generate-data-key",
+            "--key-id",
+            "alias/app",
+            "--mode",
+            "e2e",
+            "--mock-nsm-ca",
+        ],
+        &[ca.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--region"),
+        "{out:?}"
+    );
+    // A complete e2e configuration from the file; the parent link reports
+    // itself unavailable (exit 3) rather than falling back to broker mode.
+    let out = run(
+        &[
+            "generate-data-key",
+            "--key-id",
+            "alias/app",
+            "--timeout-ms",
+            "300",
+            "--config",
+        ],
+        &[
+            file.as_os_str(),
+            std::ffi::OsStr::new("--mock-nsm-ca"),
+            ca.as_os_str(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("e2e"),
+        "{out:?}"
+    );
+}

@@ -33,6 +33,50 @@ pub trait ParentLink: Send + Sync + 'static {
     fn credentials(&self, timeout: Duration) -> BoxFuture<'_, Result<AwsCredentials, Error>>;
 }
 
+/// The [`ParentLink`] of an enclave: the parent proxy at an address
+/// (`OpenTunnel` and `GetCredentials` on new framed connections).
+///
+/// INTEGRATION POINT: the framed-protocol side lives in `crate::parent`
+/// (`open_tunnel`, `fetch_credentials`), which this branch does not have yet;
+/// until it is wired in, both methods fail with [`Error::Unavailable`].
+#[derive(Clone, Debug)]
+pub struct ProxyLink {
+    proxy: keybroker_common::address::Address,
+}
+
+impl ProxyLink {
+    /// The link to the proxy at `proxy`.
+    pub fn new(proxy: keybroker_common::address::Address) -> Self {
+        Self { proxy }
+    }
+
+    fn not_wired(&self) -> Error {
+        Error::Unavailable {
+            reason: format!(
+                "e2e parent link to {} is not available in this build",
+                self.proxy
+            ),
+        }
+    }
+}
+
+impl ParentLink for ProxyLink {
+    fn open_tunnel<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<BoxStream, Error>> {
+        // Integrator: crate::parent::open_tunnel(&self.proxy, host, port, timeout)
+        Box::pin(async move { Err(self.not_wired()) })
+    }
+
+    fn credentials(&self, _timeout: Duration) -> BoxFuture<'_, Result<AwsCredentials, Error>> {
+        // Integrator: crate::parent::fetch_credentials(&self.proxy, timeout)
+        Box::pin(async move { Err(self.not_wired()) })
+    }
+}
+
 #[cfg(feature = "mock-nsm")]
 pub use direct::DirectLink;
 

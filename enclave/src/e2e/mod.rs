@@ -54,6 +54,7 @@
 //!   skew, and the `KeyId` check on every response before anything is
 //!   decrypted.
 
+pub mod config;
 pub mod credentials;
 pub mod http;
 pub mod link;
@@ -72,11 +73,12 @@ use keybroker_common::kms::{KmsError, KmsRequest, KmsResponse, Operation, aws_js
 use keybroker_common::protocol::ProtocolError;
 use tokio::time::Instant;
 
+pub use config::KmsSettings;
 pub use credentials::AwsCredentials;
 pub use http::KmsUrl;
 #[cfg(feature = "mock-nsm")]
 pub use link::DirectLink;
-pub use link::{BoxFuture, ParentLink};
+pub use link::{BoxFuture, ParentLink, ProxyLink};
 pub use tls::TrustRoots;
 
 use crate::Error;
