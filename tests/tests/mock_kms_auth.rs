@@ -381,6 +381,19 @@ async fn the_test_ca_is_reused_across_restarts_and_replaced_when_broken() {
         .unwrap();
     kms.shutdown().await;
 
+    // A bad name is refused, and leaves the CA alone.
+    for bad in ["not a name", "", "kms..example"] {
+        let e = MockKmsTls::load_or_create(dir.path(), &[bad.into()]).unwrap_err();
+        assert!(
+            matches!(e, keybroker_harness::Error::Config(_)),
+            "{bad}: {e}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca.pem")).unwrap(),
+        first.ca_pem()
+    );
+
     // A key that does not match the certificate: a new CA.
     let other = tls_dir();
     MockKmsTls::load_or_create(other.path(), &[]).unwrap();

@@ -134,8 +134,13 @@ impl MockKmsTls {
         let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|n| (*n).to_owned()).collect();
         for n in extra_names {
             let n = n.trim().to_owned();
-            if n.is_empty() {
-                return Err(Error::Config("mock KMS TLS: empty server name".into()));
+            // Checked before the CA is touched: a bad name must not look
+            // like a bad CA (which would be replaced).
+            let bare = n.strip_prefix("*.").unwrap_or(&n);
+            if ServerName::try_from(bare).is_err() {
+                return Err(Error::Config(format!(
+                    "mock KMS TLS: `{n}` is not a DNS name or IP address"
+                )));
             }
             if !names.contains(&n) {
                 names.push(n);
