@@ -591,7 +591,9 @@ async fn connect(args: &BrokerArgs) -> Result<Client, Error> {
 /// credentials (e2e mode).
 async fn connect_with(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
     let client = new_client(args, keys)?;
-    client.wait_connected(client.config().connect_timeout).await?;
+    client
+        .wait_connected(client.config().connect_timeout)
+        .await?;
     Ok(client)
 }
 

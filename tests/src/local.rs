@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use keybroker_common::cms::RecipientPrivateKey;
 use keybroker_common::kms::RecipientInfo;
+use keybroker_enclave::e2e::Mode;
 use keybroker_enclave::mock_nsm::default_pcr0_for;
 use keybroker_enclave::nsm::Nsm as _;
 use keybroker_enclave::{MockCa, MockNsm, MockNsmConfig};
@@ -166,32 +167,64 @@ impl Component {
     }
 }
 
-/// Static credentials for the local stack (the mock KMS accepts any), and no
-/// probing of the EC2 instance metadata service.
+/// The local stack's AWS access key id. In e2e mode the mock KMS verifies
+/// SigV4 against it and [`LOCAL_SECRET_ACCESS_KEY`]; in broker mode it
+/// accepts any.
+pub const LOCAL_ACCESS_KEY_ID: &str = "AKIDLOCALKEYBROKER";
+/// The local stack's secret access key (a development value, not a secret).
+pub const LOCAL_SECRET_ACCESS_KEY: &str = "local-keybroker-secret";
+
+/// The local credentials in the environment of every component (the proxy's
+/// aws-config chain reads them, and in e2e mode hands them to the enclave),
+/// and no probing of the EC2 instance metadata service.
 fn local_credentials() -> [(&'static str, &'static str); 4] {
     [
-        ("AWS_ACCESS_KEY_ID", "AKIDLOCALKEYBROKER"),
-        ("AWS_SECRET_ACCESS_KEY", "local-keybroker-secret"),
+        ("AWS_ACCESS_KEY_ID", LOCAL_ACCESS_KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", LOCAL_SECRET_ACCESS_KEY),
         ("AWS_REGION", REGION),
         ("AWS_EC2_METADATA_DISABLED", "true"),
     ]
 }
 
-/// An `aws-sdk-kms` client for the mock KMS at `endpoint`.
+/// An `aws-sdk-kms` client for the mock KMS at `endpoint` (plain HTTP).
 pub fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
-    let config = aws_sdk_kms::Config::builder()
+    kms_client_trusting(endpoint, None)
+}
+
+/// An `aws-sdk-kms` client for the mock KMS at `endpoint` with the local
+/// credentials; over HTTPS it trusts only `ca_pem` when given (the mock KMS's
+/// test CA).
+pub fn kms_client_trusting(endpoint: &str, ca_pem: Option<&str>) -> aws_sdk_kms::Client {
+    let mut config = aws_sdk_kms::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
         .credentials_provider(Credentials::new(
-            "AKIDLOCALKEYBROKER",
-            "local-keybroker-secret",
+            LOCAL_ACCESS_KEY_ID,
+            LOCAL_SECRET_ACCESS_KEY,
             None,
             None,
             "keybroker-local",
         ))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_kms::Client::from_conf(config)
+        .endpoint_url(endpoint);
+    if let Some(ca) = ca_pem {
+        use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider};
+        match TlsContext::builder()
+            .with_trust_store(TrustStore::empty().with_pem_certificate(ca.as_bytes()))
+            .build()
+        {
+            Ok(context) => {
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(rustls_provider::CryptoMode::AwsLc))
+                    .tls_context(context)
+                    .build_https();
+                config = config.http_client(http);
+            }
+            // The client then trusts no test CA and every call fails the
+            // handshake, which names the cause.
+            Err(e) => tracing::error!(error = %e, "cannot trust the mock KMS's CA"),
+        }
+    }
+    aws_sdk_kms::Client::from_conf(config.build())
 }
 
 /// The key policy of the local stack: exactly what `keybroker-proxy policy`
@@ -227,6 +260,13 @@ pub fn enclave_key_policy(account: &str, pcr0_hex: &str) -> serde_json::Value {
 /// The local stack: mock KMS and parent proxy running, a key ready.
 #[derive(Debug)]
 pub struct Stack {
+    /// How the enclave reaches KMS.
+    pub mode: Mode,
+    /// e2e mode: the mock KMS's test CA (PEM file), which the enclave trusts.
+    pub kms_ca: Option<PathBuf>,
+    /// e2e mode: the KMS endpoint as the enclave names it
+    /// (`https://localhost:PORT`, reached through a proxy tunnel).
+    pub enclave_kms_endpoint: Option<String>,
     /// Scratch directory (CA, logs, sample file); removed on drop.
     pub work: WorkDir,
     /// The mock NSM's development CA directory (`root.pem` inside).
@@ -247,8 +287,9 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Brings up the mock KMS and the parent proxy and creates the key.
-    pub async fn start() -> Result<Self, Error> {
+    /// Brings up the mock KMS and the parent proxy for `mode` and creates
+    /// the key.
+    pub async fn start(mode: Mode) -> Result<Self, Error> {
         let started = Instant::now();
         let mut steps = Vec::new();
         let mut step = |what: &str, detail: String| steps.push(step_line(started, what, detail));
@@ -273,21 +314,56 @@ impl Stack {
         );
 
         let root = attestation_root.display().to_string();
-        let mock_kms = Component::start(
-            "mock-kms",
-            &[
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--attestation-root".into(),
-                root.clone(),
-            ],
-            "listening on ",
-            work.path(),
-        )
-        .await?;
-        step("mock KMS", mock_kms.address.clone());
+        let mut kms_args = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--attestation-root".into(),
+            root.clone(),
+        ];
+        let kms_tls_dir = work.path().join("mock-kms-tls");
+        if mode == Mode::E2e {
+            kms_args.extend([
+                "--tls-dir".into(),
+                kms_tls_dir.display().to_string(),
+                "--access-key-id".into(),
+                LOCAL_ACCESS_KEY_ID.into(),
+                "--secret-access-key".into(),
+                LOCAL_SECRET_ACCESS_KEY.into(),
+            ]);
+        }
+        let mock_kms =
+            Component::start("mock-kms", &kms_args, "listening on ", work.path()).await?;
+        let (kms_ca, kms_ca_pem, enclave_kms_endpoint) = match mode {
+            Mode::Broker => (None, None, None),
+            Mode::E2e => {
+                let ca = kms_tls_dir.join("ca.pem");
+                let pem = std::fs::read_to_string(&ca)
+                    .map_err(|e| Error::Io(format!("read {}: {e}", ca.display())))?;
+                let port = mock_kms
+                    .address
+                    .rsplit_once(':')
+                    .map(|(_, p)| p.to_owned())
+                    .ok_or_else(|| Error::Io(format!("mock KMS address {}", mock_kms.address)))?;
+                (
+                    Some(ca),
+                    Some(pem),
+                    Some(format!("https://localhost:{port}")),
+                )
+            }
+        };
+        step(
+            "mock KMS",
+            match &kms_ca {
+                Some(ca) => format!(
+                    "{} (HTTPS, test CA {}, SigV4 verified)",
+                    mock_kms.address,
+                    ca.display()
+                ),
+                None => mock_kms.address.clone(),
+            },
+        );
 
-        let kms = kms_client(&mock_kms.address);
+        let kms = kms_client_trusting(&mock_kms.address, kms_ca_pem.as_deref());
         let policy = enclave_key_policy(crate::mock_kms::DEFAULT_ACCOUNT_ID, &pcr0_hex);
         let created = kms
             .create_key()
@@ -312,30 +388,43 @@ impl Stack {
             format!("{DEMO_KEY_ALIAS} -> {key_arn}; policy requires PCR0"),
         );
 
-        let proxy = Component::start(
-            "proxy",
-            &[
-                "serve".into(),
-                "--listen".into(),
-                "tcp://127.0.0.1:0".into(),
-                "--kms-endpoint".into(),
-                mock_kms.address.clone(),
-                "--region".into(),
-                REGION.into(),
-                "--attestation-root".into(),
-                root,
-                "--pcr".into(),
-                format!("0={pcr0_hex}"),
-            ],
-            "listening: ",
-            work.path(),
-        )
-        .await?;
+        let mut proxy_args = vec![
+            "serve".into(),
+            "--listen".into(),
+            "tcp://127.0.0.1:0".into(),
+            "--kms-endpoint".into(),
+            mock_kms.address.clone(),
+            "--region".into(),
+            REGION.into(),
+            "--attestation-root".into(),
+            root,
+            "--pcr".into(),
+            format!("0={pcr0_hex}"),
+        ];
+        if let Some(endpoint) = &enclave_kms_endpoint {
+            // The one tunnel target: the mock KMS, by the name the enclave
+            // verifies in its certificate.
+            proxy_args.extend([
+                "--tunnel".into(),
+                endpoint.trim_start_matches("https://").to_owned(),
+            ]);
+        }
+        let proxy = Component::start("proxy", &proxy_args, "listening: ", work.path()).await?;
         step(
             "parent proxy",
-            format!("{} (requires Recipient, checks PCR0)", proxy.address),
+            match mode {
+                Mode::Broker => format!("{} (requires Recipient, checks PCR0)", proxy.address),
+                Mode::E2e => format!(
+                    "{} (tunnel to {}, hands over credentials; sees only TLS)",
+                    proxy.address,
+                    enclave_kms_endpoint.as_deref().unwrap_or_default()
+                ),
+            },
         );
         Ok(Self {
+            mode,
+            kms_ca,
+            enclave_kms_endpoint,
             work,
             ca_dir,
             attestation_root,
@@ -352,6 +441,44 @@ impl Stack {
         self.steps.push(step_line(self.started, what, detail));
     }
 
+    /// The enclave's arguments that say how it reaches KMS in this stack's
+    /// mode, and its mock NSM: what the image's command line would carry.
+    pub fn enclave_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--mode".to_owned(),
+            match self.mode {
+                Mode::Broker => "broker",
+                Mode::E2e => "e2e",
+            }
+            .to_owned(),
+            "--proxy".to_owned(),
+            self.proxy.address.clone(),
+        ];
+        if let (Some(endpoint), Some(ca)) = (&self.enclave_kms_endpoint, &self.kms_ca) {
+            let alias_arn = format!(
+                "arn:aws:kms:{REGION}:{}:{DEMO_KEY_ALIAS}",
+                crate::mock_kms::DEFAULT_ACCOUNT_ID
+            );
+            args.extend([
+                "--region".to_owned(),
+                REGION.to_owned(),
+                "--kms-endpoint".to_owned(),
+                endpoint.clone(),
+                // The alias ARN pins the account and region; being the one
+                // entry, it is also the KeyId of a Decrypt that names none.
+                "--allow-key".to_owned(),
+                alias_arn,
+                "--mock-kms-ca".to_owned(),
+                ca.display().to_string(),
+            ]);
+        }
+        args.extend([
+            "--mock-nsm-ca".to_owned(),
+            self.ca_dir.display().to_string(),
+        ]);
+        args
+    }
+
     /// Starts the enclave's KMS-compatible endpoint (`keybroker-enclave
     /// serve` with the mock NSM) on a free loopback port; its address is the
     /// endpoint URL (`http://127.0.0.1:PORT`).
@@ -359,21 +486,25 @@ impl Stack {
     /// # Errors
     /// [`Error::Io`] if it does not come up.
     pub async fn start_enclave_endpoint(&self) -> Result<Component, Error> {
-        Component::start(
-            "enclave",
-            &[
-                "serve".into(),
-                "--proxy".into(),
-                self.proxy.address.clone(),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--mock-nsm-ca".into(),
-                self.ca_dir.display().to_string(),
-            ],
-            "listening: ",
-            self.work.path(),
-        )
-        .await
+        let mut args = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        args.extend(self.enclave_args());
+        Component::start("enclave", &args, "listening: ", self.work.path()).await
+    }
+
+    /// An `aws-sdk-kms` client of the mock KMS, as the key's administrator
+    /// (outside the enclave; over HTTPS trusting the test CA in e2e mode).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the test CA cannot be read.
+    pub fn admin_kms_client(&self) -> Result<aws_sdk_kms::Client, Error> {
+        let pem = match &self.kms_ca {
+            Some(ca) => Some(
+                std::fs::read_to_string(ca)
+                    .map_err(|e| Error::Io(format!("read {}: {e}", ca.display())))?,
+            ),
+            None => None,
+        };
+        Ok(kms_client_trusting(&self.mock_kms.address, pem.as_deref()))
     }
 
     /// Stops the proxy (draining) and the mock KMS.
@@ -392,8 +523,8 @@ fn step_line(started: Instant, what: &str, detail: String) -> String {
 }
 
 /// `keybroker-local demo`.
-pub async fn demo() -> Result<(), Error> {
-    let mut stack = Stack::start().await?;
+pub async fn demo(mode: Mode) -> Result<(), Error> {
+    let mut stack = Stack::start(mode).await?;
 
     // The enclave, as its own process: data key with Recipient, encrypt and
     // decrypt a sample file.
@@ -414,7 +545,7 @@ pub async fn demo() -> Result<(), Error> {
     endpoint.stop(Duration::from_secs(5)).await;
 
     // The same call without a valid attestation is denied.
-    let kms = kms_client(&stack.mock_kms.address);
+    let kms = stack.admin_kms_client()?;
     let no_recipient = kms
         .generate_data_key()
         .key_id(DEMO_KEY_ALIAS)
@@ -446,10 +577,18 @@ pub async fn demo() -> Result<(), Error> {
 }
 
 /// `keybroker-local up`: the stack until Ctrl-C or SIGTERM.
-pub async fn up() -> Result<(), Error> {
-    let stack = Stack::start().await?;
+pub async fn up(mode: Mode) -> Result<(), Error> {
+    let stack = Stack::start(mode).await?;
     let endpoint = stack.start_enclave_endpoint().await?;
+    println!(
+        "mode: {}",
+        stack.enclave_args().get(1).map_or("", String::as_str)
+    );
     println!("mock-kms: {}", stack.mock_kms.address);
+    if let Some(ca) = &stack.kms_ca {
+        println!("mock-kms-ca: {}", ca.display());
+        println!("mock-kms-credentials: {LOCAL_ACCESS_KEY_ID} {LOCAL_SECRET_ACCESS_KEY}");
+    }
     println!("proxy: {}", stack.proxy.address);
     println!("enclave-kms: {}", endpoint.address);
     println!("attestation-root: {}", stack.attestation_root.display());
@@ -457,12 +596,11 @@ pub async fn up() -> Result<(), Error> {
     println!("key: {DEMO_KEY_ALIAS}");
     println!("pcr0: {}", stack.pcr0_hex);
     println!(
-        "enclave: {} component enclave demo --proxy {} --key {DEMO_KEY_ALIAS} --mock-nsm-ca {} --input FILE",
+        "enclave: {} component enclave demo {} --key {DEMO_KEY_ALIAS} --input FILE",
         std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "keybroker-local".into()),
-        stack.proxy.address,
-        stack.ca_dir.display()
+        stack.enclave_args().join(" ")
     );
     println!("ready (Ctrl-C stops everything)");
     wait_for_stop_signal().await?;
@@ -526,12 +664,10 @@ async fn run_enclave_demo(stack: &Stack, sample: &Path) -> Result<serde_json::Va
     let log_file = std::fs::File::create(&log)
         .map_err(|e| Error::Io(format!("create {}: {e}", log.display())))?;
     let child = Command::new(exe)
-        .args(["component", "enclave", "demo", "--proxy"])
-        .arg(&stack.proxy.address)
+        .args(["component", "enclave", "demo"])
+        .args(stack.enclave_args())
         .args(["--key", DEMO_KEY_ALIAS, "--input"])
         .arg(sample)
-        .arg("--mock-nsm-ca")
-        .arg(&stack.ca_dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file)

@@ -34,11 +34,8 @@ pub trait ParentLink: Send + Sync + 'static {
 }
 
 /// The [`ParentLink`] of an enclave: the parent proxy at an address
-/// (`OpenTunnel` and `GetCredentials` on new framed connections).
-///
-/// INTEGRATION POINT: the framed-protocol side lives in `crate::parent`
-/// (`open_tunnel`, `fetch_credentials`), which this branch does not have yet;
-/// until it is wired in, both methods fail with [`Error::Unavailable`].
+/// (`OpenTunnel` and `GetCredentials`, each on a new framed connection:
+/// [`crate::parent`]).
 #[derive(Clone, Debug)]
 pub struct ProxyLink {
     proxy: keybroker_common::address::Address,
@@ -49,31 +46,20 @@ impl ProxyLink {
     pub fn new(proxy: keybroker_common::address::Address) -> Self {
         Self { proxy }
     }
-
-    fn not_wired(&self) -> Error {
-        Error::Unavailable {
-            reason: format!(
-                "e2e parent link to {} is not available in this build",
-                self.proxy
-            ),
-        }
-    }
 }
 
 impl ParentLink for ProxyLink {
     fn open_tunnel<'a>(
         &'a self,
-        _host: &'a str,
-        _port: u16,
-        _timeout: Duration,
+        host: &'a str,
+        port: u16,
+        timeout: Duration,
     ) -> BoxFuture<'a, Result<BoxStream, Error>> {
-        // Integrator: crate::parent::open_tunnel(&self.proxy, host, port, timeout)
-        Box::pin(async move { Err(self.not_wired()) })
+        Box::pin(crate::parent::open_tunnel(&self.proxy, host, port, timeout))
     }
 
-    fn credentials(&self, _timeout: Duration) -> BoxFuture<'_, Result<AwsCredentials, Error>> {
-        // Integrator: crate::parent::fetch_credentials(&self.proxy, timeout)
-        Box::pin(async move { Err(self.not_wired()) })
+    fn credentials(&self, timeout: Duration) -> BoxFuture<'_, Result<AwsCredentials, Error>> {
+        Box::pin(crate::parent::fetch_credentials(&self.proxy, timeout))
     }
 }
 

@@ -7,6 +7,7 @@ use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keybroker_enclave::e2e::Mode;
 
 /// The whole Keybroker stack on one machine, for development.
 #[derive(Debug, Parser)]
@@ -21,10 +22,10 @@ enum Cmd {
     /// Start the stack, get a data key into the mock enclave, encrypt and
     /// decrypt a file there, show that calls without a valid attestation are
     /// denied, print timings, stop.
-    Demo,
+    Demo(ModeArg),
     /// Start the stack and keep it running until Ctrl-C or SIGTERM; prints
     /// one `NAME: VALUE` line per endpoint when ready.
-    Up,
+    Up(ModeArg),
     /// Internal: run one component in this process (how the launcher starts
     /// each process).
     #[command(hide = true)]
@@ -34,18 +35,27 @@ enum Cmd {
     },
 }
 
+/// How the enclave reaches KMS.
+#[derive(Debug, clap::Args)]
+struct ModeArg {
+    /// e2e: the enclave speaks TLS to the mock KMS (HTTPS, SigV4 verified)
+    /// through a proxy tunnel; broker: the proxy relays typed requests.
+    #[arg(long, value_enum, default_value_t = Mode::E2e)]
+    mode: Mode,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let demo = match cli.command {
+    let (demo, mode) = match cli.command {
         Cmd::Component { args } => return keybroker_harness::local::run_component(args),
-        Cmd::Demo => true,
-        Cmd::Up => false,
+        Cmd::Demo(m) => (true, m.mode),
+        Cmd::Up(m) => (false, m.mode),
     };
-    keybroker_harness::run_main("keybroker-local", "warn", async {
+    keybroker_harness::run_main("keybroker-local", "warn", async move {
         if demo {
-            keybroker_harness::local::demo().await
+            keybroker_harness::local::demo(mode).await
         } else {
-            keybroker_harness::local::up().await
+            keybroker_harness::local::up(mode).await
         }
     })
 }
