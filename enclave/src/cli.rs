@@ -128,7 +128,7 @@ pub struct BrokerArgs {
     /// E2e: the AWS region (SigV4, and the endpoint kms.REGION.amazonaws.com).
     #[arg(long)]
     pub region: Option<String>,
-    /// E2e: the KMS endpoint https://HOST[:PORT] (FIPS, a VPC endpoint name).
+    /// E2e: the KMS endpoint `https://HOST[:PORT]` (FIPS, a VPC endpoint name).
     #[arg(long, value_name = "URL")]
     pub kms_endpoint: Option<String>,
     /// E2e: an allowed KMS key: key ARN, alias ARN or

@@ -1,5 +1,15 @@
-//! The broker client: KMS operations through the parent proxy, with
-//! plaintext only inside the enclave.
+//! The client: KMS operations with plaintext only inside the enclave, in
+//! either mode behind one API.
+//!
+//! - **Broker mode** ([`Client::new`], [`Client::connect`]): typed requests
+//!   over the framed protocol to the parent proxy, which calls KMS (the
+//!   sections below describe this transport).
+//! - **End-to-end mode** ([`Client::new_e2e`], [`Client::connect_e2e`]):
+//!   HTTPS with SigV4 from the enclave to KMS through parent tunnels, with
+//!   key pinning; see [`crate::e2e`] for its connections, retries and checks.
+//!
+//! `Recipient` attachment, `CiphertextForRecipient` decryption and the
+//! refusal of plaintext on the wire are the same in both.
 //!
 //! # What a call does
 //!
