@@ -181,6 +181,20 @@ fi
 [[ "${mock_out}" == *"no mock NSM"* ]] \
     || fail "'mock-nsm pcr0' failed, but not with the no-mock-NSM error: ${mock_out}"
 
+# No development CA for the KMS endpoint either (e2e mode): the production
+# binary has no way to trust one. The flag does not exist there, and neither
+# does the code that would add the CA.
+if dev_ca_out="$("${img_bin}" generate-random --number-of-bytes 8 --mode e2e \
+    --region us-east-1 --allow-key 'arn:aws:kms:us-east-1:111122223333:*' \
+    --mock-kms-ca /dev/null 2>&1)"; then
+    fail "the production binary accepted --mock-kms-ca"
+fi
+[[ "${dev_ca_out}" == *"unexpected argument '--mock-kms-ca'"* ]] \
+    || fail "--mock-kms-ca failed, but not as an unknown flag: ${dev_ca_out}"
+if grep -E 'mock_with_dev_ca|DirectLink' "${work}/symbols" | head -5 >&2; then
+    fail "the production binary has the development-CA or direct-link code (symbols above)"
+fi
+
 # --- the image as a container ------------------------------------------------
 # Lower limits than the host's: the sandbox may not raise rlimits (no
 # CAP_SYS_RESOURCE), and podman's defaults are higher than the host's.

@@ -421,8 +421,9 @@ pub struct DemoArgs {
     /// Proxy and NSM.
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// KMS key id, ARN or alias (alias/NAME).
-    #[arg(long)]
+    /// KMS key id, ARN or alias (alias/NAME); `--key-id` as in the other
+    /// subcommands.
+    #[arg(long, visible_alias = "key-id")]
     pub key: String,
     /// File to encrypt and decrypt.
     #[arg(long)]

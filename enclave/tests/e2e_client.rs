@@ -963,8 +963,10 @@ fn cli_mode_flags_and_config_file() {
         ],
     );
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+    // The e2e path: it asked the parent for credentials (broker mode would
+    // have connected for typed requests instead).
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("e2e"),
+        String::from_utf8_lossy(&out.stderr).contains("credentials from the parent"),
         "{out:?}"
     );
 }

@@ -596,7 +596,7 @@ pub async fn up(mode: Mode) -> Result<(), Error> {
     println!("key: {DEMO_KEY_ALIAS}");
     println!("pcr0: {}", stack.pcr0_hex);
     println!(
-        "enclave: {} component enclave demo {} --key {DEMO_KEY_ALIAS} --input FILE",
+        "enclave: {} component enclave demo {} --key-id {DEMO_KEY_ALIAS} --input FILE",
         std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "keybroker-local".into()),

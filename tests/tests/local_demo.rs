@@ -6,9 +6,27 @@
 use std::process::Command;
 
 #[test]
-fn local_demo_runs_the_whole_stack_and_exits_zero() {
+fn local_demo_runs_the_whole_stack_and_exits_zero_in_e2e_mode_by_default() {
+    let stdout = demo(&[]);
+    assert!(stdout.contains("(HTTPS, test CA "), "{stdout}");
+    assert!(stdout.contains("sees only TLS"), "{stdout}");
+}
+
+#[test]
+fn local_demo_runs_in_broker_mode_too() {
+    let stdout = demo(&["--mode", "broker"]);
+    assert!(
+        stdout.contains("(requires Recipient, checks PCR0)"),
+        "{stdout}"
+    );
+}
+
+/// Runs `keybroker-local demo ARGS`, checks what every mode must show, and
+/// returns its output.
+fn demo(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_keybroker-local"))
         .arg("demo")
+        .args(args)
         .output()
         .expect("run keybroker-local demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,6 +51,7 @@ fn local_demo_runs_the_whole_stack_and_exits_zero() {
         "aws-sdk-kms through the enclave endpoint: {stdout}"
     );
     assert!(stdout.contains("demo passed"), "{stdout}");
+    stdout.into_owned()
 }
 
 #[test]
@@ -55,15 +74,35 @@ fn local_up_prints_endpoints_and_stops_on_sigterm() {
         }
     }
     let text = lines.join("\n");
+    // e2e mode by default: the mock KMS over HTTPS under its test CA, with
+    // the credentials it verifies SigV4 against.
     for prefix in [
-        "mock-kms: http://127.0.0.1:",
+        "mode: e2e",
+        "mock-kms: https://127.0.0.1:",
+        "mock-kms-ca: /",
+        "mock-kms-credentials: AKIDLOCALKEYBROKER ",
         "proxy: tcp://127.0.0.1:",
         "attestation-root: /",
         "key: alias/keybroker-demo",
         "enclave-kms: http://127.0.0.1:",
+        "enclave: /",
     ] {
         assert!(text.contains(prefix), "missing {prefix:?} in:\n{text}");
     }
+    // The `enclave:` line runs the enclave CLI against the stack in its
+    // mode; with another subcommand in place of `demo` it gets a data key.
+    let enclave = text
+        .lines()
+        .find_map(|l| l.strip_prefix("enclave: "))
+        .unwrap()
+        .replace(" demo ", " generate-data-key ")
+        .replace(" --input FILE", "");
+    assert!(enclave.contains("--mode e2e"), "{enclave}");
+    let argv: Vec<&str> = enclave.split_whitespace().collect();
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success(), "{enclave}: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(base64_len(v["Plaintext"].as_str().unwrap()), 32, "{v}");
     // An SDK pointed at the printed enclave endpoint gets plaintext.
     let endpoint = text
         .lines()
@@ -95,4 +134,12 @@ fn local_up_prints_endpoints_and_stops_on_sigterm() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+fn base64_len(b64: &str) -> usize {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+        .len()
 }
