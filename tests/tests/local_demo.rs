@@ -3,6 +3,8 @@
 //! proxy with Recipient, round-trips a file, and both calls without a valid
 //! attestation are denied by KMS.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::process::Command;
 
 #[test]
