@@ -852,6 +852,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_region_adds_its_kms_endpoint_as_a_tunnel_target() {
+        let mut tunnels = crate::tunnel::TunnelSettings::default();
+        let none = aws_config::SdkConfig::builder().build();
+        add_region_kms_target(&mut tunnels, &none);
+        assert!(tunnels.allowed.is_empty(), "no region, no default target");
+        let eu = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        add_region_kms_target(&mut tunnels, &eu);
+        assert!(tunnels.allows("kms.eu-west-1.amazonaws.com", 443));
+        assert_eq!(tunnels.allowed.len(), 1);
+        let odd = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1.evil.example"))
+            .build();
+        add_region_kms_target(&mut tunnels, &odd);
+        assert_eq!(tunnels.allowed.len(), 1);
+    }
+
+    #[test]
     fn parse_time_accepts_ms_and_rfc3339() {
         assert_eq!(
             parse_time("1725719859545"),

@@ -900,5 +900,9 @@ mod tests {
         assert!(p.allowed_keys.unwrap().contains("alias/keybroker-demo"));
         assert_eq!(p.max_request_len, Some(65536));
         assert!(!p.dangerous_forward_without_recipient);
+        let t = c.tunnel_settings().unwrap();
+        assert_eq!(t.max_tunnels, 64);
+        assert!(t.allows("kms-fips.us-east-1.amazonaws.com", 443));
+        assert_eq!(c.credentials.enabled, Some(true));
     }
 }

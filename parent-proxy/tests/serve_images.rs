@@ -204,3 +204,36 @@ fn bad_allow_image_flags_are_usage_errors() {
         );
     }
 }
+
+/// `--tunnel`, `--max-tunnels` and `--no-credentials` reach the server
+/// settings; `--tunnel` adds to the file's `[tunnel] allowed`.
+#[test]
+fn tunnel_and_credential_flags() {
+    let args = parse(&[
+        "--config",
+        EXAMPLE,
+        "--tunnel",
+        "LocalHost:4566",
+        "--tunnel",
+        "[::1]:8443",
+        "--max-tunnels",
+        "3",
+    ])
+    .unwrap();
+    let s = serve_settings(&args).unwrap();
+    let t = &s.proxy.tunnels;
+    assert!(t.allows("localhost", 4566));
+    assert!(t.allows("::1", 8443));
+    assert!(
+        t.allows("kms-fips.us-east-1.amazonaws.com", 443),
+        "the file's"
+    );
+    assert!(!t.allows("localhost", 443));
+    assert_eq!(t.max_tunnels, 3);
+    assert!(s.credentials);
+    let s = serve_settings(&parse(&["--config", EXAMPLE, "--no-credentials"]).unwrap()).unwrap();
+    assert!(!s.credentials);
+    for bad in ["localhost", "bad_host:1", "h:0"] {
+        assert!(parse(&["--tunnel", bad]).is_err(), "{bad}");
+    }
+}
