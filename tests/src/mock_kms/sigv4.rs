@@ -336,7 +336,7 @@ pub(crate) fn check_headers(
     check_headers_for(SERVICE, credentials, region, method, uri, headers, now)
 }
 
-/// [`check_headers`] for any service name (the AWS test suite signs for
+/// [`check_headers`] for any service name (the unit tests sign for
 /// `service`).
 fn check_headers_for(
     service: &str,
