@@ -111,7 +111,7 @@ user="$(pm one image inspect --format '{{.Config.User}}' "${id1}")"
 pm one image inspect --format '{{json .Config}}' "${id1}" >"${work}/config.json"
 argv="$(python3 "${root}/.ci/nitro-argv.py" argv-json <"${work}/config.json")" \
     || fail "nitro-cli's rule finds no command in the image configuration"
-expected_argv='["/usr/bin/keybroker-enclave", "serve", "--proxy", "vsock://3:5000", "--listen", "127.0.0.1:8000", "--unix", "/run/keybroker/kms.sock", "--user", "65532:65532"]'
+expected_argv='["/usr/bin/keybroker-enclave", "serve", "--mode", "broker", "--proxy", "vsock://3:5000", "--listen", "127.0.0.1:8000", "--unix", "/run/keybroker/kms.sock", "--user", "65532:65532"]'
 [[ "${argv}" == "${expected_argv}" ]] \
     || fail "the enclave would run ${argv}, expected ${expected_argv}"
 entrypoint="$(pm one image inspect --format '{{json .Config.Entrypoint}}' "${id1}")"

@@ -122,7 +122,7 @@ pub struct BrokerArgs {
     pub timeout_ms: u64,
     /// KMS path: `e2e` (TLS to KMS inside the enclave; the parent relays
     /// encrypted bytes) or `broker` (the parent relays typed requests; trust
-    /// it with integrity). Default: broker, or the --config file's.
+    /// it with integrity). Default: the --config file's, else e2e.
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// E2e: the AWS region (SigV4, and the endpoint kms.REGION.amazonaws.com).

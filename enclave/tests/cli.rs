@@ -62,6 +62,7 @@ async fn demo_round_trips_a_file_through_the_proxy() {
 
     let out = tokio::process::Command::new(BIN)
         .arg("demo")
+        .args(["--mode", "broker"])
         .args(["--proxy", &proxy.address.to_string(), "--key", "alias/demo"])
         .arg("--input")
         .arg(&input)
@@ -126,6 +127,8 @@ fn demo_without_a_proxy_fails_cleanly() {
     let out = Command::new(BIN)
         .args([
             "demo",
+            "--mode",
+            "broker",
             "--proxy",
             "tcp://127.0.0.1:1",
             "--key",

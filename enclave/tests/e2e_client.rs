@@ -906,7 +906,7 @@ fn cli_mode_flags_and_config_file() {
         Some(std::path::Path::new("/x/ca.pem"))
     );
 
-    // `--allow-key` repeats; the default mode is broker.
+    // `--allow-key` repeats; the default mode is e2e.
     let cli = Cli::try_parse_from([
         "keybroker-enclave",
         "serve",
@@ -922,7 +922,7 @@ fn cli_mode_flags_and_config_file() {
     assert_eq!(a.broker.allow_key.len(), 2);
     assert_eq!(
         a.broker.kms_settings().unwrap().mode(),
-        keybroker_enclave::Mode::Broker
+        keybroker_enclave::Mode::E2e
     );
     assert!(Cli::try_parse_from(["keybroker-enclave", "serve", "--mode", "tunnel"]).is_err());
 

@@ -58,7 +58,9 @@ impl Cli {
         let mut cmd = tokio::process::Command::new(LAUNCHER);
         cmd.args(["component", "enclave", subcommand]);
         if subcommand != "attestation" {
-            cmd.args(["--proxy", &self.stack.addr.to_string()]);
+            // The stack is the broker path (the e2e path's CLI is covered by
+            // the launcher's tests).
+            cmd.args(["--mode", "broker", "--proxy", &self.stack.addr.to_string()]);
         }
         cmd.arg("--mock-nsm-ca").arg(&self.ca_dir).args(args);
         cmd.output().await.unwrap()
@@ -361,7 +363,14 @@ async fn exit_codes_tell_the_cause() {
             "--number-of-bytes",
             "8",
         ])
-        .args(["--proxy", "tcp://127.0.0.1:1", "--timeout-ms", "300"])
+        .args([
+            "--mode",
+            "broker",
+            "--proxy",
+            "tcp://127.0.0.1:1",
+            "--timeout-ms",
+            "300",
+        ])
         .arg("--mock-nsm-ca")
         .arg(&cli.ca_dir)
         .output()
@@ -383,7 +392,14 @@ async fn serve_drops_to_the_given_user_after_binding() {
     std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let sock = sock_dir.join("kms.sock");
     let mut child = tokio::process::Command::new(LAUNCHER)
-        .args(["component", "enclave", "serve", "--proxy"])
+        .args([
+            "component",
+            "enclave",
+            "serve",
+            "--mode",
+            "broker",
+            "--proxy",
+        ])
         .arg(cli.stack.addr.to_string())
         .arg("--mock-nsm-ca")
         .arg(&cli.ca_dir)
@@ -447,6 +463,8 @@ async fn serve_without_a_proxy_stays_up_creates_its_socket_dir_and_answers_503()
         "component",
         "enclave",
         "serve",
+        "--mode",
+        "broker",
         "--proxy",
         "tcp://127.0.0.1:1",
     ])

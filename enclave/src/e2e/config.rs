@@ -90,7 +90,7 @@ impl KmsSettings {
         }
     }
 
-    /// The mode (broker until the integrated stack defaults to e2e).
+    /// The mode: the one set, else e2e.
     pub fn mode(&self) -> Mode {
         self.mode.unwrap_or_default()
     }
@@ -157,7 +157,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(cli.over(file).allow_key, [other]);
-        assert_eq!(KmsSettings::default().mode(), Mode::Broker);
+        assert_eq!(KmsSettings::default().mode(), Mode::E2e);
     }
 
     #[test]

@@ -101,9 +101,10 @@ pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 256;
 pub enum Mode {
     /// The parent proxy relays typed requests (trusts the parent with
     /// integrity).
-    #[default]
     Broker,
     /// The enclave speaks TLS to KMS through a byte tunnel (this module).
+    /// The default: the parent is untrusted (DESIGN.md, "Trust model").
+    #[default]
     E2e,
 }
 
