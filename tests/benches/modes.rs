@@ -12,7 +12,8 @@
 //! 1. warm `GenerateDataKey` latency (median of sequential calls), e2e over
 //!    broker;
 //! 2. TLS handshakes per 1,000 requests of the e2e client under steady load
-//!    from 64 callers;
+//!    from 64 callers (after a warm-up run at the same load, during which
+//!    the connection pool grows to one connection per concurrent caller);
 //! 3. the proxy's CPU time per request (utime + stime of its process), tunnel
 //!    over broker, under the same 64-caller load;
 //! 4. e2e data keys per second at 64 callers over 1 caller.
@@ -224,7 +225,11 @@ async fn main() -> Result<(), BoxError> {
     );
     println!("e2e_gdk_latency_us: {:.0}", e2e_latency.as_secs_f64() * 1e6);
 
-    // 2 and 3. steady load from 64 callers, each mode in turn.
+    // 2 and 3. steady load from 64 callers, each mode in turn, after a
+    // warm-up at that load (the e2e pool grows to one connection per
+    // concurrent caller, 63 handshakes, once).
+    let _ = load(&broker, 64).await;
+    let _ = load(&e2e, 64).await;
     let (broker_cpu, broker_n) = proxy_cpu_per_1000(&broker, proxy_pid).await;
     let handshakes_before = e2e.stats().tls_handshakes;
     let (tunnel_cpu, e2e_n) = proxy_cpu_per_1000(&e2e, proxy_pid).await;
