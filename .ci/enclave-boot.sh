@@ -126,11 +126,13 @@ start_boot() {
     boot_pid=$!
 }
 
-# The host PID of the program: unshare -> bash (PID 1 inside) -> program.
+# The host PID of the program: unshare -> bash (PID 1 inside) -> program
+# (matched by its command line: the init script has other, short-lived
+# children, such as command substitutions).
 program_pid() {
     local init_pid child
     init_pid="$(pgrep -P "${boot_pid}" | head -n1)" || return 1
-    child="$(pgrep -P "${init_pid}" | head -n1)" || return 1
+    child="$(pgrep -P "${init_pid}" -f "${argv[0]}" | head -n1)" || return 1
     [[ -n "${child}" ]] && echo "${child}"
 }
 
@@ -159,10 +161,10 @@ for _ in $(seq 1 300); do
         rc=0; wait "${boot_pid}" || rc=$?; boot_pid=""
         fail "exited with code ${rc} before it was up$( [[ ${rc} -ne 91 ]] || echo ' (lo was up before it started)')"
     }
-    if [[ -z "${pid}" ]]; then pid="$(program_pid || true)"; fi
-    if [[ -n "${pid}" ]] && grep -q '^listening: unix://' "${work}/stdout" 2>/dev/null \
+    if grep -q '^listening: unix://' "${work}/stdout" 2>/dev/null \
         && grep -q '^listening: http://' "${work}/stdout" 2>/dev/null; then
-        break
+        pid="$(program_pid || true)"
+        [[ -z "${pid}" ]] || break
     fi
     sleep 0.1
 done

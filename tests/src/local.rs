@@ -195,12 +195,28 @@ pub fn kms_client(endpoint: &str) -> aws_sdk_kms::Client {
 /// credentials; over HTTPS it trusts only `ca_pem` when given (the mock KMS's
 /// test CA).
 pub fn kms_client_trusting(endpoint: &str, ca_pem: Option<&str>) -> aws_sdk_kms::Client {
+    kms_client_as(
+        endpoint,
+        ca_pem,
+        LOCAL_ACCESS_KEY_ID,
+        LOCAL_SECRET_ACCESS_KEY,
+    )
+}
+
+/// [`kms_client_trusting`] signing with other credentials (another
+/// account's, in the attack tests).
+pub fn kms_client_as(
+    endpoint: &str,
+    ca_pem: Option<&str>,
+    access_key_id: &str,
+    secret_access_key: &str,
+) -> aws_sdk_kms::Client {
     let mut config = aws_sdk_kms::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(REGION))
         .credentials_provider(Credentials::new(
-            LOCAL_ACCESS_KEY_ID,
-            LOCAL_SECRET_ACCESS_KEY,
+            access_key_id,
+            secret_access_key,
             None,
             None,
             "keybroker-local",

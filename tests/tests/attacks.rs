@@ -41,7 +41,7 @@ use keybroker_enclave::{
     Client, ClientConfig, Error, MockCa, MockNsm, MockNsmConfig, RecipientKeys, RecipientKeysConfig,
 };
 use keybroker_harness::local::{
-    LOCAL_ACCESS_KEY_ID, LOCAL_SECRET_ACCESS_KEY, enclave_key_policy, kms_client_trusting,
+    LOCAL_ACCESS_KEY_ID, LOCAL_SECRET_ACCESS_KEY, enclave_key_policy, kms_client_as,
 };
 use keybroker_harness::mock_kms::{
     DEFAULT_ACCOUNT_ID, MockKms, MockKmsConfig, MockKmsCredentials, MockKmsTls, RunningMockKms,
@@ -85,13 +85,8 @@ async fn kms_account(
     .await
     .unwrap();
     let ca_pem = std::fs::read_to_string(running.ca_pem_path().unwrap()).unwrap();
-    // The administrator's client signs with the local credentials; a second
-    // account gets its own client with its own credentials.
-    let sdk = if akid == LOCAL_ACCESS_KEY_ID {
-        kms_client_trusting(&running.endpoint(), Some(&ca_pem))
-    } else {
-        other_account_sdk(&running.endpoint(), &ca_pem, akid, secret)
-    };
+    // Each account's administrator signs with that account's credentials.
+    let sdk = kms_client_as(&running.endpoint(), Some(&ca_pem), akid, secret);
     let created = sdk
         .create_key()
         .policy(enclave_key_policy(account, &hex::encode(PCR0)).to_string())
@@ -106,34 +101,6 @@ async fn kms_account(
         .await
         .unwrap();
     Kms { running, key_arn }
-}
-
-fn other_account_sdk(
-    endpoint: &str,
-    ca_pem: &str,
-    akid: &str,
-    secret: &str,
-) -> aws_sdk_kms::Client {
-    use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
-    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider};
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(rustls_provider::CryptoMode::AwsLc))
-        .tls_context(
-            TlsContext::builder()
-                .with_trust_store(TrustStore::empty().with_pem_certificate(ca_pem.as_bytes()))
-                .build()
-                .unwrap(),
-        )
-        .build_https();
-    aws_sdk_kms::Client::from_conf(
-        aws_sdk_kms::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new(akid, secret, None, None, "attacker"))
-            .endpoint_url(endpoint)
-            .http_client(http)
-            .build(),
-    )
 }
 
 /// The victim's KMS account, the enclave's recipient keys, and the test CA
@@ -553,6 +520,29 @@ fn base64_encode(b: &[u8]) -> String {
 
 // ----------------------------------------------------------- broker attacks
 
+/// An enclave client (broker mode) of a proxy whose backend is `backend`,
+/// the parent's code: here, the attacker's.
+async fn broker_client_behind(
+    stack: &InProcessStack,
+    backend: impl keybroker_proxy::backend::KmsBackend,
+) -> (Client, keybroker_proxy::server::ProxyHandle) {
+    let proxy = Proxy::bind(
+        ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap()),
+        backend,
+    )
+    .await
+    .unwrap()
+    .spawn();
+    let client = connect_enclave(
+        &stack.ca,
+        proxy.local_addr(),
+        MockNsmConfig::default().with_pcr(0, PCR0),
+    )
+    .await
+    .unwrap();
+    (client, proxy)
+}
+
 /// In broker mode the proxy answers for KMS. It can encrypt a data key of
 /// its choosing to the enclave's public key (taken from the attestation
 /// document in the request) and the enclave accepts it: broker mode does NOT
@@ -581,20 +571,7 @@ async fn broker_mode_accepts_a_substituted_data_key() {
             Ok(response)
         }
     });
-    let proxy = Proxy::bind(
-        ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap()),
-        backend,
-    )
-    .await
-    .unwrap()
-    .spawn();
-    let client = connect_enclave(
-        &stack.ca,
-        proxy.local_addr(),
-        MockNsmConfig::default().with_pcr(0, PCR0),
-    )
-    .await
-    .unwrap();
+    let (client, _proxy) = broker_client_behind(&stack, backend).await;
     let key = client.generate_data_key(gdk(&stack.key_arn)).await.unwrap();
     assert_eq!(
         key.plaintext.expose(),
@@ -624,20 +601,7 @@ async fn broker_mode_flipped_bytes_are_a_typed_error() {
             Ok(response)
         }
     });
-    let proxy = Proxy::bind(
-        ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap()),
-        backend,
-    )
-    .await
-    .unwrap()
-    .spawn();
-    let client = connect_enclave(
-        &stack.ca,
-        proxy.local_addr(),
-        MockNsmConfig::default().with_pcr(0, PCR0),
-    )
-    .await
-    .unwrap();
+    let (client, _proxy) = broker_client_behind(&stack, backend).await;
     assert!(client.generate_data_key(gdk(&stack.key_arn)).await.is_err());
 }
 
@@ -652,21 +616,8 @@ async fn broker_mode_a_delayed_answer_ends_at_the_deadline() {
             "unreachable",
         ))
     });
-    let proxy = Proxy::bind(
-        ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap()),
-        backend,
-    )
-    .await
-    .unwrap()
-    .spawn();
-    let client = connect_enclave(
-        &stack.ca,
-        proxy.local_addr(),
-        MockNsmConfig::default().with_pcr(0, PCR0),
-    )
-    .await
-    .unwrap()
-    .with_timeout(DEADLINE);
+    let (client, _proxy) = broker_client_behind(&stack, backend).await;
+    let client = client.with_timeout(DEADLINE);
     let started = Instant::now();
     assert!(client.generate_data_key(gdk(&stack.key_arn)).await.is_err());
     assert!(started.elapsed() < DEADLINE + Duration::from_secs(1));
