@@ -23,6 +23,7 @@ pub mod attestation;
 pub mod cms;
 pub mod envelope;
 mod error;
+pub mod imds;
 pub mod key_allowlist;
 pub mod kms;
 pub mod protocol;

@@ -23,11 +23,13 @@
 //! - `mock-nsm init|pcr0` (builds with the `mock-nsm` feature): the
 //!   development CA and the mock NSM's default PCR0.
 //!
-//! Exit codes ([`exit_code`]): 0 success; 1 refused by KMS or the proxy's
-//! policy; 2 usage error or invalid input; 3 proxy or KMS unavailable,
-//! throttled or timed out (retry later); 4 NSM failure; 5 local I/O error;
-//! 6 data that does not authenticate or decode (a tampered or truncated
-//! `seal` message, a `CiphertextForRecipient` that does not decrypt).
+//! Exit codes ([`exit_code`]): 0 success; 1 refused by KMS, the proxy's
+//! policy or the image's key allowlist; 2 usage error or invalid input; 3
+//! proxy or KMS unavailable, throttled or timed out (retry later); 4 NSM
+//! failure; 5 local I/O error; 6 data that does not authenticate or decode
+//! (a tampered or truncated `seal` message, a `CiphertextForRecipient` that
+//! does not decrypt, a KMS answer for a key that is not allowed, a TLS
+//! session that does not verify).
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
@@ -46,10 +48,11 @@ use keybroker_common::kms::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::e2e::{KmsSettings, Mode, ParentLink, ProxyLink, TrustRoots};
+use crate::e2e::{KmsSettings, Mode, TrustRoots};
 use crate::endpoint::{self, KmsEndpoint};
 use crate::nsm::{Nsm, NsmDevice};
 use crate::{Client, ClientConfig, Error, RecipientKeys, RecipientKeysConfig};
+use keybroker_common::key_allowlist::KeyPinError;
 
 /// Keybroker enclave program.
 #[derive(Parser, Debug)]
@@ -57,9 +60,10 @@ use crate::{Client, ClientConfig, Error, RecipientKeys, RecipientKeysConfig};
     name = "keybroker-enclave",
     version,
     about,
-    after_help = "Exit codes: 0 success, 1 refused by KMS or proxy policy, 2 usage or invalid \
-                  input, 3 proxy/KMS unavailable or throttled (retry), 4 NSM failure, \
-                  5 local I/O error, 6 data that does not authenticate (tampered message, unusable answer)."
+    after_help = "Exit codes: 0 success, 1 refused by KMS, proxy policy or the key allowlist, \
+                  2 usage or invalid input, 3 proxy/KMS unavailable or throttled (retry), \
+                  4 NSM failure, 5 local I/O error, 6 data that does not authenticate \
+                  (tampered message, unusable answer, TLS that does not verify)."
 )]
 pub struct Cli {
     /// What to do.
@@ -135,8 +139,16 @@ pub struct BrokerArgs {
     /// arn:aws:kms:REGION:ACCOUNT:* (repeatable; replaces the file's list).
     #[arg(long = "allow-key", value_name = "ARN")]
     pub allow_key: Vec<String>,
-    /// TOML file in the image with mode, region, kms-endpoint, allow-key;
-    /// command-line values override it.
+    /// E2e with AWS's stock vsock-proxy instead of keybroker-proxy: the
+    /// relay to the KMS endpoint (vsock://3:PORT). Needs --vsock-proxy-imds.
+    #[arg(long, value_name = "ADDRESS")]
+    pub vsock_proxy_kms: Option<String>,
+    /// E2e with the stock vsock-proxy: the relay to IMDS (169.254.169.254:80),
+    /// where the enclave gets the instance role's credentials.
+    #[arg(long, value_name = "ADDRESS")]
+    pub vsock_proxy_imds: Option<String>,
+    /// TOML file in the image with mode, region, kms-endpoint, allow-key,
+    /// vsock-proxy-kms, vsock-proxy-imds; command-line values override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// E2e, development only: also trust this CA (PEM) for the KMS endpoint
@@ -160,6 +172,8 @@ impl BrokerArgs {
             region: self.region.clone(),
             kms_endpoint: self.kms_endpoint.clone(),
             allow_key: self.allow_key.clone(),
+            vsock_proxy_kms: self.vsock_proxy_kms.clone(),
+            vsock_proxy_imds: self.vsock_proxy_imds.clone(),
         };
         match &self.config {
             Some(path) => Ok(cli.over(KmsSettings::load(path)?)),
@@ -499,6 +513,10 @@ pub fn exit_code(e: &Error) -> u8 {
         Error::Unavailable { .. } | Error::Timeout { .. } | Error::ConnectionLost { .. } => {
             EXIT_UNAVAILABLE
         }
+        Error::KeyNotAllowed(KeyPinError::Invalid { .. }) => EXIT_USAGE,
+        Error::KeyNotAllowed(
+            KeyPinError::RequestKeyNotAllowed(_) | KeyPinError::Unresolvable { .. },
+        ) => EXIT_REFUSED,
         Error::Nsm { .. } => EXIT_NSM,
         Error::Io { .. } => EXIT_IO,
         _ => EXIT_INTERNAL,
@@ -606,10 +624,14 @@ fn new_client(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
     config.connect_timeout = config.connect_timeout.min(config.request_timeout);
     let settings = args.kms_settings()?;
     match settings.mode() {
-        Mode::Broker => Client::new(config, keys),
+        Mode::Broker => {
+            // Refuses vsock-proxy relays given in broker mode.
+            settings.parent_link(&args.proxy)?;
+            Client::new(config, keys)
+        }
         Mode::E2e => {
             let e2e = settings.e2e_config(args.trust_roots()?)?;
-            let link: Arc<dyn ParentLink> = Arc::new(ProxyLink::new(args.proxy.clone()));
+            let link = settings.parent_link(&args.proxy)?;
             Client::new_e2e(config, e2e, link, keys)
         }
     }
@@ -1189,5 +1211,29 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
             "round trip failed: the file does not match, or KMS was not called exactly twice"
                 .into(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_pinning_and_tls_failures_have_their_own_exit_codes() {
+        let refused = KeyPinError::RequestKeyNotAllowed("arn:aws:kms:x".into());
+        assert_eq!(exit_code(&refused.into()), EXIT_REFUSED);
+        let invalid = KeyPinError::Invalid {
+            id: "x".into(),
+            reason: "not an ARN",
+        };
+        assert_eq!(exit_code(&invalid.into()), EXIT_USAGE);
+        // An answer for another key, or TLS that does not verify: data that
+        // does not authenticate (a hostile parent), not a refusal to retry.
+        let forged = KeyPinError::ResponseKeyNotAllowed("arn:aws:kms:y".into());
+        assert_eq!(exit_code(&forged.into()), EXIT_INTERNAL);
+        let tls = Error::Tls {
+            reason: "invalid peer certificate".into(),
+        };
+        assert_eq!(exit_code(&tls), EXIT_INTERNAL);
     }
 }

@@ -45,18 +45,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The connection to the proxy was lost while the request was in flight
-    /// and the request was not safe to retry (or its one retry also lost its
-    /// connection). The proxy may or may not have forwarded it to KMS.
-    #[error("connection to the proxy lost with the {} request in flight", operation.as_str())]
+    /// The connection to the proxy (broker mode) or to KMS through its
+    /// tunnel (e2e mode) was lost while the request was in flight and the
+    /// request was not safe to retry (or its one retry also lost its
+    /// connection). KMS may or may not have received it.
+    #[error("connection lost with the {} request in flight", operation.as_str())]
     ConnectionLost {
         /// The operation of the request.
         operation: Operation,
     },
-    /// No connection to the proxy could be established before the deadline
-    /// (of a request, which was then never sent, or of
-    /// `Client::connect`).
-    #[error("proxy unavailable: {reason}")]
+    /// The parent could not be reached before the deadline (of a request,
+    /// which was then never sent, or of `Client::connect`): no connection to
+    /// the proxy (broker mode), no tunnel or no credentials (e2e mode).
+    #[error("parent unavailable: {reason}")]
     Unavailable {
         /// The last connection error.
         reason: String,

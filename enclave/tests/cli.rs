@@ -144,5 +144,5 @@ fn demo_without_a_proxy_fails_cleanly() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("proxy unavailable"), "{err}");
+    assert!(err.contains("parent unavailable"), "{err}");
 }

@@ -80,11 +80,19 @@ async fn rotates_by_age_in_the_background() {
     assert_ne!(now_current.generation(), first.generation());
     assert!(now_current.age() < max_age, "{:?}", now_current.age());
     assert!(keys.stats().rotations >= 1);
-    // Over a few lifetimes, no pair handed out is older than max_age.
+    // Over a few lifetimes, no pair handed out is older than max_age, except
+    // when no fresh spare was ready (acquire never waits for a key
+    // generation, which a loaded machine can delay): then the handout is
+    // counted as over-use.
     let start = Instant::now();
     while start.elapsed() < max_age * 3 {
+        let overused = keys.stats().overused;
         let p = keys.acquire();
-        assert!(p.age() < max_age, "age {:?}", p.age());
+        assert!(
+            p.age() < max_age || keys.stats().overused > overused,
+            "age {:?} handed out uncounted",
+            p.age()
+        );
         verifier.verify(p.attestation_document(), now()).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -211,16 +211,30 @@ pub fn kms_client_as(
     access_key_id: &str,
     secret_access_key: &str,
 ) -> aws_sdk_kms::Client {
-    let mut config = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .credentials_provider(Credentials::new(
+    kms_client_with(
+        endpoint,
+        ca_pem,
+        Credentials::new(
             access_key_id,
             secret_access_key,
             None,
             None,
             "keybroker-local",
-        ))
+        ),
+    )
+}
+
+/// [`kms_client_trusting`] signing with `credentials` (temporary ones with
+/// a session token, too).
+pub fn kms_client_with(
+    endpoint: &str,
+    ca_pem: Option<&str>,
+    credentials: Credentials,
+) -> aws_sdk_kms::Client {
+    let mut config = aws_sdk_kms::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .credentials_provider(credentials)
         .endpoint_url(endpoint);
     if let Some(ca) = ca_pem {
         use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider};

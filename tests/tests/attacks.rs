@@ -183,7 +183,7 @@ fn credentials(akid: &str, secret: &str) -> AwsCredentials {
 // ------------------------------------------------------------ the attacker
 
 /// What the hostile parent does to the tunnels it relays.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Attack {
     /// Nothing: relays honestly (the control).
     None,
@@ -209,6 +209,7 @@ enum Attack {
     Drop,
 }
 
+#[derive(Debug)]
 struct AttackLink {
     target: SocketAddr,
     credentials: AwsCredentials,

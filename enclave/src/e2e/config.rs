@@ -15,13 +15,19 @@
 //!     "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
 //!     "arn:aws:kms:us-east-1:111122223333:alias/app",
 //! ]
+//! # With AWS's stock vsock-proxy on the parent instead of keybroker-proxy
+//! # (see `super::vsock_proxy`): the relays to KMS and to IMDS.
+//! # vsock-proxy-kms = "vsock://3:8000"
+//! # vsock-proxy-imds = "vsock://3:8002"
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
 
+use keybroker_common::address::Address;
 use keybroker_common::key_allowlist::KeyAllowlist;
 
-use super::{E2eConfig, KmsUrl, Mode, TrustRoots};
+use super::{E2eConfig, KmsUrl, Mode, ParentLink, ProxyLink, TrustRoots, VsockProxyLink};
 use crate::Error;
 
 /// Largest settings file read.
@@ -41,6 +47,10 @@ pub struct KmsSettings {
     /// Allowlist entries (key ARN, alias ARN, `arn:aws:kms:REGION:ACCOUNT:*`).
     #[serde(default, alias = "allow-keys")]
     pub allow_key: Vec<String>,
+    /// E2e with the stock `vsock-proxy`: the relay to the KMS endpoint.
+    pub vsock_proxy_kms: Option<String>,
+    /// E2e with the stock `vsock-proxy`: the relay to IMDS (credentials).
+    pub vsock_proxy_imds: Option<String>,
 }
 
 impl KmsSettings {
@@ -87,6 +97,42 @@ impl KmsSettings {
             } else {
                 self.allow_key
             },
+            vsock_proxy_kms: self.vsock_proxy_kms.or(file.vsock_proxy_kms),
+            vsock_proxy_imds: self.vsock_proxy_imds.or(file.vsock_proxy_imds),
+        }
+    }
+
+    /// How e2e mode reaches the parent: `keybroker-proxy` at `proxy`, or,
+    /// when `vsock-proxy-kms` is set, two stock `vsock-proxy` relays
+    /// ([`VsockProxyLink`]; `vsock-proxy-imds` is then required).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`]: an address that does not parse, one relay
+    /// without the other, relays in broker mode.
+    pub fn parent_link(&self, proxy: &Address) -> Result<Arc<dyn ParentLink>, Error> {
+        let parse = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|a| {
+                    a.parse::<Address>()
+                        .map_err(|e| Error::InvalidArgument(format!("--{flag}: {e}")))
+                })
+                .transpose()
+        };
+        let kms = parse("vsock-proxy-kms", &self.vsock_proxy_kms)?;
+        let imds = parse("vsock-proxy-imds", &self.vsock_proxy_imds)?;
+        if (kms.is_some() || imds.is_some()) && self.mode() == Mode::Broker {
+            return Err(Error::InvalidArgument(
+                "--vsock-proxy-kms and --vsock-proxy-imds are for e2e mode".into(),
+            ));
+        }
+        match (kms, imds) {
+            (None, None) => Ok(Arc::new(ProxyLink::new(proxy.clone()))),
+            (Some(kms), Some(imds)) => Ok(Arc::new(VsockProxyLink::new(kms, imds))),
+            _ => Err(Error::InvalidArgument(
+                "--vsock-proxy-kms and --vsock-proxy-imds go together (the stock \
+                 vsock-proxy relays no credentials: they come from IMDS)"
+                    .into(),
+            )),
         }
     }
 
@@ -158,6 +204,59 @@ mod tests {
         };
         assert_eq!(cli.over(file).allow_key, [other]);
         assert_eq!(KmsSettings::default().mode(), Mode::E2e);
+    }
+
+    #[test]
+    fn the_shipped_e2e_settings_file_parses_to_a_usable_configuration() {
+        let text = include_str!("../../../deploy/enclave-e2e.toml");
+        let s = KmsSettings::from_toml(text).unwrap();
+        assert_eq!(s.mode(), Mode::E2e);
+        let c = s.e2e_config(TrustRoots::amazon().unwrap()).unwrap();
+        assert_eq!(
+            c.endpoint.to_string(),
+            "https://kms.us-east-1.amazonaws.com"
+        );
+        assert!(c.allowlist.resolve("alias/keybroker").is_ok());
+        // The commented-out relays, switched on, make a vsock-proxy link.
+        let on = text.replace("# vsock-proxy-", "vsock-proxy-");
+        let s = KmsSettings::from_toml(&on).unwrap();
+        let link = format!(
+            "{:?}",
+            s.parent_link(&"vsock://3:5000".parse().unwrap()).unwrap()
+        );
+        assert!(link.contains("VsockProxyLink"), "{link}");
+    }
+
+    #[test]
+    fn stock_vsock_proxy_relays_come_in_pairs_and_only_in_e2e_mode() {
+        let proxy: Address = "vsock://3:5000".parse().unwrap();
+        let file = KmsSettings::from_toml(
+            "vsock-proxy-kms = \"vsock://3:8000\"\nvsock-proxy-imds = \"vsock://3:8002\"\n",
+        )
+        .unwrap();
+        let link = format!("{:?}", file.parent_link(&proxy).unwrap());
+        assert!(link.contains("VsockProxyLink"), "{link}");
+        assert!(link.contains("8002"), "{link}");
+        let plain = format!("{:?}", KmsSettings::default().parent_link(&proxy).unwrap());
+        assert!(
+            plain.contains("ProxyLink") && plain.contains("5000"),
+            "{plain}"
+        );
+        let half = KmsSettings {
+            vsock_proxy_imds: None,
+            ..file.clone()
+        };
+        assert!(half.parent_link(&proxy).is_err());
+        let broker = KmsSettings {
+            mode: Some(Mode::Broker),
+            ..file.clone()
+        };
+        assert!(broker.parent_link(&proxy).is_err());
+        let bad = KmsSettings {
+            vsock_proxy_kms: Some("kms.us-east-1.amazonaws.com:443".into()),
+            ..file
+        };
+        assert!(bad.parent_link(&proxy).is_err());
     }
 
     #[test]

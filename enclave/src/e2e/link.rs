@@ -2,9 +2,11 @@
 //! KMS endpoint and the AWS credentials, behind one trait.
 //!
 //! In an enclave the implementation talks to the parent proxy
-//! (`OpenTunnel`/`GetCredentials` on the framed protocol). Tests and local
-//! runs can use [`DirectLink`] (builds with `mock-nsm`), which connects over
-//! TCP itself and hands out fixed credentials.
+//! (`OpenTunnel`/`GetCredentials` on the framed protocol: [`ProxyLink`]),
+//! or to two stock `vsock-proxy` relays, to KMS and to IMDS
+//! ([`super::VsockProxyLink`]). Tests and local runs can use [`DirectLink`]
+//! (builds with `mock-nsm`), which connects over TCP itself and hands out
+//! fixed credentials.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -19,7 +21,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What end-to-end mode needs from the parent. Everything it returns is
 /// untrusted: the stream carries TLS that the enclave verifies, and the
 /// credentials only decide whose account signs (key pinning).
-pub trait ParentLink: Send + Sync + 'static {
+pub trait ParentLink: core::fmt::Debug + Send + Sync + 'static {
     /// A new raw byte stream to `host:port` (the parent resolves the name and
     /// relays bytes; it never sees plaintext), within `timeout`.
     fn open_tunnel<'a>(

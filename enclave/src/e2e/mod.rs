@@ -59,6 +59,7 @@ pub mod credentials;
 pub mod http;
 pub mod link;
 pub mod tls;
+pub mod vsock_proxy;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -80,6 +81,7 @@ pub use http::KmsUrl;
 pub use link::DirectLink;
 pub use link::{BoxFuture, ParentLink, ProxyLink};
 pub use tls::TrustRoots;
+pub use vsock_proxy::VsockProxyLink;
 
 use crate::Error;
 use crate::client::{ClientConfig, retry_safe};
