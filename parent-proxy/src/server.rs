@@ -48,7 +48,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::audit::{AuditRecord, CredentialsRecord, Outcome};
+use crate::audit::{AuditRecord, CredentialsRecord, Outcome, peer};
 use crate::backend::KmsBackend;
 pub use crate::config::{ProxyConfig, ServerLimits};
 use crate::credentials::CredentialSource;
@@ -380,7 +380,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 /// left waiting.
 fn push_frame(msg: &Message, out: &mut Vec<u8>) {
     if let Err(e) = encode_into(msg, out) {
-        tracing::error!(kind = %msg.kind(), error = %e, "cannot encode message");
+        tracing::error!(kind = %msg.kind(), error = peer(&e), "cannot encode message");
         if let Some(id) = msg.request_id() {
             let fallback = Message::Response {
                 id,
@@ -548,7 +548,12 @@ impl Connection {
             }
             Ok(Ok(Some((Message::Hello { versions, client }, _)))) => match negotiate(versions) {
                 Ok(version) => {
-                    tracing::info!(conn, client = %crate::policy::short(&client), version, "handshake");
+                    tracing::info!(
+                        conn,
+                        client = peer(crate::policy::short(&client)),
+                        version,
+                        "handshake"
+                    );
                     let ack = Message::HelloAck {
                         version,
                         server: SERVER_ID.to_owned(),
@@ -556,7 +561,7 @@ impl Connection {
                     tx.send(ack).await.ok().map(|()| version)
                 }
                 Err(e) => {
-                    tracing::info!(conn, error = %e, "handshake failed");
+                    tracing::info!(conn, error = peer(&e), "handshake failed");
                     send_fatal(tx, e).await;
                     None
                 }
@@ -566,13 +571,13 @@ impl Connection {
                     expected: "Hello",
                     got: other.kind(),
                 };
-                tracing::info!(conn, error = %e, "handshake failed");
+                tracing::info!(conn, error = peer(&e), "handshake failed");
                 send_fatal(tx, e).await;
                 None
             }
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) => None,
             Ok(Err(ReadError::Protocol(e))) => {
-                tracing::info!(conn, error = %e, "bad frame during handshake");
+                tracing::info!(conn, error = peer(&e), "bad frame during handshake");
                 send_fatal(tx, e).await;
                 None
             }
@@ -661,7 +666,7 @@ impl Connection {
                                 reading = false;
                             }
                             Message::Error { error } => {
-                                tracing::info!(conn, error = %error, "Error from the enclave; closing");
+                                tracing::info!(conn, error = peer(&error), "Error from the enclave; closing");
                                 return None;
                             }
                             Message::GetCredentials { id } => {
@@ -673,7 +678,7 @@ impl Connection {
                                 let _ = tx.send(Message::Credentials { id, result }).await;
                             }
                             Message::OpenTunnel { host, port } if was_first => {
-                                tracing::debug!(conn, host = ?host, port, "OpenTunnel");
+                                tracing::debug!(conn, host = peer(&host), port, "OpenTunnel");
                                 return Some((host, port));
                             }
                             other @ (Message::Hello { .. }
@@ -803,7 +808,11 @@ impl Connection {
     /// A protocol violation: abandon the requests in flight, send `Error`
     /// as the last frame, close.
     async fn fatal(&self, tx: &mpsc::Sender<Message>, requests: &mut Requests, e: ProtocolError) {
-        tracing::info!(conn = self.id, error = %e, "protocol violation; closing");
+        tracing::info!(
+            conn = self.id,
+            error = peer(&e),
+            "protocol violation; closing"
+        );
         for (id, job) in requests.cancel_all().await {
             self.audit_unanswered(id, &job, Outcome::Abandoned);
         }
@@ -888,7 +897,7 @@ async fn handle_request(
         Err(denial) => {
             // The audit line names only the rule; this says why (e.g. which
             // images a PcrMismatch was checked against).
-            tracing::info!(conn, id, reason = %denial, "request denied by policy");
+            tracing::info!(conn, id, reason = peer(&denial), "request denied by policy");
             denied = Some(denial.rule);
             Err(denial.to_wire())
         }
