@@ -11,7 +11,8 @@
 //! bound it prints `listening: ADDRESS` on standard output (the real port for
 //! `tcp://127.0.0.1:0`); logs go to standard error. Exit codes: 0 after a
 //! clean shutdown, 1 if serving failed (e.g. the address cannot be bound), 2
-//! for usage or configuration errors.
+//! for usage or configuration errors (among them a non-loopback `tcp://`
+//! address without `--allow-non-loopback`).
 //!
 //! `attestation verify` checks an NSM attestation document (raw CBOR or
 //! base64 text; `-` reads standard input) against the AWS Nitro Enclaves
@@ -137,9 +138,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "KEYBROKER_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Listening address: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH.
-    /// Default: vsock://4294967295:5000 (any CID).
+    /// Default: vsock://4294967295:5000 (any CID). TCP: loopback only
+    /// unless --allow-non-loopback.
     #[arg(long, value_name = "ADDR", env = "KEYBROKER_PROXY_LISTEN")]
     pub listen: Option<String>,
+    /// Allow a non-loopback tcp:// --listen address. Whoever reaches it can
+    /// use the instance role's KMS access and get its AWS credentials.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
     /// KMS endpoint override, e.g. http://127.0.0.1:4566 for the mock KMS.
     #[arg(long, value_name = "URL", env = "KEYBROKER_KMS_ENDPOINT")]
     pub kms_endpoint: Option<String>,
@@ -469,6 +475,7 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
     Ok(ServeSettings {
         proxy: ProxyConfig {
             listen: file.listen_address()?,
+            allow_non_loopback: args.allow_non_loopback || file.allow_non_loopback.unwrap_or(false),
             limits: file.server_limits()?,
             policy,
             tunnels,
@@ -526,7 +533,11 @@ pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             let _ = writeln!(stderr, "error: {e}");
-            return EXIT_FAILURE;
+            // A refused address (non-loopback TCP) is a configuration error.
+            return match e {
+                crate::Error::Config(_) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            };
         }
     };
     // The launcher and tests read the real address from here.

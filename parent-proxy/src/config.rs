@@ -79,6 +79,13 @@ pub struct ProxyConfig {
     /// Where to listen: `vsock://CID:PORT`, `tcp://HOST:PORT` (port 0 picks
     /// a free one; see `Proxy::local_addr`) or `unix:///path`.
     pub listen: Address,
+    /// Whether a `tcp://` address may be other than loopback (every address
+    /// the host name resolves to must be loopback otherwise, or binding
+    /// fails with [`Error::Config`]). Whoever can connect gets the proxy's
+    /// KMS access and, with protocol version 2, its AWS credentials, so the
+    /// listener must not be reachable from the network by accident. vsock
+    /// and Unix sockets are not affected.
+    pub allow_non_loopback: bool,
     /// Resource limits.
     pub limits: ServerLimits,
     /// The request policy.
@@ -93,6 +100,7 @@ impl ProxyConfig {
     pub fn new(listen: Address) -> Self {
         ProxyConfig {
             listen,
+            allow_non_loopback: false,
             limits: ServerLimits::default(),
             policy: Policy::default(),
             tunnels: TunnelSettings::default(),
@@ -133,6 +141,8 @@ pub enum LogFormat {
 pub struct FileConfig {
     /// Listening address (see [`ProxyConfig::listen`]).
     pub listen: Option<String>,
+    /// [`ProxyConfig::allow_non_loopback`] (default `false`).
+    pub allow_non_loopback: Option<bool>,
     /// Log format.
     pub log_format: Option<LogFormat>,
     /// `[limits]`.

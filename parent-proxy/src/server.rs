@@ -95,7 +95,8 @@ impl Proxy {
 
     /// [`Proxy::bind`] with a shared backend.
     pub async fn bind_shared(config: ProxyConfig, backend: Arc<dyn KmsBackend>) -> Result<Proxy> {
-        let (listener, local_addr) = Listener::bind(&config.listen).await?;
+        let (listener, local_addr) =
+            Listener::bind(&config.listen, config.allow_non_loopback).await?;
         let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
         Ok(Proxy {
             listener,

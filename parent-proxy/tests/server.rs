@@ -319,6 +319,39 @@ async fn busy_over_the_in_flight_limit() {
     proxy.shutdown_and_wait().await.unwrap();
 }
 
+/// A TCP listener must be loopback unless allowed: whoever connects gets the
+/// proxy's KMS access and AWS credentials. Unix sockets are not affected
+/// (`serves_on_a_unix_socket`).
+#[tokio::test]
+async fn non_loopback_tcp_needs_the_explicit_flag() {
+    for open in ["tcp://0.0.0.0:0", "tcp://[::]:0"] {
+        let err = Proxy::bind(
+            ProxyConfig::new(open.parse().unwrap()),
+            Arc::new(Fake::default()),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, keybroker_proxy::Error::Config(_)), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("non-loopback"), "{message}");
+        assert!(message.contains("--allow-non-loopback"), "{message}");
+    }
+    // Loopback, by address or by a name that resolves to it: allowed.
+    for lo in ["tcp://127.0.0.1:0", "tcp://localhost:0"] {
+        let (proxy, _) = start(ProxyConfig::new(lo.parse().unwrap())).await;
+        let mut c = Client::handshake(proxy.local_addr()).await;
+        c.request(1, None, describe("alias/app")).await;
+        assert!(response(c.recv().await).1.is_ok());
+        proxy.shutdown_and_wait().await.unwrap();
+    }
+    // Allowed explicitly: binds (on every interface).
+    let mut cfg = ProxyConfig::new("tcp://0.0.0.0:0".parse().unwrap());
+    cfg.allow_non_loopback = true;
+    let (proxy, _) = start(cfg).await;
+    assert!(proxy.local_addr().to_string().starts_with("tcp://0.0.0.0:"));
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
 #[tokio::test]
 async fn connection_limit_refuses_with_busy() {
     let mut cfg = config();
