@@ -206,6 +206,10 @@ pub struct ServeArgs {
     /// Requests in flight per connection.
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// KMS calls in flight across all connections (default 512); one more
+    /// is answered Busy (retryable).
+    #[arg(long, value_name = "N")]
+    pub max_kms_in_flight: Option<usize>,
     /// On shutdown, how long in-flight requests may still run (ms).
     #[arg(long, value_name = "MS")]
     pub drain_timeout_ms: Option<u64>,
@@ -419,6 +423,7 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
     let l = &mut file.limits;
     l.max_connections = args.max_connections.or(l.max_connections);
     l.max_in_flight_per_connection = args.max_in_flight.or(l.max_in_flight_per_connection);
+    l.max_kms_in_flight = args.max_kms_in_flight.or(l.max_kms_in_flight);
     l.drain_timeout_ms = args.drain_timeout_ms.or(l.drain_timeout_ms);
     let k = &mut file.kms;
     k.endpoint = args.kms_endpoint.clone().or(k.endpoint.take());
@@ -879,6 +884,38 @@ mod tests {
             .build();
         add_region_kms_target(&mut tunnels, &odd);
         assert_eq!(tunnels.allowed.len(), 1);
+    }
+
+    #[test]
+    fn serve_flags_set_the_listener_and_kms_bounds() {
+        let defaults = serve_settings(&ServeArgs::default()).unwrap();
+        assert!(!defaults.proxy.allow_non_loopback);
+        assert_eq!(
+            defaults.proxy.limits.max_kms_in_flight,
+            crate::config::DEFAULT_MAX_KMS_IN_FLIGHT
+        );
+        let args = ServeArgs {
+            listen: Some("tcp://0.0.0.0:5000".into()),
+            allow_non_loopback: true,
+            max_kms_in_flight: Some(7),
+            ..ServeArgs::default()
+        };
+        let settings = serve_settings(&args).unwrap();
+        assert!(settings.proxy.allow_non_loopback);
+        assert_eq!(settings.proxy.limits.max_kms_in_flight, 7);
+        let parsed = Cli::try_parse_from([
+            "keybroker-proxy",
+            "serve",
+            "--allow-non-loopback",
+            "--max-kms-in-flight",
+            "3",
+        ])
+        .unwrap();
+        let Command::Serve(args) = parsed.command else {
+            panic!("not serve");
+        };
+        assert!(args.allow_non_loopback);
+        assert_eq!(args.max_kms_in_flight, Some(3));
     }
 
     #[test]

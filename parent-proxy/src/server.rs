@@ -10,7 +10,9 @@
 //!    request's deadline); one writer task per connection sends the
 //!    `Response`s in completion order, matched by request id. More than
 //!    [`ServerLimits::max_in_flight_per_connection`] requests in flight: the
-//!    extra one is answered `Busy`.
+//!    extra one is answered `Busy`. A request the policy allows while
+//!    [`ServerLimits::max_kms_in_flight`] KMS calls are already running, on
+//!    all connections together, is answered `Busy` too, without waiting.
 //! 3. A frame that cannot be decoded (oversized, malformed, out of order, a
 //!    duplicate id) is answered with `Error` and the connection closed;
 //!    requests in flight on it are abandoned, as the protocol specifies.
@@ -68,6 +70,9 @@ struct Shared {
     credentials: Option<Arc<dyn CredentialSource>>,
     /// One permit per open tunnel ([`crate::tunnel::TunnelSettings::max_tunnels`]).
     tunnel_slots: Arc<Semaphore>,
+    /// One permit per KMS call in flight, across all connections
+    /// ([`ServerLimits::max_kms_in_flight`]).
+    kms_slots: Semaphore,
 }
 
 /// A bound, not yet running proxy. [`Proxy::bind`], then
@@ -98,6 +103,8 @@ impl Proxy {
         let (listener, local_addr) =
             Listener::bind(&config.listen, config.allow_non_loopback).await?;
         let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
+        // `Semaphore::new` panics above MAX_PERMITS (2^61 on 64-bit).
+        let kms_slots = Semaphore::new(config.limits.max_kms_in_flight.min(Semaphore::MAX_PERMITS));
         Ok(Proxy {
             listener,
             local_addr,
@@ -107,6 +114,7 @@ impl Proxy {
                 next_connection: AtomicU64::new(1),
                 credentials: None,
                 tunnel_slots,
+                kms_slots,
             },
         })
     }
@@ -902,27 +910,40 @@ async fn handle_request(
             denied = Some(denial.rule);
             Err(denial.to_wire())
         }
-        Ok(()) => match tokio::time::timeout_at(deadline, shared.backend.call(request)).await {
+        // The permit is held until KMS answers or the deadline passes (the
+        // call is then dropped), or until this task is aborted.
+        Ok(()) => match shared.kms_slots.try_acquire() {
             Err(_) => Err(WireError::new(
-                ErrorCode::Timeout,
-                format!("KMS did not answer within {} ms", budget.as_millis()),
+                ErrorCode::Busy,
+                format!(
+                    "{} KMS calls in flight on this proxy (its limit); retry after a back-off",
+                    limits.max_kms_in_flight
+                ),
             )),
-            Ok(Ok(response)) => match check_response(&response) {
-                Ok(()) => Ok(response),
-                Err(denial) => {
-                    // `response` (with its SecretBytes) is dropped, and so
-                    // zeroized, here.
-                    tracing::error!(
-                        conn,
-                        id,
-                        operation = operation.as_str(),
-                        "KMS returned plaintext key material; discarded"
-                    );
-                    denied = Some(denial.rule);
-                    Err(denial.to_wire())
+            Ok(_permit) => {
+                match tokio::time::timeout_at(deadline, shared.backend.call(request)).await {
+                    Err(_) => Err(WireError::new(
+                        ErrorCode::Timeout,
+                        format!("KMS did not answer within {} ms", budget.as_millis()),
+                    )),
+                    Ok(Ok(response)) => match check_response(&response) {
+                        Ok(()) => Ok(response),
+                        Err(denial) => {
+                            // `response` (with its SecretBytes) is dropped,
+                            // and so zeroized, here.
+                            tracing::error!(
+                                conn,
+                                id,
+                                operation = operation.as_str(),
+                                "KMS returned plaintext key material; discarded"
+                            );
+                            denied = Some(denial.rule);
+                            Err(denial.to_wire())
+                        }
+                    },
+                    Ok(Err(e)) => Err(e),
                 }
-            },
-            Ok(Err(e)) => Err(e),
+            }
         },
     };
     finish(
