@@ -11,7 +11,21 @@
 //! duration, outcome) and one per credentials request
 //! ([`CredentialsRecord`], message `credentials`: outcome and expiry, never
 //! the credentials).
+//!
+//! **Peer-controlled strings** (the client id of `Hello`, an enclave's
+//! `Error` message, the key id, a tunnel's host, denial reasons that quote
+//! certificate subjects or payload field names, protocol errors that quote
+//! what was received) are logged only through [`peer`]: printable ASCII is
+//! kept, everything else (newline, carriage return, ANSI escape, other
+//! control characters, any non-ASCII character such as U+2028 or a bidi
+//! override) is escaped, and the result is recorded as a string field,
+//! which the text format quotes and the JSON format encodes as a JSON
+//! string. So a peer cannot end the line it is logged in, start a forged
+//! one (e.g. a fake `request ... outcome=ok` audit line), or add fields to
+//! its own line. For audit, prefer `--log-format json`: every line is one
+//! JSON object, so field boundaries never depend on quoting.
 
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use keybroker_common::kms::{KmsResponse, Operation};
@@ -20,6 +34,38 @@ use keybroker_common::protocol::{ErrorCode, WireError};
 use crate::config::LogFormat;
 use crate::error::{Error, Result};
 use crate::policy::{Rule, short};
+
+/// Renders a string a peer controls (see the [module docs](self)) for a log
+/// field, as Rust's `{:?}` escapes but stricter: printable ASCII
+/// (`' '..='~'`) is kept, except `\`, which becomes `\\`; a newline,
+/// carriage return and tab become `\n`, `\r` and `\t`; every other character
+/// becomes `\u{HEX}`. A peer cannot make an escape look like the character
+/// it stands for, since its own backslashes are doubled. Record the result
+/// as a field value (`client = peer(&c)`), not with `%`, so that the text
+/// format quotes it.
+pub fn peer(value: impl fmt::Display) -> String {
+    struct Escaper(String);
+    impl fmt::Write for Escaper {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                match c {
+                    '\\' => self.0.push_str("\\\\"),
+                    ' '..='~' => self.0.push(c),
+                    '\n' => self.0.push_str("\\n"),
+                    '\r' => self.0.push_str("\\r"),
+                    '\t' => self.0.push_str("\\t"),
+                    _ => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut out = Escaper(String::new());
+    // Writing to a String cannot fail; a failing `Display` impl leaves what
+    // it wrote so far.
+    let _ = write!(out, "{value}");
+    out.0
+}
 
 /// The `tracing` target of audit lines (filter with
 /// `RUST_LOG=keybroker_proxy::audit=info`).
@@ -59,7 +105,9 @@ impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Outcome::Ok => f.write_str("ok"),
-            Outcome::Kms(code) => write!(f, "kms:{}", short(code)),
+            // KMS's code, escaped like a peer's string (it is written with
+            // `%`, unquoted): normally a plain name like `NotFoundException`.
+            Outcome::Kms(code) => write!(f, "kms:{}", peer(short(code))),
             Outcome::Denied(rule) => write!(f, "denied:{rule}"),
             Outcome::Error(code) => write!(f, "error:{code}"),
             Outcome::Abandoned => f.write_str("abandoned"),
@@ -76,7 +124,7 @@ pub struct AuditRecord<'a> {
     pub request_id: u64,
     /// The operation.
     pub operation: Operation,
-    /// `KeyId` as sent by the enclave.
+    /// `KeyId` as sent by the enclave (logged through [`peer`]).
     pub key_id: Option<&'a str>,
     /// PCR0 of the caller's attestation document, hex.
     pub caller_pcr0: Option<&'a str>,
@@ -97,7 +145,7 @@ impl AuditRecord<'_> {
             conn = self.connection,
             id = self.request_id,
             operation = self.operation.as_str(),
-            key_id = self.key_id.map_or("-", short),
+            key_id = self.key_id.map_or_else(|| "-".to_owned(), |k| peer(short(k))),
             caller_pcr0 = self.caller_pcr0.unwrap_or("-"),
             attestation = if self.attestation_verified { "verified" } else if self.caller_pcr0.is_some() { "parsed" } else { "-" },
             outcome = %self.outcome,
@@ -140,8 +188,8 @@ impl std::fmt::Display for TunnelOutcome {
 pub struct TunnelRecord<'a> {
     /// Connection number (per proxy process).
     pub connection: u64,
-    /// The target host as the enclave sent it. Peer-controlled: logged with
-    /// `Debug` formatting (quoted, escaped), never raw.
+    /// The target host as the enclave sent it. Peer-controlled: logged
+    /// through [`peer`], never raw.
     pub host: &'a str,
     /// The target port.
     pub port: u16,
@@ -162,7 +210,7 @@ impl TunnelRecord<'_> {
         tracing::info!(
             target: AUDIT_TARGET,
             conn = self.connection,
-            host = ?self.host,
+            host = peer(self.host),
             port = self.port,
             bytes_to_target = self.to_target,
             bytes_from_target = self.from_target,
@@ -210,18 +258,35 @@ impl CredentialsRecord {
 /// `format`, filtered by `RUST_LOG` (default `info`). Fails if a subscriber
 /// is already installed.
 pub fn init_logging(format: LogFormat) -> Result<()> {
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal, never in files or log shippers.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    subscriber(format, filter, ansi, std::io::stderr)
+        .try_init()
+        .map_err(|e| Error::Config(format!("logging: {e}")))
+}
+
+/// The subscriber [`init_logging`] installs, writing to `writer` (tests
+/// capture the exact production format this way).
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal, never in files or log shippers.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    result.map_err(|e| Error::Config(format!("logging: {e}")))
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+        LogFormat::Text => Box::new(builder.finish()),
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! bound it prints `listening: ADDRESS` on standard output (the real port for
 //! `tcp://127.0.0.1:0`); logs go to standard error. Exit codes: 0 after a
 //! clean shutdown, 1 if serving failed (e.g. the address cannot be bound), 2
-//! for usage or configuration errors.
+//! for usage or configuration errors (among them a non-loopback `tcp://`
+//! address without `--allow-non-loopback`).
 //!
 //! `attestation verify` checks an NSM attestation document (raw CBOR or
 //! base64 text; `-` reads standard input) against the AWS Nitro Enclaves
@@ -137,9 +138,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE", env = "KEYBROKER_PROXY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Listening address: vsock://CID:PORT, tcp://HOST:PORT or unix:///PATH.
-    /// Default: vsock://4294967295:5000 (any CID).
+    /// Default: vsock://4294967295:5000 (any CID). TCP: loopback only
+    /// unless --allow-non-loopback.
     #[arg(long, value_name = "ADDR", env = "KEYBROKER_PROXY_LISTEN")]
     pub listen: Option<String>,
+    /// Allow a non-loopback tcp:// --listen address. Whoever reaches it can
+    /// use the instance role's KMS access and get its AWS credentials.
+    #[arg(long)]
+    pub allow_non_loopback: bool,
     /// KMS endpoint override, e.g. http://127.0.0.1:4566 for the mock KMS.
     #[arg(long, value_name = "URL", env = "KEYBROKER_KMS_ENDPOINT")]
     pub kms_endpoint: Option<String>,
@@ -200,6 +206,10 @@ pub struct ServeArgs {
     /// Requests in flight per connection.
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// KMS calls in flight across all connections (default 512); one more
+    /// is answered Busy (retryable).
+    #[arg(long, value_name = "N")]
+    pub max_kms_in_flight: Option<usize>,
     /// On shutdown, how long in-flight requests may still run (ms).
     #[arg(long, value_name = "MS")]
     pub drain_timeout_ms: Option<u64>,
@@ -413,6 +423,7 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
     let l = &mut file.limits;
     l.max_connections = args.max_connections.or(l.max_connections);
     l.max_in_flight_per_connection = args.max_in_flight.or(l.max_in_flight_per_connection);
+    l.max_kms_in_flight = args.max_kms_in_flight.or(l.max_kms_in_flight);
     l.drain_timeout_ms = args.drain_timeout_ms.or(l.drain_timeout_ms);
     let k = &mut file.kms;
     k.endpoint = args.kms_endpoint.clone().or(k.endpoint.take());
@@ -469,6 +480,7 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
     Ok(ServeSettings {
         proxy: ProxyConfig {
             listen: file.listen_address()?,
+            allow_non_loopback: args.allow_non_loopback || file.allow_non_loopback.unwrap_or(false),
             limits: file.server_limits()?,
             policy,
             tunnels,
@@ -526,7 +538,11 @@ pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             let _ = writeln!(stderr, "error: {e}");
-            return EXIT_FAILURE;
+            // A refused address (non-loopback TCP) is a configuration error.
+            return match e {
+                crate::Error::Config(_) => EXIT_USAGE,
+                _ => EXIT_FAILURE,
+            };
         }
     };
     // The launcher and tests read the real address from here.
@@ -868,6 +884,38 @@ mod tests {
             .build();
         add_region_kms_target(&mut tunnels, &odd);
         assert_eq!(tunnels.allowed.len(), 1);
+    }
+
+    #[test]
+    fn serve_flags_set_the_listener_and_kms_bounds() {
+        let defaults = serve_settings(&ServeArgs::default()).unwrap();
+        assert!(!defaults.proxy.allow_non_loopback);
+        assert_eq!(
+            defaults.proxy.limits.max_kms_in_flight,
+            crate::config::DEFAULT_MAX_KMS_IN_FLIGHT
+        );
+        let args = ServeArgs {
+            listen: Some("tcp://0.0.0.0:5000".into()),
+            allow_non_loopback: true,
+            max_kms_in_flight: Some(7),
+            ..ServeArgs::default()
+        };
+        let settings = serve_settings(&args).unwrap();
+        assert!(settings.proxy.allow_non_loopback);
+        assert_eq!(settings.proxy.limits.max_kms_in_flight, 7);
+        let parsed = Cli::try_parse_from([
+            "keybroker-proxy",
+            "serve",
+            "--allow-non-loopback",
+            "--max-kms-in-flight",
+            "3",
+        ])
+        .unwrap();
+        let Command::Serve(args) = parsed.command else {
+            panic!("not serve");
+        };
+        assert!(args.allow_non_loopback);
+        assert_eq!(args.max_kms_in_flight, Some(3));
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub use crate::tunnel::{TunnelSettings, TunnelTarget};
 /// 0xFFFFFFFF, so the parent accepts from every enclave it runs), port 5000.
 pub const DEFAULT_LISTEN: &str = "vsock://4294967295:5000";
 
+/// The default of [`ServerLimits::max_kms_in_flight`]: above what one
+/// parent's enclaves need (a KMS call takes milliseconds, so this is tens of
+/// thousands of calls per second, more than KMS's per-account request
+/// quotas), and it bounds the memory held by requests waiting on KMS
+/// (each at most a frame).
+pub const DEFAULT_MAX_KMS_IN_FLIGHT: usize = 512;
+
 /// Largest configuration file read, in bytes.
 pub const MAX_CONFIG_FILE_LEN: usize = 1 << 20;
 
@@ -40,6 +47,13 @@ pub struct ServerLimits {
     /// Requests in flight per connection; one more is answered with
     /// `Response{Err(Busy)}`.
     pub max_in_flight_per_connection: usize,
+    /// KMS calls in flight across all connections (requests the policy
+    /// allowed, from the call to KMS's answer or the deadline); one more is
+    /// answered with `Response{Err(Busy)}` at once (retryable, forwarded
+    /// nowhere), so KMS and the proxy see at most this many whatever the
+    /// number of connections. (In end-to-end mode the enclaves call KMS
+    /// through tunnels, bounded by [`TunnelSettings::max_tunnels`].)
+    pub max_kms_in_flight: usize,
     /// Largest frame body read, in bytes (clamped to the wire's
     /// [`MAX_FRAME_LEN`]); a larger length prefix is answered with
     /// `Error{BadRequest}` and the connection closed.
@@ -63,6 +77,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_connections: 256,
             max_in_flight_per_connection: 256,
+            max_kms_in_flight: DEFAULT_MAX_KMS_IN_FLIGHT,
             max_frame_len: MAX_FRAME_LEN,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(300),
@@ -79,6 +94,13 @@ pub struct ProxyConfig {
     /// Where to listen: `vsock://CID:PORT`, `tcp://HOST:PORT` (port 0 picks
     /// a free one; see `Proxy::local_addr`) or `unix:///path`.
     pub listen: Address,
+    /// Whether a `tcp://` address may be other than loopback (every address
+    /// the host name resolves to must be loopback otherwise, or binding
+    /// fails with [`Error::Config`]). Whoever can connect gets the proxy's
+    /// KMS access and, with protocol version 2, its AWS credentials, so the
+    /// listener must not be reachable from the network by accident. vsock
+    /// and Unix sockets are not affected.
+    pub allow_non_loopback: bool,
     /// Resource limits.
     pub limits: ServerLimits,
     /// The request policy.
@@ -93,6 +115,7 @@ impl ProxyConfig {
     pub fn new(listen: Address) -> Self {
         ProxyConfig {
             listen,
+            allow_non_loopback: false,
             limits: ServerLimits::default(),
             policy: Policy::default(),
             tunnels: TunnelSettings::default(),
@@ -133,6 +156,8 @@ pub enum LogFormat {
 pub struct FileConfig {
     /// Listening address (see [`ProxyConfig::listen`]).
     pub listen: Option<String>,
+    /// [`ProxyConfig::allow_non_loopback`] (default `false`).
+    pub allow_non_loopback: Option<bool>,
     /// Log format.
     pub log_format: Option<LogFormat>,
     /// `[limits]`.
@@ -181,6 +206,7 @@ pub struct FileCredentials {
 pub struct FileLimits {
     pub max_connections: Option<usize>,
     pub max_in_flight_per_connection: Option<usize>,
+    pub max_kms_in_flight: Option<usize>,
     pub max_frame_len: Option<usize>,
     pub handshake_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
@@ -270,6 +296,7 @@ impl FileConfig {
             max_in_flight_per_connection: l
                 .max_in_flight_per_connection
                 .unwrap_or(d.max_in_flight_per_connection),
+            max_kms_in_flight: l.max_kms_in_flight.unwrap_or(d.max_kms_in_flight),
             max_frame_len: l.max_frame_len.unwrap_or(d.max_frame_len),
             handshake_timeout: ms(l.handshake_timeout_ms, d.handshake_timeout),
             idle_timeout: ms(l.idle_timeout_ms, d.idle_timeout),
@@ -277,9 +304,13 @@ impl FileConfig {
             max_request_timeout: ms(l.max_request_timeout_ms, d.max_request_timeout),
             drain_timeout: ms(l.drain_timeout_ms, d.drain_timeout),
         };
-        if limits.max_connections == 0 || limits.max_in_flight_per_connection == 0 {
+        if limits.max_connections == 0
+            || limits.max_in_flight_per_connection == 0
+            || limits.max_kms_in_flight == 0
+        {
             return Err(Error::Config(
-                "limits.max_connections and limits.max_in_flight_per_connection must be at least 1"
+                "limits.max_connections, limits.max_in_flight_per_connection and \
+                 limits.max_kms_in_flight must be at least 1"
                     .into(),
             ));
         }
@@ -617,6 +648,24 @@ mod tests {
     }
 
     #[test]
+    fn listen_and_limit_keys_parse() {
+        let c = FileConfig::parse(
+            "listen = \"tcp://0.0.0.0:5000\"\nallow_non_loopback = true\n\
+             [limits]\nmax_kms_in_flight = 9\n",
+        )
+        .unwrap();
+        assert_eq!(c.allow_non_loopback, Some(true));
+        assert_eq!(c.server_limits().unwrap().max_kms_in_flight, 9);
+        assert_eq!(
+            ServerLimits::default().max_kms_in_flight,
+            DEFAULT_MAX_KMS_IN_FLIGHT
+        );
+        let c = FileConfig::parse("[limits]\nmax_kms_in_flight = 0\n").unwrap();
+        assert!(c.server_limits().is_err());
+        assert!(FileConfig::parse("allow_non_loopback = \"yes\"\n").is_err());
+    }
+
+    #[test]
     fn tunnel_section_parses() {
         let c = FileConfig::parse(
             "[tunnel]\nallowed = [\"kms-fips.us-east-1.amazonaws.com:443\", \"LOCALHOST:4566\"]\n\
@@ -881,6 +930,8 @@ mod tests {
         );
         let limits = c.server_limits().unwrap();
         assert_eq!(limits.max_in_flight_per_connection, 128);
+        assert_eq!(limits.max_kms_in_flight, 512);
+        assert_eq!(c.allow_non_loopback, None);
         let kms = c.kms_settings();
         assert_eq!(kms.region.as_deref(), Some("us-east-1"));
         assert_eq!(c.log_format, Some(LogFormat::Json));

@@ -3,6 +3,7 @@
 //! domain sockets (local runs and tests; this machine has no vsock loopback).
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use keybroker_common::address::Address;
@@ -25,15 +26,36 @@ pub(crate) enum Listener {
 
 impl Listener {
     /// Binds `address` and returns the listener and the address actually
-    /// bound (TCP port 0 resolved to the chosen port).
-    pub(crate) async fn bind(address: &Address) -> Result<(Self, Address)> {
+    /// bound (TCP port 0 resolved to the chosen port). A TCP address must
+    /// be loopback (every address its host resolves to) unless
+    /// `allow_non_loopback`: [`Error::Config`] otherwise.
+    pub(crate) async fn bind(
+        address: &Address,
+        allow_non_loopback: bool,
+    ) -> Result<(Self, Address)> {
         let bind_err = |source| Error::Bind {
             address: address.to_string(),
             source,
         };
         match address {
             Address::Tcp(host_port) => {
-                let l = TcpListener::bind(host_port.as_str())
+                // Resolved once: the addresses checked are the ones bound.
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host_port.as_str())
+                    .await
+                    .map_err(bind_err)?
+                    .collect();
+                if !allow_non_loopback
+                    && let Some(open) = addrs.iter().find(|a| !a.ip().to_canonical().is_loopback())
+                {
+                    return Err(Error::Config(format!(
+                        "refusing to listen on non-loopback address {open} ({address}): whoever \
+                         reaches it can use this instance's KMS access and AWS credentials; \
+                         listen on vsock, a Unix socket or 127.0.0.1, or pass \
+                         --allow-non-loopback (allow_non_loopback = true) if that network is \
+                         really private"
+                    )));
+                }
+                let l = TcpListener::bind(addrs.as_slice())
                     .await
                     .map_err(bind_err)?;
                 let local = l.local_addr().map_err(bind_err)?;

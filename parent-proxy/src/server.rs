@@ -10,7 +10,9 @@
 //!    request's deadline); one writer task per connection sends the
 //!    `Response`s in completion order, matched by request id. More than
 //!    [`ServerLimits::max_in_flight_per_connection`] requests in flight: the
-//!    extra one is answered `Busy`.
+//!    extra one is answered `Busy`. A request the policy allows while
+//!    [`ServerLimits::max_kms_in_flight`] KMS calls are already running, on
+//!    all connections together, is answered `Busy` too, without waiting.
 //! 3. A frame that cannot be decoded (oversized, malformed, out of order, a
 //!    duplicate id) is answered with `Error` and the connection closed;
 //!    requests in flight on it are abandoned, as the protocol specifies.
@@ -48,7 +50,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use crate::audit::{AuditRecord, CredentialsRecord, Outcome};
+use crate::audit::{AuditRecord, CredentialsRecord, Outcome, peer};
 use crate::backend::KmsBackend;
 pub use crate::config::{ProxyConfig, ServerLimits};
 use crate::credentials::CredentialSource;
@@ -68,6 +70,9 @@ struct Shared {
     credentials: Option<Arc<dyn CredentialSource>>,
     /// One permit per open tunnel ([`crate::tunnel::TunnelSettings::max_tunnels`]).
     tunnel_slots: Arc<Semaphore>,
+    /// One permit per KMS call in flight, across all connections
+    /// ([`ServerLimits::max_kms_in_flight`]).
+    kms_slots: Semaphore,
 }
 
 /// A bound, not yet running proxy. [`Proxy::bind`], then
@@ -95,8 +100,11 @@ impl Proxy {
 
     /// [`Proxy::bind`] with a shared backend.
     pub async fn bind_shared(config: ProxyConfig, backend: Arc<dyn KmsBackend>) -> Result<Proxy> {
-        let (listener, local_addr) = Listener::bind(&config.listen).await?;
+        let (listener, local_addr) =
+            Listener::bind(&config.listen, config.allow_non_loopback).await?;
         let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
+        // `Semaphore::new` panics above MAX_PERMITS (2^61 on 64-bit).
+        let kms_slots = Semaphore::new(config.limits.max_kms_in_flight.min(Semaphore::MAX_PERMITS));
         Ok(Proxy {
             listener,
             local_addr,
@@ -106,6 +114,7 @@ impl Proxy {
                 next_connection: AtomicU64::new(1),
                 credentials: None,
                 tunnel_slots,
+                kms_slots,
             },
         })
     }
@@ -380,7 +389,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 /// left waiting.
 fn push_frame(msg: &Message, out: &mut Vec<u8>) {
     if let Err(e) = encode_into(msg, out) {
-        tracing::error!(kind = %msg.kind(), error = %e, "cannot encode message");
+        tracing::error!(kind = %msg.kind(), error = peer(&e), "cannot encode message");
         if let Some(id) = msg.request_id() {
             let fallback = Message::Response {
                 id,
@@ -548,7 +557,12 @@ impl Connection {
             }
             Ok(Ok(Some((Message::Hello { versions, client }, _)))) => match negotiate(versions) {
                 Ok(version) => {
-                    tracing::info!(conn, client = %crate::policy::short(&client), version, "handshake");
+                    tracing::info!(
+                        conn,
+                        client = peer(crate::policy::short(&client)),
+                        version,
+                        "handshake"
+                    );
                     let ack = Message::HelloAck {
                         version,
                         server: SERVER_ID.to_owned(),
@@ -556,7 +570,7 @@ impl Connection {
                     tx.send(ack).await.ok().map(|()| version)
                 }
                 Err(e) => {
-                    tracing::info!(conn, error = %e, "handshake failed");
+                    tracing::info!(conn, error = peer(&e), "handshake failed");
                     send_fatal(tx, e).await;
                     None
                 }
@@ -566,13 +580,13 @@ impl Connection {
                     expected: "Hello",
                     got: other.kind(),
                 };
-                tracing::info!(conn, error = %e, "handshake failed");
+                tracing::info!(conn, error = peer(&e), "handshake failed");
                 send_fatal(tx, e).await;
                 None
             }
             Ok(Ok(None)) | Ok(Err(ReadError::Io)) => None,
             Ok(Err(ReadError::Protocol(e))) => {
-                tracing::info!(conn, error = %e, "bad frame during handshake");
+                tracing::info!(conn, error = peer(&e), "bad frame during handshake");
                 send_fatal(tx, e).await;
                 None
             }
@@ -661,7 +675,7 @@ impl Connection {
                                 reading = false;
                             }
                             Message::Error { error } => {
-                                tracing::info!(conn, error = %error, "Error from the enclave; closing");
+                                tracing::info!(conn, error = peer(&error), "Error from the enclave; closing");
                                 return None;
                             }
                             Message::GetCredentials { id } => {
@@ -673,7 +687,7 @@ impl Connection {
                                 let _ = tx.send(Message::Credentials { id, result }).await;
                             }
                             Message::OpenTunnel { host, port } if was_first => {
-                                tracing::debug!(conn, host = ?host, port, "OpenTunnel");
+                                tracing::debug!(conn, host = peer(&host), port, "OpenTunnel");
                                 return Some((host, port));
                             }
                             other @ (Message::Hello { .. }
@@ -803,7 +817,11 @@ impl Connection {
     /// A protocol violation: abandon the requests in flight, send `Error`
     /// as the last frame, close.
     async fn fatal(&self, tx: &mpsc::Sender<Message>, requests: &mut Requests, e: ProtocolError) {
-        tracing::info!(conn = self.id, error = %e, "protocol violation; closing");
+        tracing::info!(
+            conn = self.id,
+            error = peer(&e),
+            "protocol violation; closing"
+        );
         for (id, job) in requests.cancel_all().await {
             self.audit_unanswered(id, &job, Outcome::Abandoned);
         }
@@ -888,31 +906,44 @@ async fn handle_request(
         Err(denial) => {
             // The audit line names only the rule; this says why (e.g. which
             // images a PcrMismatch was checked against).
-            tracing::info!(conn, id, reason = %denial, "request denied by policy");
+            tracing::info!(conn, id, reason = peer(&denial), "request denied by policy");
             denied = Some(denial.rule);
             Err(denial.to_wire())
         }
-        Ok(()) => match tokio::time::timeout_at(deadline, shared.backend.call(request)).await {
+        // The permit is held until KMS answers or the deadline passes (the
+        // call is then dropped), or until this task is aborted.
+        Ok(()) => match shared.kms_slots.try_acquire() {
             Err(_) => Err(WireError::new(
-                ErrorCode::Timeout,
-                format!("KMS did not answer within {} ms", budget.as_millis()),
+                ErrorCode::Busy,
+                format!(
+                    "{} KMS calls in flight on this proxy (its limit); retry after a back-off",
+                    limits.max_kms_in_flight
+                ),
             )),
-            Ok(Ok(response)) => match check_response(&response) {
-                Ok(()) => Ok(response),
-                Err(denial) => {
-                    // `response` (with its SecretBytes) is dropped, and so
-                    // zeroized, here.
-                    tracing::error!(
-                        conn,
-                        id,
-                        operation = operation.as_str(),
-                        "KMS returned plaintext key material; discarded"
-                    );
-                    denied = Some(denial.rule);
-                    Err(denial.to_wire())
+            Ok(_permit) => {
+                match tokio::time::timeout_at(deadline, shared.backend.call(request)).await {
+                    Err(_) => Err(WireError::new(
+                        ErrorCode::Timeout,
+                        format!("KMS did not answer within {} ms", budget.as_millis()),
+                    )),
+                    Ok(Ok(response)) => match check_response(&response) {
+                        Ok(()) => Ok(response),
+                        Err(denial) => {
+                            // `response` (with its SecretBytes) is dropped,
+                            // and so zeroized, here.
+                            tracing::error!(
+                                conn,
+                                id,
+                                operation = operation.as_str(),
+                                "KMS returned plaintext key material; discarded"
+                            );
+                            denied = Some(denial.rule);
+                            Err(denial.to_wire())
+                        }
+                    },
+                    Ok(Err(e)) => Err(e),
                 }
-            },
-            Ok(Err(e)) => Err(e),
+            }
         },
     };
     finish(

@@ -38,7 +38,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
-use crate::audit::{TunnelOutcome, TunnelRecord};
+use crate::audit::{TunnelOutcome, TunnelRecord, peer};
 use crate::listener::Io;
 
 /// An allowed tunnel target: a host name (stored lower-case) or IP literal,
@@ -197,7 +197,7 @@ pub(crate) async fn serve(
             "the proxy is shutting down; retry on a new connection".into(),
         ))
     } else if !ctx.settings.allows(&host, port) {
-        tracing::info!(conn, host = ?host, port, "tunnel target not allowed");
+        tracing::info!(conn, host = peer(&host), port, "tunnel target not allowed");
         Err(refuse(
             ErrorCode::PolicyDenied,
             "this tunnel target is not allowed by the proxy (see --tunnel)".into(),
@@ -214,7 +214,13 @@ pub(crate) async fn serve(
             Ok(permit) => match connect(&host, port, ctx.settings.connect_timeout).await {
                 Ok(target) => Ok((permit, target)),
                 Err(message) => {
-                    tracing::info!(conn, host = ?host, port, error = %message, "tunnel connect failed");
+                    tracing::info!(
+                        conn,
+                        host = peer(&host),
+                        port,
+                        error = peer(&message),
+                        "tunnel connect failed"
+                    );
                     Err(refuse(ErrorCode::Unavailable, message))
                 }
             },

@@ -210,6 +210,30 @@ fn serve_configuration_errors_exit_2() {
     }
 }
 
+/// A non-loopback TCP address is a configuration error without
+/// `--allow-non-loopback`; the message says how to fix it.
+#[test]
+fn serve_refuses_a_non_loopback_tcp_address() {
+    let out = proxy_command()
+        .args([
+            "serve",
+            "--listen",
+            "tcp://0.0.0.0:0",
+            "--region",
+            "us-east-1",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("non-loopback address 0.0.0.0:0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-non-loopback"), "{stderr}");
+    assert!(out.stdout.is_empty(), "never listened");
+}
+
 #[test]
 fn serve_bind_failure_exits_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -319,6 +319,134 @@ async fn busy_over_the_in_flight_limit() {
     proxy.shutdown_and_wait().await.unwrap();
 }
 
+/// Waits until the fake backend has been called `n` times.
+async fn wait_calls(fake: &Fake, n: usize) {
+    for _ in 0..1000 {
+        if fake.calls.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} KMS calls");
+}
+
+/// The bound on KMS calls holds across connections: with two calls in
+/// flight (on two connections, each far below its own limit), a third
+/// connection's request and a second request on the first connection are
+/// answered `Busy` (retryable) at once, without reaching KMS; once a call
+/// finishes there is room again.
+#[tokio::test]
+async fn kms_calls_in_flight_are_bounded_across_connections() {
+    let mut cfg = config();
+    cfg.limits.max_kms_in_flight = 2;
+    let (proxy, fake) = start(cfg).await;
+    let addr = proxy.local_addr().clone();
+    let mut a = Client::handshake(&addr).await;
+    let mut b = Client::handshake(&addr).await;
+    let mut c = Client::handshake(&addr).await;
+    a.request(1, None, describe("block")).await;
+    b.request(1, None, describe("block")).await;
+    wait_calls(&fake, 2).await;
+
+    c.request(1, None, describe("now")).await;
+    let (id, result) = response(c.recv().await);
+    let err = result.unwrap_err();
+    assert_eq!((id, err.code()), (1, ErrorCode::Busy));
+    assert!(err.retryable(), "{err}");
+    assert!(err.message().contains("2 KMS calls in flight"), "{err}");
+    a.request(2, None, describe("now")).await;
+    let (id, result) = response(a.recv().await);
+    assert_eq!((id, result.unwrap_err().code()), (2, ErrorCode::Busy));
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
+
+    // One call finishes: the next request is forwarded.
+    fake.gate.add_permits(1);
+    let done = tokio::select! {
+        r = a.recv() => response(r),
+        r = b.recv() => response(r),
+    };
+    assert_eq!(done.0, 1);
+    assert!(done.1.is_ok());
+    c.request(2, None, describe("now")).await;
+    let (id, result) = response(c.recv().await);
+    assert_eq!((id, result.is_ok()), (2, true));
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
+    fake.gate.add_permits(1);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+/// Many connections at once, each within its own limit, never have more
+/// than the proxy-wide number of calls at KMS; the rest are refused `Busy`.
+#[tokio::test]
+async fn concurrent_connections_share_the_kms_bound() {
+    const CONNECTIONS: usize = 8;
+    const PER_CONNECTION: usize = 4;
+    const BOUND: usize = 5;
+    let total = CONNECTIONS * PER_CONNECTION;
+    let mut cfg = config();
+    cfg.limits.max_kms_in_flight = BOUND;
+    let (proxy, fake) = start(cfg).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..CONNECTIONS {
+        let mut c = Client::handshake(proxy.local_addr()).await;
+        for id in 0..PER_CONNECTION {
+            c.request(u64::try_from(id).unwrap(), None, describe("block"))
+                .await;
+        }
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(Message::Response { result, .. }) = c.recv().await {
+                let _ = tx.send(result);
+            }
+        });
+    }
+    // BOUND calls are held at KMS; every other request comes back Busy.
+    for _ in 0..total - BOUND {
+        let result = rx.recv().await.unwrap();
+        assert_eq!(result.unwrap_err().code(), ErrorCode::Busy);
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), BOUND);
+    fake.gate.add_permits(BOUND);
+    for _ in 0..BOUND {
+        assert!(rx.recv().await.unwrap().is_ok());
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), BOUND);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+/// A TCP listener must be loopback unless allowed: whoever connects gets the
+/// proxy's KMS access and AWS credentials. Unix sockets are not affected
+/// (`serves_on_a_unix_socket`).
+#[tokio::test]
+async fn non_loopback_tcp_needs_the_explicit_flag() {
+    for open in ["tcp://0.0.0.0:0", "tcp://[::]:0"] {
+        let err = Proxy::bind(
+            ProxyConfig::new(open.parse().unwrap()),
+            Arc::new(Fake::default()),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, keybroker_proxy::Error::Config(_)), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("non-loopback"), "{message}");
+        assert!(message.contains("--allow-non-loopback"), "{message}");
+    }
+    // Loopback, by address or by a name that resolves to it: allowed.
+    for lo in ["tcp://127.0.0.1:0", "tcp://localhost:0"] {
+        let (proxy, _) = start(ProxyConfig::new(lo.parse().unwrap())).await;
+        let mut c = Client::handshake(proxy.local_addr()).await;
+        c.request(1, None, describe("alias/app")).await;
+        assert!(response(c.recv().await).1.is_ok());
+        proxy.shutdown_and_wait().await.unwrap();
+    }
+    // Allowed explicitly: binds (on every interface).
+    let mut cfg = ProxyConfig::new("tcp://0.0.0.0:0".parse().unwrap());
+    cfg.allow_non_loopback = true;
+    let (proxy, _) = start(cfg).await;
+    assert!(proxy.local_addr().to_string().starts_with("tcp://0.0.0.0:"));
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
 #[tokio::test]
 async fn connection_limit_refuses_with_busy() {
     let mut cfg = config();

@@ -12,7 +12,7 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keybroker_common::address::Address;
@@ -25,67 +25,13 @@ use keybroker_proxy::backend::FnBackend;
 use keybroker_proxy::credentials::StaticCredentials;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
 use keybroker_proxy::tunnel::TunnelTarget;
-use support::{Client, describe, described, echoed};
+use support::{Client, Logs, describe, described, echoed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 const TOKEN: &str = "IQoJb3JpZ2luX2VjEXAMPLETOKEN/verySecretSessionToken+==";
 const T: Duration = Duration::from_secs(5);
-
-/// Captures everything the proxy logs on this test's thread (the tests use
-/// the current-thread runtime, so every proxy task runs here).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let logs = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(logs.0.clone()))
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// The `tunnel` audit lines.
-    fn tunnel_lines(&self) -> Vec<String> {
-        self.text()
-            .lines()
-            .filter(|l| l.contains("keybroker_proxy::audit") && l.contains(" tunnel "))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// Waits until `n` tunnel audit lines are logged.
-    async fn wait_tunnel_lines(&self, n: usize) -> Vec<String> {
-        for _ in 0..200 {
-            let lines = self.tunnel_lines();
-            if lines.len() >= n {
-                return lines;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("fewer than {n} tunnel audit lines:\n{}", self.text());
-    }
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// An echo server: every connection gets back what it sends, and is closed
 /// when the client closes. Returns its port and a counter of connections.

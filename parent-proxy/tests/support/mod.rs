@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keybroker_common::address::Address;
@@ -111,5 +112,71 @@ pub fn echoed(resp: &KmsResponse) -> String {
     match resp {
         KmsResponse::DescribeKey(d) => d.key_metadata.as_ref().unwrap().key_id.clone(),
         other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Captures everything the proxy logs on this test's thread (the tests use
+/// the current-thread runtime, so every proxy task runs here), in the
+/// production format ([`keybroker_proxy::audit::subscriber`]), all levels,
+/// without colours.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Captures text logs until the guard is dropped.
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        self.install_format(keybroker_proxy::config::LogFormat::Text)
+    }
+
+    /// Captures logs in `format` until the guard is dropped.
+    pub fn install_format(
+        &self,
+        format: keybroker_proxy::config::LogFormat,
+    ) -> tracing::subscriber::DefaultGuard {
+        let logs = self.clone();
+        let subscriber = keybroker_proxy::audit::subscriber(
+            format,
+            tracing_subscriber::EnvFilter::new("trace"),
+            false,
+            move || LogWriter(logs.0.clone()),
+        );
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The `tunnel` audit lines (text format).
+    pub fn tunnel_lines(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|l| l.contains("keybroker_proxy::audit") && l.contains(" tunnel "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until `n` tunnel audit lines are logged.
+    pub async fn wait_tunnel_lines(&self, n: usize) -> Vec<String> {
+        for _ in 0..200 {
+            let lines = self.tunnel_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {n} tunnel audit lines:\n{}", self.text());
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
