@@ -33,6 +33,11 @@ impl SecretBytes {
         &self.0
     }
 
+    /// Borrows the secret mutably, to transform it in place (no copy).
+    pub fn expose_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
     /// Length in bytes (not secret).
     pub fn len(&self) -> usize {
         self.0.len()
