@@ -729,7 +729,7 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
             create_socket_dir(path, args.user)?;
             let listener = endpoint::bind_unix(path)?;
             if let Some(to) = args.user {
-                chown(path, to)?;
+                chown_no_follow(path, nix::sys::stat::SFlag::S_IFSOCK, to)?;
             }
             Some((path, listener))
         }
@@ -822,18 +822,50 @@ fn create_socket_dir(socket: &Path, user: Option<RunAs>) -> Result<(), Error> {
         .create(dir)
         .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     match user {
-        Some(to) => chown(dir, to),
+        Some(to) => chown_no_follow(dir, nix::sys::stat::SFlag::S_IFDIR, to),
         None => Ok(()),
     }
 }
 
-fn chown(path: &Path, to: RunAs) -> Result<(), Error> {
-    nix::unistd::chown(
+/// Gives the file at `path` to `to` through a descriptor of that file, not
+/// by its name: it is opened with `O_PATH | O_NOFOLLOW`, checked through the
+/// descriptor to be of type `kind` (the socket or directory just made), and
+/// changed with `fchownat(fd, "", AT_EMPTY_PATH)`. A symbolic link put in its
+/// place (by whoever can write the directory) is refused, never followed,
+/// and the file checked is the file changed.
+///
+/// (`fchown` on the listening socket's own descriptor would not do: it
+/// changes the socket's inode in sockfs, not the file a client connects to.)
+fn chown_no_follow(path: &Path, kind: nix::sys::stat::SFlag, to: RunAs) -> Result<(), Error> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag};
+    let fail = |e: nix::Error| Error::io(format!("chown {}", path.display()), e.into());
+    let fd = nix::fcntl::open(
         path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
+    let stat = nix::sys::stat::fstat(&fd).map_err(fail)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != kind {
+        return Err(Error::InvalidArgument(format!(
+            "refusing to chown {}: not the {} it should be (replaced, or a symbolic link?)",
+            path.display(),
+            if kind == SFlag::S_IFDIR {
+                "directory"
+            } else {
+                "socket"
+            },
+        )));
+    }
+    nix::unistd::fchownat(
+        &fd,
+        "",
         Some(nix::unistd::Uid::from_raw(to.uid)),
         Some(nix::unistd::Gid::from_raw(to.gid)),
+        AtFlags::AT_EMPTY_PATH,
     )
-    .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))
+    .map_err(fail)
 }
 
 /// Writes `bytes` to `path`, readable by the owner only (it may be key
@@ -1258,6 +1290,58 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::stat::SFlag;
+    use std::os::unix::fs::{MetadataExt as _, symlink};
+
+    fn me() -> RunAs {
+        RunAs {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    /// `serve --user`: whoever can write the socket's directory may put a
+    /// symbolic link where the socket was bound; the owner change must not
+    /// follow it (as root it would give the link's target to `--user`).
+    #[test]
+    fn socket_ownership_is_set_on_the_socket_itself_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kms.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        let to_file = dir.path().join("to-file.sock");
+        symlink(&victim, &to_file).unwrap();
+        let to_socket = dir.path().join("to-socket.sock");
+        symlink(&socket, &to_socket).unwrap();
+
+        for link in [&to_file, &to_socket] {
+            let e = chown_no_follow(link, SFlag::S_IFSOCK, me()).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        }
+        assert!(chown_no_follow(&victim, SFlag::S_IFSOCK, me()).is_err());
+        assert!(chown_no_follow(&socket, SFlag::S_IFDIR, me()).is_err());
+        chown_no_follow(&socket, SFlag::S_IFSOCK, me()).unwrap();
+        chown_no_follow(dir.path(), SFlag::S_IFDIR, me()).unwrap();
+
+        // Only root can give files away: there, check the owner really is
+        // the socket file's (and the victim's is untouched).
+        if nix::unistd::geteuid().is_root() {
+            let other = RunAs {
+                uid: 4321,
+                gid: 4322,
+            };
+            let owner = |p: &Path| {
+                let m = std::fs::symlink_metadata(p).unwrap();
+                (m.uid(), m.gid())
+            };
+            let victim_owner = owner(&victim);
+            chown_no_follow(&socket, SFlag::S_IFSOCK, other).unwrap();
+            assert_eq!(owner(&socket), (4321, 4322));
+            assert!(chown_no_follow(&to_file, SFlag::S_IFSOCK, other).is_err());
+            assert_eq!(owner(&victim), victim_owner);
+        }
+    }
 
     #[test]
     fn secret_output_is_the_json_object_and_hides_values_in_debug() {
