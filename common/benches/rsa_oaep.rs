@@ -70,7 +70,10 @@ fn main() {
         .decrypt(rsa::Oaep::<rsa::sha2::Sha256>::new(), &encrypted_key)
         .unwrap();
     assert_eq!(cek_aws, cek_rc);
-    assert_eq!(cms::decrypt(&ber, &recipient).unwrap().expose(), &data_key);
+    assert_eq!(
+        cms::decrypt(&ber, &recipient, Some(32)).unwrap().expose(),
+        &data_key
+    );
 
     println!("RSA-2048 OAEP-SHA-256 ({} bytes of CMS)", ber.len());
     let t_aws = median(201, 1, || {
@@ -94,7 +97,7 @@ fn main() {
         black_box(out);
     });
     let t_cms = median(201, 1, || {
-        black_box(cms::decrypt(black_box(&ber), &recipient).unwrap());
+        black_box(cms::decrypt(black_box(&ber), &recipient, Some(32)).unwrap());
     });
     let t_parse = median(101, 100, || {
         black_box(cms::parse(black_box(&ber)).unwrap());

@@ -24,8 +24,9 @@ pub enum Error {
     /// Peer data: an attestation document is malformed or does not verify.
     #[error("attestation document rejected: {0}")]
     Attestation(#[from] AttestationError),
-    /// Peer data: a CMS `EnvelopedData` is malformed, unsupported or does not
-    /// decrypt.
+    /// Peer data: a CMS `EnvelopedData` is malformed or unsupported. (One
+    /// that parses but does not decrypt is no error: see `cms`, "Implicit
+    /// rejection".)
     #[error("CMS EnvelopedData rejected: {0}")]
     Cms(#[from] CmsError),
     /// Peer data: a wire frame or message violates the protocol.

@@ -425,6 +425,60 @@ kms_shape! {
     }
 }
 
+/// The `NumberOfBytes` range of `GenerateDataKey` and `GenerateRandom`
+/// (KMS API reference: 1..=1024).
+pub const NUMBER_OF_BYTES: core::ops::RangeInclusive<u32> = 1..=1024;
+
+fn number_of_bytes(n: u32) -> Result<usize, crate::Error> {
+    if !NUMBER_OF_BYTES.contains(&n) {
+        return Err(crate::Error::InvalidArgument(format!(
+            "NumberOfBytes {n} is outside {}..={}",
+            NUMBER_OF_BYTES.start(),
+            NUMBER_OF_BYTES.end()
+        )));
+    }
+    usize::try_from(n).map_err(|_| crate::Error::InvalidArgument("NumberOfBytes overflow".into()))
+}
+
+impl GenerateDataKeyRequest {
+    /// The length of the data key this request asks for: that of its
+    /// `KeySpec` or its `NumberOfBytes` (1..=1024), of exactly one of them,
+    /// as KMS requires. A client checks it before sending, so that the
+    /// answer's length can be enforced.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] for neither, both, or a
+    /// `NumberOfBytes` out of range.
+    pub fn data_key_len(&self) -> Result<usize, crate::Error> {
+        match (self.key_spec, self.number_of_bytes) {
+            (Some(spec), None) => Ok(spec.byte_len()),
+            (None, Some(n)) => number_of_bytes(n),
+            (None, None) => Err(crate::Error::InvalidArgument(
+                "GenerateDataKey needs KeySpec or NumberOfBytes".into(),
+            )),
+            (Some(_), Some(_)) => Err(crate::Error::InvalidArgument(
+                "GenerateDataKey takes KeySpec or NumberOfBytes, not both".into(),
+            )),
+        }
+    }
+}
+
+impl GenerateRandomRequest {
+    /// The number of random bytes this request asks for (`NumberOfBytes`,
+    /// 1..=1024).
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] when it is absent or out of range.
+    pub fn random_len(&self) -> Result<usize, crate::Error> {
+        match self.number_of_bytes {
+            Some(n) => number_of_bytes(n),
+            None => Err(crate::Error::InvalidArgument(
+                "GenerateRandom needs NumberOfBytes".into(),
+            )),
+        }
+    }
+}
+
 kms_shape! {
     /// KMS `Encrypt` request (served by the mock KMS; never by the broker,
     /// since it would send plaintext through the parent).
@@ -1019,6 +1073,36 @@ mod tests {
         assert_eq!(r.ciphertext_blob, Some(Blob(vec![0, 1])));
         assert_eq!(r.ciphertext_for_recipient, Some(Blob(vec![2, 3])));
         assert!(r.plaintext.is_none());
+    }
+
+    #[test]
+    fn requested_lengths_need_exactly_one_spec_in_range() {
+        let gdk = |key_spec, number_of_bytes| GenerateDataKeyRequest {
+            key_spec,
+            number_of_bytes,
+            ..Default::default()
+        };
+        assert_eq!(gdk(Some(DataKeySpec::Aes256), None).data_key_len(), Ok(32));
+        assert_eq!(gdk(Some(DataKeySpec::Aes128), None).data_key_len(), Ok(16));
+        assert_eq!(gdk(None, Some(1024)).data_key_len(), Ok(1024));
+        for bad in [
+            gdk(None, None),
+            gdk(Some(DataKeySpec::Aes256), Some(32)),
+            gdk(None, Some(0)),
+            gdk(None, Some(1025)),
+        ] {
+            assert!(
+                matches!(bad.data_key_len(), Err(crate::Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        let random = |number_of_bytes| GenerateRandomRequest {
+            number_of_bytes,
+            ..Default::default()
+        };
+        assert_eq!(random(Some(1)).random_len(), Ok(1));
+        assert!(random(None).random_len().is_err());
+        assert!(random(Some(1025)).random_len().is_err());
     }
 
     #[test]

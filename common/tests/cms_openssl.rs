@@ -165,7 +165,7 @@ fn openssl_encrypts_we_decrypt() {
         assert_eq!(&ber[..2], &[0x30, 0x80]);
         let parts = cms::parse(&ber).unwrap();
         assert_eq!(parts.subject_key_identifier.len(), 20);
-        let out = cms::decrypt(&ber, &key).unwrap();
+        let out = cms::decrypt(&ber, &key, Some(pt.len())).unwrap();
         assert_eq!(out.expose(), pt.as_slice(), "len {}", pt.len());
     }
 }

@@ -10,7 +10,9 @@
 //!   inside the enclave (in the spirit of `kmstool-enclave-cli`). Output is
 //!   the KMS response as JSON with base64 blobs on stdout (field names as in
 //!   the KMS API, as `aws kms` prints them); a field written to a file with
-//!   its `--*-file` option holds raw bytes and is left out of the JSON.
+//!   its `--*-file` option holds raw bytes and is left out of the JSON. The
+//!   JSON, which may carry plaintext in base64, is built in buffers that are
+//!   zeroized after the write ([`SecretOutput`]).
 //! - `attestation`: a fresh attestation document for a nonce, user data and
 //!   public key.
 //! - `seal`, `open`: envelope encryption of a file ([`crate::envelope`]),
@@ -28,7 +30,7 @@
 //! proxy or KMS unavailable, throttled or timed out (retry later); 4 NSM
 //! failure; 5 local I/O error; 6 data that does not authenticate or decode
 //! (a tampered or truncated `seal` message, a `CiphertextForRecipient` that
-//! does not decrypt, a KMS answer for a key that is not allowed, a TLS
+//! does not parse, a KMS answer for a key that is not allowed, a TLS
 //! session that does not verify).
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -333,6 +335,11 @@ pub struct DecryptArgs {
     /// Context and grant tokens.
     #[command(flatten)]
     pub context: ContextArgs,
+    /// The plaintext's length in bytes, when known (32 for an AES-256 data
+    /// key): a ciphertext that does not decrypt to exactly that many bytes
+    /// yields that many pseudorandom bytes instead (implicit rejection).
+    #[arg(long, value_name = "BYTES")]
+    pub plaintext_length: Option<usize>,
     /// Write the plaintext (raw bytes, mode 0600) here.
     #[arg(long, value_name = "FILE")]
     pub plaintext_file: Option<PathBuf>,
@@ -495,7 +502,8 @@ pub const EXIT_NSM: u8 = 4;
 /// Exit code: a local file could not be read or written.
 pub const EXIT_IO: u8 = 5;
 /// Exit code: data that does not authenticate or decode (a tampered
-/// envelope message, an answer that does not decrypt).
+/// envelope message, an answer that does not parse or is for a key that is
+/// not allowed, TLS that does not verify).
 pub const EXIT_INTERNAL: u8 = 6;
 
 /// The exit code for `e` (see the [module docs](self)).
@@ -592,10 +600,62 @@ async fn run_async(command: Command) -> Result<(), Error> {
     }
 }
 
-fn print_json(v: &Value) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(|e| Error::io("write stdout", e))
+/// Prints `v` as pretty JSON and a newline on stdout. The text is built in
+/// a zeroizing buffer of exactly its size
+/// ([`keybroker_common::secret::to_json_zeroizing`]) and written straight
+/// to file descriptor 1, not through stdout's line buffer, so no copy of a
+/// base64 plaintext is left in memory after the call.
+///
+/// # Errors
+/// [`Error::Io`] when stdout cannot be written.
+fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<(), Error> {
+    use std::os::fd::AsFd as _;
+    let text = keybroker_common::secret::to_json_zeroizing(v, true)
+        .map_err(|e| Error::InvalidArgument(format!("internal: cannot encode the output: {e}")))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.flush().map_err(|e| Error::io("write stdout", e))?;
+    let mut fd = out
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| Error::io("write stdout", e))?;
+    fd.write_all(&text)
+        .and_then(|()| fd.write_all(b"\n"))
+        .map_err(|e| Error::io("write stdout", e))
+}
+
+/// The JSON output of a subcommand whose fields may be base64 of plaintext
+/// (`Plaintext`, `PrivateKeyPlaintext`): every string in it is zeroized
+/// when it drops. Serializes as the JSON object it holds; `Debug` shows the
+/// field names only.
+#[derive(Default)]
+pub struct SecretOutput(Map<String, Value>);
+
+impl core::fmt::Debug for SecretOutput {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl serde::Serialize for SecretOutput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl Drop for SecretOutput {
+    fn drop(&mut self) {
+        fn wipe(v: &mut Value) {
+            match v {
+                Value::String(s) => zeroize::Zeroize::zeroize(s),
+                Value::Array(a) => a.iter_mut().for_each(wipe),
+                Value::Object(m) => m.values_mut().for_each(wipe),
+                _ => {}
+            }
+        }
+        self.0.values_mut().for_each(wipe);
+    }
 }
 
 /// The client for a subcommand: NSM, recipient keys, connection.
@@ -692,7 +752,7 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
             create_socket_dir(path, args.user)?;
             let listener = endpoint::bind_unix(path)?;
             if let Some(to) = args.user {
-                chown(path, to)?;
+                chown_no_follow(path, nix::sys::stat::SFlag::S_IFSOCK, to)?;
             }
             Some((path, listener))
         }
@@ -785,18 +845,50 @@ fn create_socket_dir(socket: &Path, user: Option<RunAs>) -> Result<(), Error> {
         .create(dir)
         .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     match user {
-        Some(to) => chown(dir, to),
+        Some(to) => chown_no_follow(dir, nix::sys::stat::SFlag::S_IFDIR, to),
         None => Ok(()),
     }
 }
 
-fn chown(path: &Path, to: RunAs) -> Result<(), Error> {
-    nix::unistd::chown(
+/// Gives the file at `path` to `to` through a descriptor of that file, not
+/// by its name: it is opened with `O_PATH | O_NOFOLLOW`, checked through the
+/// descriptor to be of type `kind` (the socket or directory just made), and
+/// changed with `fchownat(fd, "", AT_EMPTY_PATH)`. A symbolic link put in its
+/// place (by whoever can write the directory) is refused, never followed,
+/// and the file checked is the file changed.
+///
+/// (`fchown` on the listening socket's own descriptor would not do: it
+/// changes the socket's inode in sockfs, not the file a client connects to.)
+fn chown_no_follow(path: &Path, kind: nix::sys::stat::SFlag, to: RunAs) -> Result<(), Error> {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag};
+    let fail = |e: nix::Error| Error::io(format!("chown {}", path.display()), e.into());
+    let fd = nix::fcntl::open(
         path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
+    let stat = nix::sys::stat::fstat(&fd).map_err(fail)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != kind {
+        return Err(Error::InvalidArgument(format!(
+            "refusing to chown {}: not the {} it should be (replaced, or a symbolic link?)",
+            path.display(),
+            if kind == SFlag::S_IFDIR {
+                "directory"
+            } else {
+                "socket"
+            },
+        )));
+    }
+    nix::unistd::fchownat(
+        &fd,
+        "",
         Some(nix::unistd::Uid::from_raw(to.uid)),
         Some(nix::unistd::Gid::from_raw(to.gid)),
+        AtFlags::AT_EMPTY_PATH,
     )
-    .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))
+    .map_err(fail)
 }
 
 /// Writes `bytes` to `path`, readable by the owner only (it may be key
@@ -821,6 +913,8 @@ fn private_file(path: &Path) -> Result<std::fs::File, Error> {
 }
 
 /// Puts `bytes` into `out[field]` as base64, or into `file` as raw bytes.
+/// The base64 string is allocated once at its size and moved into `out`
+/// (no copies); a [`SecretOutput`] wipes it.
 fn emit(
     out: &mut Map<String, Value>,
     field: &str,
@@ -847,7 +941,7 @@ fn opt_str(out: &mut Map<String, Value>, field: &str, value: Option<String>) {
 ///
 /// # Errors
 /// As [`Client::generate_data_key`]; I/O errors writing the files.
-pub async fn generate_data_key(args: &GenerateDataKeyArgs) -> Result<Value, Error> {
+pub async fn generate_data_key(args: &GenerateDataKeyArgs) -> Result<SecretOutput, Error> {
     let client = connect(&args.broker).await?;
     let key_spec = match (args.key_spec, args.number_of_bytes) {
         (None, None) => Some(DataKeySpec::Aes256),
@@ -863,30 +957,33 @@ pub async fn generate_data_key(args: &GenerateDataKeyArgs) -> Result<Value, Erro
             ..Default::default()
         })
         .await?;
-    let mut out = Map::new();
-    opt_str(&mut out, "KeyId", key.key_id);
+    let mut output = SecretOutput::default();
+    let out = &mut output.0;
+    opt_str(out, "KeyId", key.key_id);
     emit(
-        &mut out,
+        out,
         "CiphertextBlob",
         &key.ciphertext_blob.0,
         args.ciphertext_file.as_ref(),
     )?;
     emit(
-        &mut out,
+        out,
         "Plaintext",
         key.plaintext.expose(),
         args.plaintext_file.as_ref(),
     )?;
-    opt_str(&mut out, "KeyMaterialId", key.key_material_id);
-    Ok(Value::Object(out))
+    opt_str(out, "KeyMaterialId", key.key_material_id);
+    Ok(output)
 }
 
 /// `decrypt`: `KeyId`, `Plaintext`, `EncryptionAlgorithm`, `KeyMaterialId`.
 ///
+/// With `--plaintext-length`, [`Client::decrypt_expecting`].
+///
 /// # Errors
 /// [`Error::InvalidArgument`] for a ciphertext that is not base64; I/O
 /// errors reading or writing files; as [`Client::decrypt`].
-pub async fn decrypt(args: &DecryptArgs) -> Result<Value, Error> {
+pub async fn decrypt(args: &DecryptArgs) -> Result<SecretOutput, Error> {
     let blob = match (&args.ciphertext_blob, &args.ciphertext_file) {
         (_, Some(path)) => {
             std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?
@@ -901,20 +998,23 @@ pub async fn decrypt(args: &DecryptArgs) -> Result<Value, Error> {
         }
     };
     let client = connect(&args.broker).await?;
-    let d = client
-        .decrypt(DecryptRequest {
-            ciphertext_blob: Some(Blob(blob)),
-            key_id: args.key_id.clone(),
-            encryption_algorithm: args.encryption_algorithm,
-            encryption_context: args.context.context(),
-            grant_tokens: args.context.grant_tokens(),
-            ..Default::default()
-        })
-        .await?;
-    let mut out = Map::new();
-    opt_str(&mut out, "KeyId", d.key_id);
+    let request = DecryptRequest {
+        ciphertext_blob: Some(Blob(blob)),
+        key_id: args.key_id.clone(),
+        encryption_algorithm: args.encryption_algorithm,
+        encryption_context: args.context.context(),
+        grant_tokens: args.context.grant_tokens(),
+        ..Default::default()
+    };
+    let d = match args.plaintext_length {
+        Some(n) => client.decrypt_expecting(request, n).await?,
+        None => client.decrypt(request).await?,
+    };
+    let mut output = SecretOutput::default();
+    let out = &mut output.0;
+    opt_str(out, "KeyId", d.key_id);
     emit(
-        &mut out,
+        out,
         "Plaintext",
         d.plaintext.expose(),
         args.plaintext_file.as_ref(),
@@ -922,8 +1022,8 @@ pub async fn decrypt(args: &DecryptArgs) -> Result<Value, Error> {
     if let Some(alg) = d.encryption_algorithm {
         out.insert("EncryptionAlgorithm".into(), json!(alg));
     }
-    opt_str(&mut out, "KeyMaterialId", d.key_material_id);
-    Ok(Value::Object(out))
+    opt_str(out, "KeyMaterialId", d.key_material_id);
+    Ok(output)
 }
 
 /// `generate-data-key-pair`: `KeyId`, `KeyPairSpec`, `PublicKey`,
@@ -931,7 +1031,7 @@ pub async fn decrypt(args: &DecryptArgs) -> Result<Value, Error> {
 ///
 /// # Errors
 /// As [`Client::generate_data_key_pair`]; I/O errors writing the files.
-pub async fn generate_data_key_pair(args: &GenerateDataKeyPairArgs) -> Result<Value, Error> {
+pub async fn generate_data_key_pair(args: &GenerateDataKeyPairArgs) -> Result<SecretOutput, Error> {
     let client = connect(&args.broker).await?;
     let p = client
         .generate_data_key_pair(GenerateDataKeyPairRequest {
@@ -942,40 +1042,36 @@ pub async fn generate_data_key_pair(args: &GenerateDataKeyPairArgs) -> Result<Va
             ..Default::default()
         })
         .await?;
-    let mut out = Map::new();
-    opt_str(&mut out, "KeyId", p.key_id);
+    let mut output = SecretOutput::default();
+    let out = &mut output.0;
+    opt_str(out, "KeyId", p.key_id);
     if let Some(spec) = p.key_pair_spec {
         out.insert("KeyPairSpec".into(), json!(spec));
     }
     if let Some(public) = &p.public_key {
-        emit(
-            &mut out,
-            "PublicKey",
-            &public.0,
-            args.public_key_file.as_ref(),
-        )?;
+        emit(out, "PublicKey", &public.0, args.public_key_file.as_ref())?;
     }
     emit(
-        &mut out,
+        out,
         "PrivateKeyCiphertextBlob",
         &p.private_key_ciphertext_blob.0,
         args.ciphertext_file.as_ref(),
     )?;
     emit(
-        &mut out,
+        out,
         "PrivateKeyPlaintext",
         p.private_key_plaintext.expose(),
         args.private_key_file.as_ref(),
     )?;
-    opt_str(&mut out, "KeyMaterialId", p.key_material_id);
-    Ok(Value::Object(out))
+    opt_str(out, "KeyMaterialId", p.key_material_id);
+    Ok(output)
 }
 
 /// `generate-random`: `Plaintext`.
 ///
 /// # Errors
 /// As [`Client::generate_random`]; I/O errors writing the file.
-pub async fn generate_random(args: &GenerateRandomArgs) -> Result<Value, Error> {
+pub async fn generate_random(args: &GenerateRandomArgs) -> Result<SecretOutput, Error> {
     let client = connect(&args.broker).await?;
     let bytes = client
         .generate_random(GenerateRandomRequest {
@@ -983,14 +1079,14 @@ pub async fn generate_random(args: &GenerateRandomArgs) -> Result<Value, Error> 
             ..Default::default()
         })
         .await?;
-    let mut out = Map::new();
+    let mut output = SecretOutput::default();
     emit(
-        &mut out,
+        &mut output.0,
         "Plaintext",
         bytes.expose(),
         args.plaintext_file.as_ref(),
     )?;
-    Ok(Value::Object(out))
+    Ok(output)
 }
 
 /// `seal` (`sealing`) or `open`: streams `--in` through
@@ -1217,6 +1313,74 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::stat::SFlag;
+    use std::os::unix::fs::{MetadataExt as _, symlink};
+
+    fn me() -> RunAs {
+        RunAs {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    /// `serve --user`: whoever can write the socket's directory may put a
+    /// symbolic link where the socket was bound; the owner change must not
+    /// follow it (as root it would give the link's target to `--user`).
+    #[test]
+    fn socket_ownership_is_set_on_the_socket_itself_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("kms.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        let to_file = dir.path().join("to-file.sock");
+        symlink(&victim, &to_file).unwrap();
+        let to_socket = dir.path().join("to-socket.sock");
+        symlink(&socket, &to_socket).unwrap();
+
+        for link in [&to_file, &to_socket] {
+            let e = chown_no_follow(link, SFlag::S_IFSOCK, me()).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        }
+        assert!(chown_no_follow(&victim, SFlag::S_IFSOCK, me()).is_err());
+        assert!(chown_no_follow(&socket, SFlag::S_IFDIR, me()).is_err());
+        chown_no_follow(&socket, SFlag::S_IFSOCK, me()).unwrap();
+        chown_no_follow(dir.path(), SFlag::S_IFDIR, me()).unwrap();
+
+        // Only root can give files away: there, check the owner really is
+        // the socket file's (and the victim's is untouched).
+        if nix::unistd::geteuid().is_root() {
+            let other = RunAs {
+                uid: 4321,
+                gid: 4322,
+            };
+            let owner = |p: &Path| {
+                let m = std::fs::symlink_metadata(p).unwrap();
+                (m.uid(), m.gid())
+            };
+            let victim_owner = owner(&victim);
+            chown_no_follow(&socket, SFlag::S_IFSOCK, other).unwrap();
+            assert_eq!(owner(&socket), (4321, 4322));
+            assert!(chown_no_follow(&to_file, SFlag::S_IFSOCK, other).is_err());
+            assert_eq!(owner(&victim), victim_owner);
+        }
+    }
+
+    #[test]
+    fn secret_output_is_the_json_object_and_hides_values_in_debug() {
+        let mut out = SecretOutput::default();
+        emit(&mut out.0, "Plaintext", b"\x01\x02\x03", None).unwrap();
+        opt_str(&mut out.0, "KeyId", Some("arn:k".into()));
+        assert_eq!(
+            serde_json::to_value(&out).unwrap(),
+            json!({"Plaintext": "AQID", "KeyId": "arn:k"})
+        );
+        let shown = format!("{out:?}");
+        assert!(
+            shown.contains("Plaintext") && !shown.contains("AQID"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn key_pinning_and_tls_failures_have_their_own_exit_codes() {

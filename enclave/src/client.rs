@@ -23,10 +23,31 @@
 //! `Plaintext`/`PrivateKeyPlaintext` field is refused: the frame decoder
 //! rejects it ([`ProtocolError::PlaintextOnWire`]) and, since framing cannot
 //! resynchronise, the connection is dropped and every request in flight on it
-//! fails with that error. Where the plaintext length is known (a data key of
-//! `KeySpec`/`NumberOfBytes`, `GenerateRandom`), a plaintext of another length
-//! is reported as the same [`CmsError::DecryptionFailed`] as a padding failure
-//! (see `crate::keys`, "Use count").
+//! fails with that error.
+//!
+//! # Decryption is not an oracle
+//!
+//! A `CiphertextForRecipient` that parses never fails to decrypt: one that
+//! does not decrypt yields a pseudorandom value derived from the recipient
+//! key's secret and the ciphertext (implicit rejection,
+//! `keybroker_common::cms`), so neither the answer nor what the caller does
+//! next (an envelope header that does not authenticate, exactly as with a
+//! wrong key) tells the sender whether it decrypted. The length is enforced
+//! where it is known, by the same means: `GenerateDataKey` (its `KeySpec` or
+//! `NumberOfBytes`; a request with neither or both is refused before
+//! anything is sent), `GenerateRandom` (`NumberOfBytes`, required), and
+//! [`Client::decrypt_expecting`] (the envelope's 32-byte data keys). A
+//! plaintext of another length gets the rejection value of the expected
+//! length. A `CiphertextForRecipient` that does not parse is an error, never
+//! a retryable one (`InvalidCiphertextException` at the endpoint).
+//!
+//! # Randomness the parent cannot choose
+//!
+//! `GenerateRandom` returns KMS's bytes XORed with as many bytes of the
+//! NSM's own randomness (`GetRandom`): a parent that substitutes the bytes
+//! (in broker mode it can encrypt any value to the enclave's public key)
+//! does not determine the result, which is as random as the better of the
+//! two sources.
 //!
 //! The other operations (`GenerateDataKeyWithoutPlaintext`,
 //! `GenerateDataKeyPairWithoutPlaintext`, `DescribeKey`) are relayed as they are.
@@ -68,7 +89,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use keybroker_common::CmsError;
 use keybroker_common::address::Address;
 use keybroker_common::cms;
 use keybroker_common::kms::{
@@ -493,22 +513,26 @@ impl Client {
     /// KMS `GenerateDataKey` with `Recipient`: a new data key, in plaintext
     /// (inside the enclave) and encrypted under the KMS key.
     ///
+    /// The data key has the length the request names (module docs,
+    /// "Decryption is not an oracle").
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] if `request.recipient` is set (the client
-    /// attaches its own); the errors of a call (module docs); a relayed KMS
+    /// attaches its own); `Error::Common(InvalidArgument(_))`, before
+    /// anything is sent, unless exactly one of `KeySpec` and `NumberOfBytes`
+    /// (1..=1024) is given; the errors of a call (module docs); a relayed KMS
     /// error as `Error::Common(Kms(_))`; a refusal by the proxy as
-    /// `Error::Common(Protocol(Remote { code: PolicyDenied, .. }))`.
+    /// `Error::Common(Protocol(Remote { code: PolicyDenied, .. }))`; a
+    /// `CiphertextForRecipient` that does not parse as `Error::Common(Cms(_))`.
     pub async fn generate_data_key(
         &self,
         mut request: GenerateDataKeyRequest,
     ) -> Result<DataKey, Error> {
         const OP: Operation = Operation::GenerateDataKey;
         no_recipient(request.recipient.is_some())?;
-        let expected = match (request.key_spec, request.number_of_bytes) {
-            (Some(spec), None) => Some(spec.byte_len()),
-            (None, Some(n)) => usize::try_from(n).ok(),
-            _ => None,
-        };
+        // Refused here, before anything is sent, unless exactly one of
+        // KeySpec and NumberOfBytes fixes the length to enforce.
+        let expected = request.data_key_len()?;
         let pair = self.inner.keys.acquire();
         request.recipient = Some(pair.recipient());
         let KmsResponse::GenerateDataKey(r) = self
@@ -520,7 +544,7 @@ impl Client {
         refuse_plaintext(OP, r.plaintext.is_some())?;
         let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
         let ciphertext_blob = required(OP, r.ciphertext_blob, "no CiphertextBlob")?;
-        let plaintext = open(pair, cfr, expected).await?;
+        let plaintext = open(pair, cfr, Some(expected)).await?;
         Ok(DataKey {
             key_id: r.key_id,
             ciphertext_blob,
@@ -533,9 +557,46 @@ impl Client {
     /// inside the enclave. The encryption context must match the one used to
     /// encrypt.
     ///
+    /// Prefer [`Client::decrypt_expecting`] when the plaintext's length is
+    /// known: without it, a `CiphertextForRecipient` that does not decrypt
+    /// yields a pseudorandom plaintext of a pseudorandom length, and a caller
+    /// that reveals the length it got reveals whether the padding was valid.
+    ///
     /// # Errors
     /// As [`Client::generate_data_key`].
-    pub async fn decrypt(&self, mut request: DecryptRequest) -> Result<Decrypted, Error> {
+    pub async fn decrypt(&self, request: DecryptRequest) -> Result<Decrypted, Error> {
+        self.decrypt_with(request, None).await
+    }
+
+    /// [`Client::decrypt`] of a plaintext that must be `plaintext_len` bytes
+    /// long (for example a 32-byte data key): any other result, and a
+    /// `CiphertextForRecipient` that does not decrypt, yields a pseudorandom
+    /// plaintext of exactly that length (module docs, "Decryption is not an
+    /// oracle").
+    ///
+    /// # Errors
+    /// As [`Client::decrypt`]; `Error::Common(InvalidArgument(_))` for a
+    /// `plaintext_len` of 0 or above 6144, before anything is sent.
+    pub async fn decrypt_expecting(
+        &self,
+        request: DecryptRequest,
+        plaintext_len: usize,
+    ) -> Result<Decrypted, Error> {
+        if !(1..=cms::MAX_CIPHERTEXT_FOR_RECIPIENT_LEN).contains(&plaintext_len) {
+            return Err(keybroker_common::Error::InvalidArgument(format!(
+                "expected plaintext length {plaintext_len} is outside 1..={}",
+                cms::MAX_CIPHERTEXT_FOR_RECIPIENT_LEN
+            ))
+            .into());
+        }
+        self.decrypt_with(request, Some(plaintext_len)).await
+    }
+
+    async fn decrypt_with(
+        &self,
+        mut request: DecryptRequest,
+        expected_len: Option<usize>,
+    ) -> Result<Decrypted, Error> {
         const OP: Operation = Operation::Decrypt;
         no_recipient(request.recipient.is_some())?;
         let pair = self.inner.keys.acquire();
@@ -548,7 +609,7 @@ impl Client {
         };
         refuse_plaintext(OP, r.plaintext.is_some())?;
         let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
-        let plaintext = open(pair, cfr, None).await?;
+        let plaintext = open(pair, cfr, expected_len).await?;
         Ok(Decrypted {
             key_id: r.key_id,
             encryption_algorithm: r.encryption_algorithm,
@@ -595,19 +656,21 @@ impl Client {
     }
 
     /// KMS `GenerateRandom` with `Recipient`: random bytes from KMS, in
-    /// plaintext only inside the enclave.
+    /// plaintext only inside the enclave, XORed with as many bytes from the
+    /// NSM (`GetRandom`), so that a parent that substitutes KMS's bytes does
+    /// not choose the result (module docs).
     ///
     /// # Errors
-    /// As [`Client::generate_data_key`].
+    /// As [`Client::generate_data_key`]; `Error::Common(InvalidArgument(_))`,
+    /// before anything is sent, without a `NumberOfBytes` in 1..=1024;
+    /// [`Error::Nsm`] if the NSM's `GetRandom` fails.
     pub async fn generate_random(
         &self,
         mut request: GenerateRandomRequest,
     ) -> Result<SecretBytes, Error> {
         const OP: Operation = Operation::GenerateRandom;
         no_recipient(request.recipient.is_some())?;
-        let expected = request
-            .number_of_bytes
-            .and_then(|n| usize::try_from(n).ok());
+        let expected = request.random_len()?;
         let pair = self.inner.keys.acquire();
         request.recipient = Some(pair.recipient());
         let KmsResponse::GenerateRandom(r) = self
@@ -618,7 +681,15 @@ impl Client {
         };
         refuse_plaintext(OP, r.plaintext.is_some())?;
         let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
-        open(pair, cfr, expected).await
+        let from_kms = open(pair, cfr, Some(expected)).await?;
+        let nsm = self.inner.keys.nsm();
+        tokio::task::spawn_blocking(move || {
+            let mut out = from_kms;
+            crate::nsm::xor_random(nsm.as_ref(), out.expose_mut())?;
+            Ok(out)
+        })
+        .await
+        .map_err(|_| Error::Shutdown)?
     }
 
     /// KMS `GenerateDataKeyWithoutPlaintext`, relayed as is.
@@ -878,22 +949,18 @@ fn mismatch(expected: Operation) -> Error {
 }
 
 /// Decrypts `CiphertextForRecipient` with `pair`'s key on the blocking pool
-/// (an RSA private-key operation takes about a millisecond). A plaintext of
-/// the wrong length is reported exactly like a padding failure.
+/// (an RSA private-key operation takes about a millisecond), with implicit
+/// rejection: a ciphertext that parses but does not decrypt, or whose
+/// plaintext is not `expected_len` bytes, yields its pseudorandom rejection
+/// value (module docs). Broker and e2e mode both decrypt here.
 async fn open(
     pair: Arc<RecipientKeyPair>,
     cfr: Blob,
     expected_len: Option<usize>,
 ) -> Result<SecretBytes, Error> {
-    tokio::task::spawn_blocking(move || {
-        let plaintext = cms::decrypt(&cfr.0, pair.private_key())?;
-        if expected_len.is_some_and(|n| n != plaintext.len()) {
-            return Err(CmsError::DecryptionFailed.into());
-        }
-        Ok(plaintext)
-    })
-    .await
-    .map_err(|_| Error::Shutdown)?
+    tokio::task::spawn_blocking(move || Ok(cms::decrypt(&cfr.0, pair.private_key(), expected_len)?))
+        .await
+        .map_err(|_| Error::Shutdown)?
 }
 
 /// A request waiting for its answer.

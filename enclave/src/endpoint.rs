@@ -32,8 +32,9 @@
 //! ([`bind_unix`]). Inside a Nitro Enclave the loopback interface starts
 //! down; bring it up (`ip link set lo up`) or use the Unix socket.
 //!
-//! Response bodies that carry plaintext live in zeroizing buffers that are
-//! wiped when the HTTP stack drops them.
+//! Response bodies that carry plaintext are built in zeroizing buffers
+//! allocated once at their final size (their base64 fields too), and wiped
+//! when the HTTP stack drops them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -318,16 +319,17 @@ fn unsupported(name: &str) -> KmsError {
     )
 }
 
-/// Serializes a response into a zeroizing buffer.
+/// Serializes a response into a zeroizing buffer allocated once at its
+/// final size (a growing buffer would leave copies of a plaintext, say an
+/// RSA-4096 private key, in freed memory); the base64 of plaintext fields is
+/// built in zeroizing buffers too (`SecretBytes`'s `Serialize`).
 fn to_json<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    let mut out = Zeroizing::new(Vec::with_capacity(1024));
-    serde_json::to_writer(&mut *out, value).map_err(|_| {
+    keybroker_common::secret::to_json_zeroizing(value, false).map_err(|_| {
         KmsError::new(
             "KMSInternalException",
             "keybroker enclave: cannot serialize the response",
         )
-    })?;
-    Ok(out)
+    })
 }
 
 /// The single HTTP route.

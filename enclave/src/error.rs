@@ -24,7 +24,9 @@ pub enum Error {
     /// (`Common(Kms(_))`, code, message and retryability as KMS sent them), an
     /// error of the proxy's own such as a policy refusal
     /// (`Common(Protocol(Remote { .. }))`), a protocol violation by the proxy,
-    /// a `CiphertextForRecipient` that does not decrypt, an invalid address.
+    /// a `CiphertextForRecipient` that does not parse (one that parses always
+    /// decrypts, to a pseudorandom value if need be: implicit rejection), an
+    /// invalid address.
     #[error(transparent)]
     Common(#[from] keybroker_common::Error),
     /// The NSM refused a request or answered with an unexpected response.
@@ -158,7 +160,11 @@ impl Error {
     /// - a caller mistake is `ValidationException` (400);
     /// - a request for a key outside the e2e allowlist is
     ///   `AccessDeniedException` (400), as a key policy's refusal would be;
-    /// - anything else (NSM failure, an undecryptable or malformed answer) is
+    /// - a `CiphertextForRecipient` that does not parse is
+    ///   `InvalidCiphertextException` (400): never a class that SDKs retry,
+    ///   so no SDK queries a decryption on the sender's behalf (a ciphertext
+    ///   that parses does not fail at all: implicit rejection);
+    /// - anything else (NSM failure, an answer missing a field) is
     ///   `KMSInternalException` (500).
     ///
     /// Messages name the cause but never carry key material.
@@ -180,6 +186,9 @@ impl Error {
             },
             Error::Common(keybroker_common::Error::InvalidArgument(_))
             | Error::InvalidArgument(_) => KmsError::new("ValidationException", message),
+            Error::Common(keybroker_common::Error::Cms(_)) => {
+                KmsError::new("InvalidCiphertextException", message)
+            }
             Error::ConnectionLost { .. } | Error::Unavailable { .. } | Error::Timeout { .. } => {
                 KmsError::new("DependencyTimeoutException", message)
             }
@@ -314,10 +323,18 @@ mod tests {
                 "KMSInternalException",
                 500,
             ),
+            (
+                Error::from(keybroker_common::CmsError::Malformed("x".into())),
+                "InvalidCiphertextException",
+                400,
+            ),
         ];
         for (e, code, status) in cases {
             let k = e.to_kms_error();
             assert_eq!((k.code.as_str(), k.status), (code, status), "{e}");
+            if matches!(e, Error::Common(keybroker_common::Error::Cms(_))) {
+                assert!(!k.retryable && !e.is_retryable(), "{e}");
+            }
             assert!(
                 k.message.starts_with("keybroker enclave: "),
                 "{}",

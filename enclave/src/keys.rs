@@ -32,18 +32,16 @@
 //!
 //! # Use count
 //!
-//! `cms::decrypt` leaks, to whoever submitted the ciphertext, whether
-//! decryption succeeded (see `keybroker_common::cms`, "Oracles"). The parent
-//! answers every request, so it could answer with modified ciphertexts and
-//! watch the enclave's behaviour: a CBC padding oracle against one response,
-//! which needs on average 128 (at most 256) queries per recovered byte, all
-//! against the same RSA key (a ciphertext for a retired key no longer
-//! decrypts at all). [`DEFAULT_MAX_USES`] = 256 bounds that to about two bytes
-//! of one ciphertext per key. The client also checks the plaintext length
-//! where it is known (data keys, random bytes) and reports a wrong length as
-//! the same error as a padding failure, which removes the oracle for those
-//! operations; the use limit is the defence for `Decrypt` and key pairs. The
-//! cost is one background RSA-2048 key generation per 256 requests.
+//! [`DEFAULT_MAX_USES`] = 256 requests per pair keeps the number of
+//! ciphertexts under one key small, at the cost of one background RSA-2048
+//! key generation per 256 requests. It is not what protects decryption: the
+//! parent can have the same data key re-wrapped to every new recipient key
+//! by calling KMS `Decrypt` itself with the enclave's newest attestation
+//! document (it sees one in every request), so a limit per key bounds
+//! nothing a decryption oracle would leak. That protection is implicit
+//! rejection: a ciphertext that does not decrypt yields a pseudorandom value
+//! derived from the pair's secret (`keybroker_common::cms`, "Implicit
+//! rejection"), so there is no oracle to query.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -279,6 +277,12 @@ impl RecipientKeys {
     /// The current pair, without counting a use (for inspection).
     pub fn current(&self) -> Arc<RecipientKeyPair> {
         self.shared.current.load_full()
+    }
+
+    /// The NSM the pairs are attested by (also the enclave's own source of
+    /// randomness, `crate::nsm::xor_random`).
+    pub fn nsm(&self) -> Arc<dyn Nsm> {
+        self.shared.nsm.clone()
     }
 
     /// The rotation policy.

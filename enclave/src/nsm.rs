@@ -191,6 +191,36 @@ impl Drop for NsmDevice {
     }
 }
 
+/// XORs `buf` with as many bytes of the NSM's own randomness, from as many
+/// `GetRandom` calls as it takes (the NSM returns up to 256 bytes per call).
+///
+/// This is how `GenerateRandom` through the enclave gets bytes the parent
+/// cannot choose (`crate::client`, "Randomness the parent cannot choose"):
+/// the result is uniform if either input is, and the parent, which may
+/// have chosen `buf`, never sees the NSM's bytes.
+///
+/// # Errors
+/// [`Error::Nsm`] if `GetRandom` fails or answers with no bytes.
+pub fn xor_random(nsm: &dyn Nsm, buf: &mut [u8]) -> Result<(), Error> {
+    let mut rest = buf;
+    while !rest.is_empty() {
+        let random = zeroize::Zeroizing::new(nsm.get_random()?);
+        if random.is_empty() {
+            return Err(Error::Nsm {
+                request: "GetRandom",
+                detail: "no bytes in the answer".into(),
+            });
+        }
+        let n = random.len().min(rest.len());
+        let (now, later) = rest.split_at_mut(n);
+        for (b, r) in now.iter_mut().zip(random.iter()) {
+            *b ^= r;
+        }
+        rest = later;
+    }
+    Ok(())
+}
+
 /// SHA-384 of `bytes`, the PCR hash of the NSM.
 pub fn sha384(bytes: &[u8]) -> [u8; PCR_LEN] {
     let mut out = [0u8; PCR_LEN];
@@ -256,6 +286,58 @@ mod tests {
         assert!(matches!(
             sha384_file(&dir.path().join("missing")),
             Err(Error::Io { .. })
+        ));
+    }
+
+    /// An NSM whose `GetRandom` answers `chunk` bytes of a counter, then
+    /// nothing once `calls` answers were given.
+    struct CountingNsm {
+        chunk: usize,
+        calls: std::sync::atomic::AtomicUsize,
+        max_calls: usize,
+    }
+
+    impl Nsm for CountingNsm {
+        fn process(&self, request: Request) -> Response {
+            use std::sync::atomic::Ordering;
+            match request {
+                Request::GetRandom => {
+                    let call = self.calls.fetch_add(1, Ordering::SeqCst);
+                    let len = if call < self.max_calls { self.chunk } else { 0 };
+                    let random = (0..len)
+                        .map(|i| u8::try_from((call * self.chunk + i) % 256).unwrap())
+                        .collect();
+                    Response::GetRandom { random }
+                }
+                _ => Response::Error(NsmErrorCode::InvalidOperation),
+            }
+        }
+    }
+
+    #[test]
+    fn xor_random_covers_the_buffer_from_several_answers() {
+        let nsm = |max_calls| CountingNsm {
+            chunk: 7,
+            calls: std::sync::atomic::AtomicUsize::new(0),
+            max_calls,
+        };
+        // A parent's all-zero bytes become the NSM's bytes, all 20 of them
+        // (three answers of 7).
+        let mut buf = [0u8; 20];
+        xor_random(&nsm(3), &mut buf).unwrap();
+        assert_eq!(buf.to_vec(), (0..20u8).collect::<Vec<_>>());
+        // Known bytes are XORed, not replaced.
+        let mut buf = [0xffu8; 5];
+        xor_random(&nsm(1), &mut buf).unwrap();
+        assert_eq!(buf, [0xff, 0xfe, 0xfd, 0xfc, 0xfb]);
+        // An NSM that stops answering is an error, not a short or endless loop.
+        let mut buf = [0u8; 20];
+        assert!(matches!(
+            xor_random(&nsm(2), &mut buf),
+            Err(Error::Nsm {
+                request: "GetRandom",
+                ..
+            })
         ));
     }
 

@@ -4,13 +4,14 @@
 
 mod support;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use keybroker_common::Error as CommonError;
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, ProtocolError, WireError};
-use keybroker_common::{CmsError, Error as CommonError};
 use keybroker_enclave::{Client, ClientConfig, Error};
 use support::*;
 
@@ -538,22 +539,35 @@ async fn kms_and_proxy_errors_pass_through() {
     assert!(e.kms_error().is_none());
 }
 
+/// A plaintext of the wrong length, and a ciphertext for another key, are
+/// not errors (that would be an oracle) but the ciphertext's implicit
+/// rejection value: of the requested length, deterministic (the same
+/// ciphertext twice gets the same value, as a real decryption would), and
+/// not what the parent encrypted.
 #[tokio::test]
-async fn wrong_length_or_foreign_key_plaintext_is_a_decryption_failure() {
+async fn wrong_length_or_foreign_key_plaintext_gets_the_rejection_value() {
     let (keys, verifier) = keys().await;
     let other = keybroker_common::cms::RecipientPrivateKey::generate_2048().unwrap();
     let other_spki = other.public_key_spki_der();
+    // One forged answer per case, reused, so the same ciphertext comes twice.
+    let forged: Arc<Mutex<HashMap<String, Blob>>> = Arc::default();
     let handler: Handler = Arc::new(move |s| {
         let KmsRequest::GenerateDataKey(r) = &s.request else {
             panic!()
         };
         let spki = recipient_spki(&verifier, r.recipient.as_ref());
-        let cfr = match r.key_id.as_deref() {
-            // 16 bytes where AES_256 asked for 32.
-            Some("short") => seal(&spki, &[1; 16]),
-            // Sealed to a key that is not the enclave's.
-            _ => seal(&other_spki, &[1; 32]),
-        };
+        let key = r.key_id.clone().unwrap();
+        let cfr = forged
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_insert_with(|| match key.as_str() {
+                // 16 bytes where AES_256 asked for 32.
+                "short" => seal(&spki, &[1; 16]),
+                // Sealed to a key that is not the enclave's.
+                _ => seal(&other_spki, &[1; 32]),
+            })
+            .clone();
         Action::Reply {
             delay: Duration::ZERO,
             result: Ok(KmsResponse::GenerateDataKey(GenerateDataKeyResponse {
@@ -566,23 +580,271 @@ async fn wrong_length_or_foreign_key_plaintext_is_a_decryption_failure() {
     });
     let proxy = FakeProxy::tcp(handler).await;
     let client = Client::connect(config(&proxy), keys).await.unwrap();
+    let call = |key: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .generate_data_key(GenerateDataKeyRequest {
+                    key_id: Some(key.into()),
+                    key_spec: Some(DataKeySpec::Aes256),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .plaintext
+        }
+    };
     for key in ["short", "foreign"] {
-        let err = client
-            .generate_data_key(GenerateDataKeyRequest {
-                key_id: Some(key.into()),
-                key_spec: Some(DataKeySpec::Aes256),
-                ..Default::default()
-            })
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Common(CommonError::Cms(CmsError::DecryptionFailed))
-            ),
-            "{key}: {err}"
-        );
+        let first = call(key).await;
+        assert_eq!(first.len(), 32, "{key}");
+        assert_ne!(&first.expose()[..16], &[1; 16], "{key}");
+        assert_eq!(call(key).await, first, "{key}: deterministic");
     }
+    assert_ne!(call("short").await, call("foreign").await);
+}
+
+/// The padding-oracle attack of a broker-mode parent (issue 11): it lets
+/// KMS answer `Decrypt` and modifies the `CiphertextForRecipient` so that
+/// the padding is valid (`alias/valid`) or invalid (`alias/invalid`). It
+/// watches what it can: the requests that arrive, the answer an SDK gets
+/// from the in-enclave endpoint, and what the caller does next (an
+/// envelope's open, and opening again). Both cases look the same.
+#[tokio::test]
+async fn a_parents_padding_probes_cannot_be_told_apart() {
+    use keybroker_enclave::endpoint::KmsEndpoint;
+    use keybroker_enclave::envelope::{CachingConfig, DataKeyCache, Envelope};
+
+    let (keys, verifier) = keys().await;
+    let handler: Handler = Arc::new(move |s| {
+        let mut result = kms_answer(&verifier, s);
+        if let (KmsRequest::Decrypt(req), Ok(KmsResponse::Decrypt(r))) = (&s.request, &mut result) {
+            let cfr = r.ciphertext_for_recipient.as_mut().unwrap();
+            match req.key_id.as_deref() {
+                Some("alias/valid") => cfr.0 = probe_padding(&cfr.0, true),
+                Some("alias/invalid") => cfr.0 = probe_padding(&cfr.0, false),
+                _ => {}
+            }
+        }
+        Action::Reply {
+            delay: Duration::ZERO,
+            result,
+        }
+    });
+    let proxy = FakeProxy::tcp(handler).await;
+    let client = Client::connect(config(&proxy), keys).await.unwrap();
+    let context = ctx();
+    let message = Envelope::new(client.clone(), "alias/app")
+        .seal(b"the secret", &context)
+        .await
+        .unwrap();
+    let blob = keybroker_enclave::envelope::peek_header(&message)
+        .unwrap()
+        .ciphertext_blob()
+        .to_vec();
+
+    // What the parent observes of one probe.
+    #[derive(Debug, PartialEq)]
+    struct Observed {
+        envelope_error: String,
+        retryable: bool,
+        kms_code: String,
+        decrypts_per_open: Vec<usize>,
+        endpoint_status: u16,
+        endpoint_decrypts: usize,
+        cached: usize,
+    }
+    let decrypts = || {
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| s.request.operation() == Operation::Decrypt)
+            .count()
+    };
+    let mut observed = Vec::new();
+    for probe in ["alias/valid", "alias/invalid"] {
+        let cache = DataKeyCache::new(CachingConfig::new(Duration::from_secs(60))).unwrap();
+        let envelope = Envelope::new(client.clone(), probe).with_cache(cache.clone());
+        let mut decrypts_per_open = Vec::new();
+        let mut error = None;
+        // The caller opens, fails, and opens again.
+        for _ in 0..2 {
+            let before = decrypts();
+            let e = envelope.open(&message, &context).await.unwrap_err();
+            decrypts_per_open.push(decrypts() - before);
+            error = Some(e);
+        }
+        let e = error.unwrap();
+        // An SDK's Decrypt through the in-enclave endpoint.
+        let body = serde_json::to_vec(&DecryptRequest {
+            ciphertext_blob: Some(Blob(blob.clone())),
+            key_id: Some(probe.into()),
+            encryption_context: Some(context.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        let before = decrypts();
+        let answer = KmsEndpoint::new(client.clone())
+            .call(Some("TrentService.Decrypt"), &body)
+            .await;
+        let endpoint_decrypts = decrypts() - before;
+        let response: DecryptResponse = serde_json::from_slice(answer.body()).unwrap();
+        let len = response.plaintext.unwrap().len();
+        if probe == "alias/valid" {
+            // Really valid padding: without a stated length the (garbled)
+            // real plaintext comes back, 15 bytes longer. Only the app in
+            // the enclave sees it.
+            assert_eq!(len, 47);
+        }
+        // A caller that states the length gets exactly that many bytes.
+        let d = client
+            .decrypt_expecting(
+                DecryptRequest {
+                    ciphertext_blob: Some(Blob(blob.clone())),
+                    key_id: Some(probe.into()),
+                    encryption_context: Some(context.clone()),
+                    ..Default::default()
+                },
+                32,
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.plaintext.len(), 32, "{probe}");
+        assert_ne!(
+            d.plaintext.expose(),
+            &blob[4..],
+            "{probe}: not the data key"
+        );
+        observed.push(Observed {
+            envelope_error: e.to_string(),
+            retryable: e.is_retryable(),
+            kms_code: e.to_kms_error().code,
+            decrypts_per_open,
+            endpoint_status: answer.status,
+            endpoint_decrypts,
+            cached: cache.stats().entries,
+        });
+    }
+    assert_eq!(observed[0], observed[1]);
+    let o = &observed[0];
+    assert!(o.envelope_error.contains("does not authenticate"), "{o:?}");
+    assert!(!o.retryable);
+    assert_eq!(
+        o.decrypts_per_open,
+        [1, 1],
+        "nothing cached, nothing retried"
+    );
+    assert_eq!(
+        (o.endpoint_status, o.endpoint_decrypts, o.cached),
+        (200, 1, 0)
+    );
+
+    // The honest answer still opens.
+    let honest = Envelope::new(client.clone(), "alias/app");
+    assert_eq!(
+        &honest.open(&message, &context).await.unwrap()[..],
+        b"the secret"
+    );
+}
+
+/// Requests whose plaintext length is not fixed are refused before anything
+/// is sent: `GenerateDataKey` with neither or both of `KeySpec` and
+/// `NumberOfBytes`, `GenerateRandom` without `NumberOfBytes`, and a
+/// `Decrypt` expecting zero bytes.
+#[tokio::test]
+async fn requests_without_a_fixed_length_are_refused_locally() {
+    let (keys, verifier) = keys().await;
+    let proxy = FakeProxy::tcp(kms_handler(verifier, Duration::ZERO)).await;
+    let client = Client::connect(config(&proxy), keys).await.unwrap();
+    let gdk = |key_spec, number_of_bytes| GenerateDataKeyRequest {
+        key_id: Some("alias/app".into()),
+        key_spec,
+        number_of_bytes,
+        ..Default::default()
+    };
+    for bad in [
+        gdk(None, None),
+        gdk(Some(DataKeySpec::Aes256), Some(32)),
+        gdk(None, Some(0)),
+        gdk(None, Some(1025)),
+    ] {
+        let e = client.generate_data_key(bad).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Common(CommonError::InvalidArgument(_))),
+            "{e}"
+        );
+        assert_eq!(e.to_kms_error().code, "ValidationException");
+    }
+    let e = client
+        .generate_random(GenerateRandomRequest::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Common(CommonError::InvalidArgument(_))),
+        "{e}"
+    );
+    let e = client
+        .decrypt_expecting(
+            DecryptRequest {
+                ciphertext_blob: Some(Blob(b"FAKEx".to_vec())),
+                ..Default::default()
+            },
+            0,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Common(CommonError::InvalidArgument(_))),
+        "{e}"
+    );
+    assert!(proxy.seen().is_empty(), "nothing was sent");
+    // NumberOfBytes alone is a length too.
+    let k = client.generate_data_key(gdk(None, Some(24))).await.unwrap();
+    assert_eq!(k.plaintext.len(), 24);
+}
+
+/// A parent that answers `GenerateRandom` with bytes of its choosing (all
+/// zero, here, encrypted to the enclave's key) does not get them through:
+/// the NSM's randomness is mixed in, so the results are neither its bytes
+/// nor equal to each other.
+#[tokio::test]
+async fn a_parent_does_not_choose_generate_random_bytes() {
+    let (keys, verifier) = keys().await;
+    let handler: Handler = Arc::new(move |s| {
+        let KmsRequest::GenerateRandom(r) = &s.request else {
+            panic!("{:?}", s.request)
+        };
+        let spki = recipient_spki(&verifier, r.recipient.as_ref());
+        let n = r.number_of_bytes.unwrap() as usize;
+        Action::Reply {
+            delay: Duration::ZERO,
+            result: Ok(KmsResponse::GenerateRandom(GenerateRandomResponse {
+                plaintext: None,
+                ciphertext_for_recipient: Some(seal(&spki, &vec![0; n])),
+            })),
+        }
+    });
+    let proxy = FakeProxy::tcp(handler).await;
+    let client = Client::connect(config(&proxy), keys).await.unwrap();
+    let random = |n| {
+        let client = client.clone();
+        async move {
+            client
+                .generate_random(GenerateRandomRequest {
+                    number_of_bytes: Some(n),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    // 1000 bytes take several NSM answers (256 bytes each at most).
+    let (a, b) = (random(1000).await, random(1000).await);
+    assert_eq!((a.len(), b.len()), (1000, 1000));
+    assert_ne!(a.expose(), &[0u8; 1000][..], "not the parent's bytes");
+    assert_ne!(a, b);
+    // Every byte value shows up: the output is not the zeros with a few changes.
+    let distinct: std::collections::HashSet<u8> = a.expose().iter().copied().collect();
+    assert!(distinct.len() > 200, "{}", distinct.len());
 }
 
 #[tokio::test]

@@ -111,6 +111,9 @@ struct Behaviour {
     oversized: Mutex<Option<usize>>,
     /// Session tokens answered with ExpiredTokenException.
     expired_tokens: Mutex<Vec<String>>,
+    /// `Decrypt` answers a `CiphertextForRecipient` with valid (`true`) or
+    /// invalid padding (`support::probe_padding`).
+    probe_padding: Mutex<Option<bool>>,
 }
 
 struct State {
@@ -435,6 +438,12 @@ async fn handle(state: &State, req: hyper::Request<Incoming>) -> hyper::Response
             if let Some(k) = b.key_id.lock().unwrap().clone() {
                 set_key_id(&mut r, k);
             }
+            if let (Some(valid), KmsResponse::Decrypt(d)) =
+                (*b.probe_padding.lock().unwrap(), &mut r)
+            {
+                let cfr = d.ciphertext_for_recipient.as_mut().unwrap();
+                cfr.0 = support::probe_padding(&cfr.0, valid);
+            }
             respond(state, 200, full(response_json(&r)))
         }
         Err(e) => {
@@ -592,6 +601,42 @@ async fn envelope_seals_and_opens_in_e2e_mode_and_refuses_a_header_key_not_allow
         .unwrap_err();
     assert!(matches!(err, Error::KeyNotAllowed(_)), "{err}");
     assert_eq!(s.kms.seen().len(), before, "nothing sent");
+}
+
+/// E2e mode decrypts on the same path as broker mode: a
+/// `CiphertextForRecipient` with valid or invalid padding (here from the
+/// server, the only party that can produce one in this mode) gets the
+/// implicit-rejection value, and the envelope fails the same way for both.
+#[tokio::test]
+async fn e2e_answers_that_do_not_decrypt_are_rejected_implicitly() {
+    let s = setup(0).await;
+    let c = client(&s, e2e_config(&s, &[ARN]), direct(&s));
+    let envelope = Envelope::new(c.clone(), ARN);
+    let ctx = EncryptionContext::new();
+    let message = envelope.seal(b"secret data", &ctx).await.unwrap();
+    let mut errors = Vec::new();
+    for valid in [true, false] {
+        *s.kms.state.behaviour.probe_padding.lock().unwrap() = Some(valid);
+        errors.push(envelope.open(&message, &ctx).await.unwrap_err().to_string());
+        let d = c
+            .decrypt_expecting(
+                DecryptRequest {
+                    ciphertext_blob: Some(Blob([b"FAKE".as_slice(), &[9; 32]].concat())),
+                    ..Default::default()
+                },
+                32,
+            )
+            .await
+            .unwrap();
+        assert_eq!(d.plaintext.len(), 32);
+    }
+    assert_eq!(errors[0], errors[1]);
+    assert!(errors[0].contains("does not authenticate"), "{}", errors[0]);
+    *s.kms.state.behaviour.probe_padding.lock().unwrap() = None;
+    assert_eq!(
+        &envelope.open(&message, &ctx).await.unwrap()[..],
+        b"secret data"
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! Fuzz target: `keybroker_common::cms` on arbitrary bytes.
 //!
 //! `parse` must never panic; when it succeeds, `decrypt` with a fixed
-//! recipient key must not panic either (it fails with a typed error unless
-//! the input happens to be a ciphertext for that key).
+//! recipient key must not panic either, and must not fail: a ciphertext
+//! that does not decrypt yields its implicit-rejection value, of the
+//! expected length when one is given.
 #![no_main]
 
 use keybroker_common::cms::{self, RecipientPrivateKey};
@@ -16,6 +17,9 @@ fn key() -> &'static RecipientPrivateKey {
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(parts) = cms::parse(data) {
         assert!(parts.ciphertext.len() % 16 == 0 && !parts.ciphertext.is_empty());
-        let _ = cms::decrypt_parts(&parts, key());
+        let any = cms::decrypt_parts(&parts, key(), None).expect("no failure after parsing");
+        assert!(any.len() < parts.ciphertext.len());
+        let fixed = cms::decrypt_parts(&parts, key(), Some(32)).expect("no failure after parsing");
+        assert_eq!(fixed.len(), 32);
     }
 });

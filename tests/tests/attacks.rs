@@ -601,29 +601,93 @@ async fn broker_mode_accepts_a_substituted_data_key() {
     );
 }
 
-/// Flipped bytes in the CiphertextForRecipient that a broker relays are a
-/// typed error with no plaintext (whether the failure is distinguishable
-/// from a success is the decryption-oracle issue, #11).
+/// The padding-oracle probe a broker can mount (issue 11): it relays KMS's
+/// answers but flips the last byte of the second-to-last block of each
+/// `CiphertextForRecipient`, so that the padding of the 32-byte data key
+/// becomes valid (0x01) or invalid (0x00), and watches what follows. With
+/// implicit rejection both decrypt (to a pseudorandom key of the requested
+/// length), neither is a retryable error, and the caller's next step (an
+/// envelope's open, another open) looks the same: the probe learns nothing.
 #[tokio::test(flavor = "multi_thread")]
-async fn broker_mode_flipped_bytes_are_a_typed_error() {
+async fn broker_mode_padding_probes_cannot_be_told_apart() {
+    use keybroker_enclave::envelope::Envelope;
+    use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+
+    /// 0 honest, 1 valid padding, 2 invalid padding.
+    static PROBE: AtomicU8 = AtomicU8::new(0);
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    fn probe(cfr: &mut [u8]) {
+        let mask = match PROBE.load(Ordering::SeqCst) {
+            1 => 0x10 ^ 0x01,
+            2 => 0x10,
+            _ => return,
+        };
+        // A 32-byte data key: 48 bytes of content, the last block all padding.
+        let parts = keybroker_common::cms::parse(cfr).unwrap();
+        let tail = &parts.ciphertext[parts.ciphertext.len() - 32..];
+        let at = cfr.windows(32).position(|w| w == tail).unwrap() + 15;
+        cfr[at] ^= mask;
+    }
+
     let stack = InProcessStack::builder().start().await.unwrap();
     let real = Arc::new(SdkKmsBackend::new(stack.sdk.clone()));
     let backend = FnBackend(move |request: KmsRequest| {
         let real = real.clone();
         async move {
             use keybroker_proxy::backend::KmsBackend as _;
+            CALLS.fetch_add(1, Ordering::SeqCst);
             let mut response = real.call(request).await?;
-            if let KmsResponse::GenerateDataKey(r) = &mut response
-                && let Some(Blob(c)) = &mut r.ciphertext_for_recipient
-            {
-                let at = c.len() - 20;
-                c[at] ^= 0x01;
+            match &mut response {
+                KmsResponse::GenerateDataKey(r) => {
+                    probe(&mut r.ciphertext_for_recipient.as_mut().unwrap().0)
+                }
+                KmsResponse::Decrypt(r) => {
+                    probe(&mut r.ciphertext_for_recipient.as_mut().unwrap().0)
+                }
+                _ => {}
             }
             Ok(response)
         }
     });
     let (client, _proxy) = broker_client_behind(&stack, backend).await;
-    assert!(client.generate_data_key(gdk(&stack.key_arn)).await.is_err());
+    let envelope = Envelope::new(client.clone(), stack.key_arn.clone());
+    let context = keybroker_common::kms::EncryptionContext::new();
+    let message = envelope.seal(b"the secret", &context).await.unwrap();
+    let honest = client.generate_data_key(gdk(&stack.key_arn)).await.unwrap();
+
+    let mut observed = Vec::new();
+    for mode in [1, 2] {
+        PROBE.store(mode, Ordering::SeqCst);
+        let key = client.generate_data_key(gdk(&stack.key_arn)).await.unwrap();
+        assert_eq!(key.plaintext.len(), 32);
+        let mut opens = Vec::new();
+        for _ in 0..2 {
+            let before = CALLS.load(Ordering::SeqCst);
+            let e = envelope.open(&message, &context).await.unwrap_err();
+            opens.push((
+                e.to_string(),
+                e.is_retryable(),
+                e.to_kms_error().code,
+                CALLS.load(Ordering::SeqCst) - before,
+            ));
+        }
+        observed.push(opens);
+        assert_ne!(key.plaintext, honest.plaintext);
+    }
+    assert_eq!(
+        observed[0], observed[1],
+        "valid and invalid padding look alike"
+    );
+    let (text, retryable, _, calls) = &observed[0][0];
+    assert!(text.contains("does not authenticate"), "{text}");
+    assert!(!retryable);
+    assert_eq!(*calls, 1, "one Decrypt per open: no retry");
+
+    PROBE.store(0, Ordering::SeqCst);
+    assert_eq!(
+        &envelope.open(&message, &context).await.unwrap()[..],
+        b"the secret"
+    );
 }
 
 /// A broker that holds an answer back: the call ends at its deadline.

@@ -113,7 +113,7 @@ async fn generate_data_key_with_allowed_pcr0_returns_cms_for_the_recipient_and_n
     assert!(cfr.len() <= 6144);
     // BER as KMS sends it: ContentInfo SEQUENCE with indefinite length.
     assert_eq!(&cfr[..2], &[0x30, 0x80]);
-    let data_key = cms_decrypt(cfr, &f.key).unwrap();
+    let data_key = cms_decrypt(cfr, &f.key, None).unwrap();
     assert_eq!(data_key.len(), 32);
 
     // Decrypt with a Recipient gives the same key, again only for the recipient.
@@ -125,7 +125,7 @@ async fn generate_data_key_with_allowed_pcr0_returns_cms_for_the_recipient_and_n
             .await
             .unwrap();
     assert!(d.plaintext().is_none());
-    let again = cms_decrypt(d.ciphertext_for_recipient().unwrap().as_ref(), &f.key).unwrap();
+    let again = cms_decrypt(d.ciphertext_for_recipient().unwrap().as_ref(), &f.key, None).unwrap();
     assert_eq!(again.expose(), data_key.expose());
 }
 
@@ -276,7 +276,7 @@ async fn generate_data_key_pair_and_generate_random_honour_recipient() {
             .await
             .unwrap();
     assert!(r.private_key_plaintext().is_none());
-    let pkcs8 = cms_decrypt(r.ciphertext_for_recipient().unwrap().as_ref(), &f.key).unwrap();
+    let pkcs8 = cms_decrypt(r.ciphertext_for_recipient().unwrap().as_ref(), &f.key, None).unwrap();
     let kp = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
         &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
         pkcs8.expose(),
@@ -296,7 +296,7 @@ async fn generate_data_key_pair_and_generate_random_honour_recipient() {
             .await
             .unwrap();
     assert!(g.plaintext().is_none());
-    let random = cms_decrypt(g.ciphertext_for_recipient().unwrap().as_ref(), &f.key).unwrap();
+    let random = cms_decrypt(g.ciphertext_for_recipient().unwrap().as_ref(), &f.key, None).unwrap();
     assert_eq!(random.len(), 32);
 }
 
@@ -444,7 +444,7 @@ async fn ciphertext_for_recipient_decrypts_with_openssl_cms() {
         .await
         .unwrap();
     let cfr = r.ciphertext_for_recipient().unwrap().as_ref().to_vec();
-    let ours = cms_decrypt(&cfr, &key).unwrap();
+    let ours = cms_decrypt(&cfr, &key, None).unwrap();
     assert_eq!(ours.len(), 1024);
 
     let dir = tempfile::tempdir().unwrap();

@@ -24,7 +24,7 @@
 //! - [`parse`] decodes and checks the structure (no key needed);
 //! - [`decrypt`] unwraps the content-encryption key with the enclave's
 //!   [`RecipientPrivateKey`] and decrypts the content (PKCS#7 padding,
-//!   RFC 5652 section 6.3);
+//!   RFC 5652 section 6.3), with implicit rejection (below);
 //! - [`encrypt_for_recipient`] produces the same shape, byte layout included,
 //!   for the mock KMS.
 //!
@@ -38,18 +38,61 @@
 //! How KMS derives the 32-byte `subjectKeyIdentifier` from the recipient key
 //! is undocumented. [`decrypt`] therefore does not compare it with anything:
 //! there is exactly one recipient and the private key is ours, so a
-//! ciphertext for another key simply fails to decrypt. Our encoder derives
+//! ciphertext for another key simply does not decrypt (and yields its
+//! implicit-rejection value, below). Our encoder derives
 //! it as SHA-256 of the `subjectPublicKey` BIT STRING contents (see
 //! [`subject_key_identifier`]); that is this project's choice, not KMS's.
 //!
-//! # Oracles
+//! # Implicit rejection: decryption is not an oracle
 //!
-//! Every failure after parsing (OAEP decoding, a content-encryption key that
-//! is not 32 bytes, PKCS#7 padding) is the single [`CmsError::DecryptionFailed`].
-//! Success itself stays observable to whoever submits the ciphertext, so a
-//! party that can submit many modified ciphertexts under one recipient key
-//! has a CBC padding oracle; recipient keys are meant to be ephemeral and
-//! callers should check the plaintext length they expect.
+//! Whoever supplies a `CiphertextForRecipient` must not learn whether it
+//! decrypted. In broker mode that is the parent proxy: it can modify KMS's
+//! answer or encrypt anything to the public key in the attestation document.
+//! AES-CBC with PKCS#7 padding and no integrity is a padding oracle as soon
+//! as a failure is visible (Vaudenay, 2002), and so is RSA decryption
+//! (Bleichenbacher, 1998; Manger, 2001 for OAEP). Rotating the recipient key
+//! after a number of uses does not bound the leak: the parent can have the
+//! same data key re-wrapped to every new recipient key by calling KMS
+//! `Decrypt` itself with the enclave's newest attestation document, which
+//! it sees in every request.
+//!
+//! So [`decrypt`] never fails after [`parse`], the way TLS treats a bad RSA
+//! premaster secret (RFC 5246 section 7.4.7.1) and the "implicit rejection"
+//! designs for RSA PKCS#1 v1.5 decryption do:
+//!
+//! - each [`RecipientPrivateKey`] holds a random 32-byte secret, generated
+//!   and zeroized with it;
+//! - `PRK = HKDF-Extract(salt = secret, IKM = label || encryptedKey || IV ||
+//!   content)` (RFC 5869 with SHA-256; each field length-prefixed; the
+//!   subject key identifier and the BER layout are not included, since they do
+//!   not change what a real decryption yields);
+//! - if the OAEP unwrap fails or the key it yields is not 32 bytes, AES-CBC
+//!   runs anyway, with the key `HKDF-Expand(PRK, "cek", 32)`;
+//! - if the unwrap failed, the padding is invalid, or the plaintext does not
+//!   have the length the caller expects, the result is
+//!   `HKDF-Expand(PRK, "plaintext", n)`. `n` is the expected length or, when
+//!   the caller expects none, `len(content) - 1 - (HKDF-Expand(PRK, "length", 1) mod 16)`:
+//!   the length that a random padding would leave.
+//!
+//! The value is deterministic: the same ciphertext always gets the same
+//! answer, as a real decryption would. Without the secret it cannot be told
+//! from the plaintext of a modified ciphertext, which is just as useless to
+//! the caller. The caller then fails as it would with a wrong key (an
+//! envelope header that does not authenticate, a key pair that does not
+//! parse), and it fails the same way in both cases. The failure is never an
+//! error of the decryption, so it can never become a retryable error either.
+//!
+//! Still observable:
+//! - parse errors. They depend only on public bytes (the structure, the
+//!   lengths, the algorithm identifiers) and tell the sender nothing it
+//!   did not already know;
+//! - without an expected length, the plaintext's length inside the
+//!   enclave. An app that reveals it reveals whether the padding was valid.
+//!   Callers that know the length pass it (`expected_len`);
+//! - timing at the instruction level: the branches are not constant-time,
+//!   but the RSA private-key operation (about a millisecond) and the AES
+//!   decryption run in every case and dominate (except for an encrypted key
+//!   whose length is not the modulus's, which the sender knows anyway).
 
 mod encode;
 mod key;
@@ -62,6 +105,7 @@ pub use parse::{EnvelopedParts, parse};
 use crate::Error;
 use crate::secret::SecretBytes;
 use aws_lc_rs::cipher::{AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey};
+use aws_lc_rs::hkdf::Prk;
 use aws_lc_rs::iv::FixedLength;
 use const_oid::ObjectIdentifier;
 use zeroize::Zeroizing;
@@ -186,11 +230,6 @@ pub enum CmsError {
     /// `SubjectPublicKeyInfo` of an accepted size ([`RSA_BITS`]).
     #[error("unsupported recipient public key: {0}")]
     UnsupportedRecipientKey(String),
-    /// Key unwrapping or content decryption failed. One variant for OAEP
-    /// decoding, a content-encryption key of the wrong length and PKCS#7
-    /// padding, so the error does not tell which step failed.
-    #[error("decryption failed")]
-    DecryptionFailed,
 }
 
 /// Parses `ber` as a KMS `CiphertextForRecipient` and decrypts it with `key`.
@@ -201,13 +240,23 @@ pub enum CmsError {
 /// decryption and PKCS#7 unpadding (RFC 5652 section 6.3). The
 /// `subjectKeyIdentifier` is not compared with anything (see the module docs).
 ///
+/// `expected_len` is the plaintext length the caller knows it must get (a
+/// data key of a `KeySpec`, `NumberOfBytes` random bytes), if any. When a
+/// step fails, or the plaintext has another length, the result is the
+/// ciphertext's pseudorandom implicit-rejection value (module docs), of
+/// `expected_len` bytes when it is given.
+///
 /// # Errors
-/// [`Error::Cms`] with the parse errors of [`parse`]; [`CmsError::BadLength`]
-/// when the encrypted key does not match the key's modulus size;
-/// [`CmsError::DecryptionFailed`] for every failure of the decryption itself.
-pub fn decrypt(ber: &[u8], key: &RecipientPrivateKey) -> Result<SecretBytes, Error> {
+/// [`Error::Cms`] with the parse errors of [`parse`] only;
+/// [`Error::InvalidArgument`] for an `expected_len` above
+/// [`MAX_CIPHERTEXT_FOR_RECIPIENT_LEN`] (no ciphertext can hold that much).
+pub fn decrypt(
+    ber: &[u8],
+    key: &RecipientPrivateKey,
+    expected_len: Option<usize>,
+) -> Result<SecretBytes, Error> {
     let parts = parse(ber)?;
-    decrypt_parts(&parts, key)
+    decrypt_parts(&parts, key, expected_len)
 }
 
 /// Decrypts already parsed parts (see [`decrypt`], which parses and calls this).
@@ -217,23 +266,94 @@ pub fn decrypt(ber: &[u8], key: &RecipientPrivateKey) -> Result<SecretBytes, Err
 pub fn decrypt_parts(
     parts: &EnvelopedParts,
     key: &RecipientPrivateKey,
+    expected_len: Option<usize>,
 ) -> Result<SecretBytes, Error> {
-    let cek = key.unwrap_content_key(&parts.encrypted_key)?;
+    if expected_len.is_some_and(|n| n > MAX_CIPHERTEXT_FOR_RECIPIENT_LEN) {
+        return Err(Error::InvalidArgument(format!(
+            "expected plaintext length above {MAX_CIPHERTEXT_FOR_RECIPIENT_LEN} bytes"
+        )));
+    }
+    let prk = key.rejection_prk(parts);
+    match try_decrypt(parts, key, &prk)? {
+        Some(plaintext) if expected_len.is_none_or(|n| n == plaintext.len()) => Ok(plaintext),
+        _ => rejection_value(&prk, parts.ciphertext.len(), expected_len),
+    }
+}
+
+/// The real decryption, or `None` if any step fails. The AES decryption runs
+/// even when the key unwrap failed (with the pseudorandom key), so both
+/// failures take the same steps.
+fn try_decrypt(
+    parts: &EnvelopedParts,
+    key: &RecipientPrivateKey,
+    prk: &Prk,
+) -> Result<Option<SecretBytes>, Error> {
+    let unwrapped = key.unwrap_content_key(&parts.encrypted_key);
+    let key_ok = unwrapped.is_some();
+    let cek = match unwrapped {
+        Some(cek) => cek,
+        None => {
+            let mut cek = Zeroizing::new([0u8; CEK_LEN]);
+            expand(prk, b"cek", &mut cek[..])?;
+            cek
+        }
+    };
     let aes = UnboundCipherKey::new(&AES_256, cek.as_slice())
         .and_then(PaddedBlockDecryptingKey::cbc_pkcs7)
         .map_err(|_| Error::Crypto("AES-256-CBC key setup failed"))?;
     let mut buf = Zeroizing::new(parts.ciphertext.clone());
-    let plaintext_len = aes
+    let unpadded = aes
         .decrypt(
             buf.as_mut_slice(),
             DecryptionContext::Iv128(FixedLength::from(parts.iv)),
         )
-        .map_err(|_| CmsError::DecryptionFailed)?
-        .len();
-    buf.truncate(plaintext_len);
-    // The moved-out buffer is zeroized by SecretBytes on drop (whole capacity,
-    // padding bytes included); `buf` is left empty.
-    Ok(SecretBytes::new(core::mem::take(&mut *buf)))
+        .map(|p| p.len());
+    match unpadded {
+        Ok(len) if key_ok => {
+            buf.truncate(len);
+            // The moved-out buffer is zeroized by SecretBytes on drop (whole
+            // capacity, padding bytes included); `buf` is left empty.
+            Ok(Some(SecretBytes::new(core::mem::take(&mut *buf))))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The implicit-rejection value of a ciphertext with `ciphertext_len`
+/// content bytes (module docs).
+fn rejection_value(
+    prk: &Prk,
+    ciphertext_len: usize,
+    expected_len: Option<usize>,
+) -> Result<SecretBytes, Error> {
+    let len = match expected_len {
+        Some(n) => n,
+        None => {
+            let mut b = [0u8; 1];
+            expand(prk, b"length", &mut b)?;
+            // `parse` guarantees a non-zero multiple of 16 bytes.
+            ciphertext_len.saturating_sub(1 + usize::from(b[0] % 16))
+        }
+    };
+    let mut out = Zeroizing::new(vec![0u8; len]);
+    expand(prk, b"plaintext", &mut out)?;
+    Ok(SecretBytes::new(core::mem::take(&mut *out)))
+}
+
+/// Output length for `Prk::expand`.
+struct OkmLen(usize);
+
+impl aws_lc_rs::hkdf::KeyType for OkmLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// `HKDF-Expand(prk, info, out.len())` into `out`.
+fn expand(prk: &Prk, info: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    prk.expand(&[info], OkmLen(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .map_err(|_| Error::Crypto("HKDF-SHA256 expand"))
 }
 
 #[cfg(test)]

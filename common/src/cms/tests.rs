@@ -108,7 +108,9 @@ fn round_trips() {
             parts.subject_key_identifier,
             key().subject_key_identifier().unwrap().to_vec()
         );
-        let out = decrypt(&ber, key()).unwrap();
+        let out = decrypt(&ber, key(), None).unwrap();
+        assert_eq!(out.expose(), pt.as_slice(), "len {len}");
+        let out = decrypt(&ber, key(), Some(len)).unwrap();
         assert_eq!(out.expose(), pt.as_slice(), "len {len}");
     }
 }
@@ -186,23 +188,39 @@ fn rsa_spki_with_modulus_bits(bits: usize) -> Vec<u8> {
     )
 }
 
-#[test]
-fn wrong_key_fails() {
-    let ber = seal(&plaintext(32));
-    assert_eq!(
-        cms_err(decrypt(&ber, other_key())),
-        CmsError::DecryptionFailed
-    );
+/// What the sender of a ciphertext can observe of its decryption: the
+/// result's shape (an error or a value, and the value's length).
+fn observed(r: &Result<SecretBytes, Error>) -> Result<usize, Error> {
+    r.as_ref().map(SecretBytes::len).map_err(Clone::clone)
 }
 
 #[test]
-fn tampered_encrypted_key_fails() {
+fn a_wrong_key_yields_a_deterministic_pseudorandom_value() {
+    let pt = plaintext(32);
+    let ber = seal(&pt);
+    let a = decrypt(&ber, other_key(), Some(32)).unwrap();
+    assert_eq!(a.len(), 32);
+    assert_ne!(a.expose(), pt.as_slice());
+    // The same ciphertext always gets the same answer, as a real decryption.
+    assert_eq!(decrypt(&ber, other_key(), Some(32)).unwrap(), a);
+    // Another recipient key (another secret) gets another value.
+    let other = RecipientPrivateKey::generate_2048().unwrap();
+    assert_ne!(decrypt(&ber, &other, Some(32)).unwrap(), a);
+    // Without an expected length, the length a random padding would leave.
+    let b = decrypt(&ber, other_key(), None).unwrap();
+    assert!((32..48).contains(&b.len()), "{}", b.len());
+}
+
+#[test]
+fn tampered_encrypted_key_yields_the_expected_length() {
     let ber = seal(&plaintext(32));
     // encryptedKey contents start at offset 131 in the KMS layout (RSA-2048).
     for offset in [131, 200, 131 + 255] {
         let mut bad = ber.clone();
         bad[offset] ^= 0x01;
-        assert_eq!(cms_err(decrypt(&bad, key())), CmsError::DecryptionFailed);
+        let out = decrypt(&bad, key(), Some(32)).unwrap();
+        assert_eq!(out.len(), 32);
+        assert_ne!(out.expose(), plaintext(32).as_slice(), "offset {offset}");
     }
 }
 
@@ -213,8 +231,53 @@ const SKI: core::ops::Range<usize> = 33..65;
 /// Offset of the IV contents.
 const IV_AT: usize = 415;
 
+/// The padding-oracle attack (Vaudenay) on a 32-byte data key: the sender
+/// keeps the IV and the first block, and tries every value of the IV's last
+/// byte. Exactly one makes the last plaintext byte 0x01, valid padding; the
+/// other 255 are invalid. Every outcome the sender can observe is the same
+/// for all 256, with or without an expected length; and the valid one does
+/// not reveal itself by a different length when the length is expected.
 #[test]
-fn tampered_padding_fails() {
+fn valid_and_invalid_padding_cannot_be_told_apart() {
+    let pt = plaintext(32);
+    let ber = seal(&pt);
+    let parts = parse(&ber).unwrap();
+    let probe = |guess: u8| {
+        let mut iv = parts.iv;
+        iv[15] = guess;
+        let first_block = &parts.ciphertext[..16];
+        let ri = key_trans_recipient_info(
+            2,
+            &rid_ski(&parts.subject_key_identifier),
+            &oaep_sha256_alg(),
+            &parts.encrypted_key,
+        );
+        content_info(&[&ri], &iv, first_block)
+    };
+    // The one guess with valid padding (0x01 at the end of block 0).
+    let valid = parts.iv[15] ^ pt[15] ^ 0x01;
+    let (mut seen, mut values) = (Vec::new(), std::collections::HashSet::new());
+    for guess in 0..=255u8 {
+        let ber = probe(guess);
+        let r = decrypt(&ber, key(), Some(32));
+        seen.push(observed(&r));
+        values.insert(r.unwrap().expose().to_vec());
+        if guess == valid {
+            // Without an expected length the real plaintext comes back (15
+            // bytes): only the enclave sees it, and its length is one of the
+            // lengths a rejection value can have.
+            let real = decrypt(&ber, key(), None).unwrap();
+            assert_eq!(&real.expose()[..15], &pt[..15]);
+        }
+        let unknown = decrypt(&ber, key(), None).unwrap();
+        assert!(unknown.len() < 16);
+    }
+    assert!(seen.iter().all(|o| *o == Ok(32)), "{seen:?}");
+    assert_eq!(values.len(), 256, "no two probes share a value");
+}
+
+#[test]
+fn tampered_padding_yields_a_value_of_the_expected_length() {
     // Flipping the last byte of the block before the last (or of the IV for a
     // one-block message) by the padding value turns the last padding byte
     // into 0, which is never valid PKCS#7 padding.
@@ -230,28 +293,66 @@ fn tampered_padding_fails() {
         let mut bad = ber.clone();
         bad[target] ^= pad;
         assert_eq!(
-            cms_err(decrypt(&bad, key())),
-            CmsError::DecryptionFailed,
+            observed(&decrypt(&bad, key(), Some(len))),
+            Ok(len),
             "len {len}"
         );
+        let unknown = decrypt(&bad, key(), None).unwrap();
+        assert!(unknown.len() < ct_len, "len {len}");
     }
+}
+
+#[test]
+fn a_plaintext_of_another_length_than_expected_is_rejected_implicitly() {
+    let ber = seal(&plaintext(16));
+    let out = decrypt(&ber, key(), Some(32)).unwrap();
+    assert_eq!(out.len(), 32);
+    assert_ne!(&out.expose()[..16], plaintext(16).as_slice());
+    assert!(matches!(
+        decrypt(&ber, key(), Some(MAX_CIPHERTEXT_FOR_RECIPIENT_LEN + 1)),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn the_rejection_value_ignores_what_decryption_ignores() {
+    // Re-encoding the same parts (another subject key identifier, content in
+    // chunks) changes neither a real decryption nor a rejection value, so it
+    // cannot be used to tell them apart.
+    let pt = plaintext(40);
+    let parts = parse(&seal(&pt)).unwrap();
+    let encode = |ski: &[u8; 32], iv: &[u8; 16]| {
+        let ri =
+            key_trans_recipient_info(2, &rid_ski(ski), &oaep_sha256_alg(), &parts.encrypted_key);
+        content_info(&[&ri], iv, &parts.ciphertext)
+    };
+    let mut bad_iv = parts.iv;
+    bad_iv[0] ^= 1;
+    let mut bad_ct = parts.clone();
+    bad_ct.ciphertext[47] ^= 1;
+    let a = decrypt(&encode(&[1; 32], &bad_iv), key(), None).unwrap();
+    let b = decrypt(&encode(&[2; 32], &bad_iv), key(), None).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        decrypt_parts(&bad_ct, key(), Some(40)).unwrap(),
+        decrypt_parts(&bad_ct, key(), Some(40)).unwrap()
+    );
 }
 
 #[test]
 fn tampering_never_yields_the_plaintext() {
     // CBC has no integrity: a flipped IV or content byte may still "decrypt",
     // but never to the original plaintext. (KMS's format; the padding check is
-    // all there is.) Every single-bit flip of the content and IV either fails
-    // or changes the output.
+    // all there is.) Every single-bit flip of the content and IV changes the
+    // output, which always has the expected length.
     let pt = plaintext(32);
     let ber = seal(&pt);
     for offset in (IV_AT..IV_AT + 16).chain(CONTENT_AT..CONTENT_AT + 48) {
         let mut bad = ber.clone();
         bad[offset] ^= 0x80;
-        match decrypt(&bad, key()) {
-            Ok(out) => assert_ne!(out.expose(), pt.as_slice(), "offset {offset}"),
-            Err(e) => assert_eq!(e, Error::Cms(CmsError::DecryptionFailed), "offset {offset}"),
-        }
+        let out = decrypt(&bad, key(), Some(32)).unwrap();
+        assert_eq!(out.len(), 32);
+        assert_ne!(out.expose(), pt.as_slice(), "offset {offset}");
     }
 }
 
@@ -269,7 +370,7 @@ fn every_truncation_and_byte_flip_is_an_error_not_a_panic() {
         for mask in [0x01, 0x80, 0xff] {
             let mut bad = ber.clone();
             bad[offset] ^= mask;
-            let result = decrypt(&bad, key());
+            let result = decrypt(&bad, key(), None);
             if SKI.contains(&offset) {
                 // The subjectKeyIdentifier is deliberately not checked.
                 assert_eq!(result.unwrap().expose(), pt.as_slice());
@@ -546,18 +647,12 @@ fn rejects_recipient_shapes_kms_never_sends() {
             ..
         }
     ));
-    // An RSA-3072-sized encrypted key parses but does not fit our RSA-2048 key.
+    // An RSA-3072-sized encrypted key parses but does not fit our RSA-2048
+    // key: like any other failure after parsing, a rejection value.
     let long = key_trans_recipient_info(2, &rid_ski(&[7; 32]), &alg, &[1; 384]);
     let ber = content_info(&[&long], &[0; 16], &[0; 32]);
     assert!(parse(&ber).is_ok());
-    assert!(matches!(
-        cms_err(decrypt(&ber, key())),
-        CmsError::BadLength {
-            what: "encryptedKey",
-            len: 384,
-            ..
-        }
-    ));
+    assert_eq!(decrypt(&ber, key(), Some(32)).unwrap().len(), 32);
 }
 
 #[test]
@@ -631,7 +726,7 @@ fn pkcs8_round_trip_and_rejections() {
     assert_eq!(loaded.key_size_bits(), 3072);
     let ber = encrypt_for_recipient(&loaded.public_key_spki_der(), b"3072", &SystemRandom::new())
         .unwrap();
-    assert_eq!(decrypt(&ber, &loaded).unwrap().expose(), b"3072");
+    assert_eq!(decrypt(&ber, &loaded, Some(4)).unwrap().expose(), b"3072");
     assert!(matches!(
         RecipientPrivateKey::from_pkcs8_der(b"not a key"),
         Err(Error::InvalidArgument(_))

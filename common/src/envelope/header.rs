@@ -5,7 +5,7 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 
 use super::frame::FrameOpener;
 use super::{
-    Algorithm, COMMITMENT_LEN, Decoded, EnvelopeError, HEADER_OVERHEAD, MAGIC,
+    Algorithm, COMMITMENT_LEN, DATA_KEY_LEN, Decoded, EnvelopeError, HEADER_OVERHEAD, MAGIC,
     MAX_CIPHERTEXT_BLOB_LEN, MAX_FRAME_LEN, MAX_KEY_ID_LEN, MESSAGE_ID_LEN, TAG_LEN, VERSION,
     derive_keys, encode_context,
 };
@@ -179,11 +179,19 @@ impl Header {
     /// [`Header::ciphertext_blob`]) and the encryption context, and returns
     /// the opener of the body.
     ///
+    /// A data key that is not 32 bytes is a wrong key like any other: the
+    /// same [`EnvelopeError::HeaderAuthentication`], so that a caller that
+    /// got its key from someone who tampered with a ciphertext (a decryption
+    /// with implicit rejection, `cms`) cannot tell a length from a value.
+    ///
     /// # Errors
-    /// [`EnvelopeError::DataKeyLength`] if the data key is not 32 bytes;
-    /// [`EnvelopeError::HeaderAuthentication`] if the commitment value or the
-    /// tag does not match (wrong key, wrong context, modified header).
+    /// [`EnvelopeError::HeaderAuthentication`] if the data key is not 32
+    /// bytes or the commitment value or the tag does not match (wrong key,
+    /// wrong context, modified header).
     pub fn open(&self, data_key: &[u8], context: &EncryptionContext) -> Result<FrameOpener, Error> {
+        if data_key.len() != DATA_KEY_LEN {
+            return Err(EnvelopeError::HeaderAuthentication.into());
+        }
         let keys = derive_keys(self.algorithm, data_key, &self.message_id)?;
         verify_slices_are_equal(&keys.commitment, &self.commitment)
             .map_err(|_| EnvelopeError::HeaderAuthentication)?;

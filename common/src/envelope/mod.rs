@@ -254,7 +254,9 @@ pub enum EnvelopeError {
     /// Bytes follow the final frame.
     #[error("data after the final frame")]
     TrailingData,
-    /// The data key is not 32 bytes (KMS returned something else).
+    /// Sealing: the data key is not 32 bytes (the source returned something
+    /// else). Opening reports a key of the wrong length as
+    /// [`EnvelopeError::HeaderAuthentication`], like any wrong key.
     #[error("data key is {len} bytes, not {DATA_KEY_LEN}")]
     DataKeyLength {
         /// The length received.

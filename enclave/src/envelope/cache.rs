@@ -117,8 +117,10 @@ pub struct CacheStats {
 ///   message sealed under another context never reuses a key. Each counts
 ///   the messages and bytes it sealed ([`CachingConfig`]).
 /// - Decryption entries are keyed by (KMS key id, `CiphertextBlob`,
-///   encryption context): only a `Decrypt` that KMS answered for exactly
-///   these fills one. They are limited by age only.
+///   encryption context): only a `Decrypt` answered for exactly these fills
+///   one, and only once a message header authenticated with its key (a
+///   tampered answer yields a wrong key, which is never cached). They are
+///   limited by age only.
 /// - Expired entries are never used and are removed when met; the least
 ///   recently used entry makes room for a new one.
 ///

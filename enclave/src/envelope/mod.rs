@@ -47,7 +47,8 @@
 //! `Decrypt`. With a [`DataKeyCache`] a data key seals up to the configured
 //! number of messages and bytes within its age, and a decrypted data key
 //! opens further messages that carry the same `CiphertextBlob` and context
-//! within its age; see [`CachingConfig`] for the limits, which are the AWS
+//! within its age (it is cached only once a message header authenticated
+//! with it); see [`CachingConfig`] for the limits, which are the AWS
 //! Encryption SDK's. As there, a message longer than `max_bytes_encrypted`
 //! and a stream (whose length is not known in advance) get a data key of
 //! their own that is not cached. Each message still has its own key derived
@@ -76,8 +77,8 @@ use std::sync::Arc;
 use aws_lc_rs::rand::SystemRandom;
 use keybroker_common::EnvelopeError;
 use keybroker_common::envelope::{
-    DATA_KEY_LEN, DEFAULT_FRAME_LEN, Decoded, FINAL_FRAME_OVERHEAD, FrameSealer, Header,
-    HeaderParams, encode_context, new_message_id, seal_message,
+    DATA_KEY_LEN, DEFAULT_FRAME_LEN, Decoded, FINAL_FRAME_OVERHEAD, FrameOpener, FrameSealer,
+    Header, HeaderParams, encode_context, new_message_id, seal_message,
 };
 use keybroker_common::kms::{
     Blob, DataKeySpec, DecryptRequest, EncryptionContext, GenerateDataKeyRequest,
@@ -102,7 +103,8 @@ pub trait DataKeySource: Send + Sync {
     ) -> impl Future<Output = Result<DataKey, Error>> + Send;
 
     /// KMS `Decrypt` of `ciphertext_blob` with `KeyId` = `key_id` and
-    /// `context` as `EncryptionContext`: the 32-byte data key.
+    /// `context` as `EncryptionContext`: the 32-byte data key. A key of any
+    /// other length fails the message header like a wrong key.
     fn decrypt_data_key(
         &self,
         key_id: &str,
@@ -153,7 +155,10 @@ impl DataKeySource for Client {
         ciphertext_blob: &[u8],
         context: &EncryptionContext,
     ) -> Result<SecretBytes, Error> {
-        Client::decrypt(
+        // The length is known: a ciphertext that does not decrypt to 32
+        // bytes yields 32 pseudorandom bytes (implicit rejection), which then
+        // fail the header exactly as a wrong key does.
+        Client::decrypt_expecting(
             self,
             DecryptRequest {
                 ciphertext_blob: Some(Blob(ciphertext_blob.to_vec())),
@@ -161,6 +166,7 @@ impl DataKeySource for Client {
                 key_id: Some(key_id.to_owned()),
                 ..Default::default()
             },
+            DATA_KEY_LEN,
         )
         .await
         .map(|d| d.plaintext)
@@ -355,13 +361,20 @@ impl<S: DataKeySource> Envelope<S> {
         Ok(material)
     }
 
-    /// The data key of a message, from the cache or KMS `Decrypt`.
-    async fn decryption_material(
+    /// Authenticates `header` with its data key, from the cache or KMS
+    /// `Decrypt`, and returns the frame opener.
+    ///
+    /// A key from `Decrypt` enters the cache only once the header
+    /// authenticates with it: a wrong key (a tampered or substituted
+    /// `CiphertextForRecipient`, which decrypts to a pseudorandom key) is
+    /// never cached, so it cannot fail later messages, and a failed open
+    /// looks the same whatever the reason (`Decrypt` again next time).
+    async fn opener(
         &self,
         header: &Header,
         context: &EncryptionContext,
         context_bytes: &[u8],
-    ) -> Result<Arc<Material>, Error> {
+    ) -> Result<FrameOpener, Error> {
         // E2e mode: a header naming a key outside the allowlist is refused
         // before anything else (issue 10, "Key pinning").
         self.source.check_key_allowed(header.key_id())?;
@@ -371,22 +384,23 @@ impl<S: DataKeySource> Envelope<S> {
             .as_ref()
             .and_then(|c| c.get_decrypt(&self.key_id, blob, context_bytes))
         {
-            return Ok(m);
+            return Ok(header.open(m.key.expose(), context)?);
         }
         let key = self
             .source
             .decrypt_data_key(&self.key_id, blob, context)
             .await?;
-        check_data_key(&key)?;
-        let material = Arc::new(Material {
-            key,
-            key_id: self.key_id.clone(),
-            ciphertext_blob: Blob(blob.to_vec()),
-        });
+        // A key of the wrong length fails here as a wrong key does.
+        let opener = header.open(key.expose(), context)?;
         if let Some(cache) = &self.cache {
-            cache.put_decrypt(&self.key_id, blob, context_bytes, material.clone());
+            let material = Arc::new(Material {
+                key,
+                key_id: self.key_id.clone(),
+                ciphertext_blob: Blob(blob.to_vec()),
+            });
+            cache.put_decrypt(&self.key_id, blob, context_bytes, material);
         }
-        Ok(material)
+        Ok(opener)
     }
 
     fn header_params<'a>(&self, material: &'a Material) -> Result<HeaderParams<'a>, Error> {
@@ -435,8 +449,9 @@ impl<S: DataKeySource> Envelope<S> {
     ///
     /// # Errors
     /// `Error::Common(Envelope(_))` for a malformed, modified, truncated or
-    /// extended message or a wrong context
-    /// ([`EnvelopeError::HeaderAuthentication`]); the KMS error of `Decrypt`
+    /// extended message, a wrong context, or a data key from `Decrypt` that
+    /// is not the message's (whatever its length:
+    /// [`EnvelopeError::HeaderAuthentication`]); the KMS error of `Decrypt`
     /// (`InvalidCiphertextException` for a context KMS did not bind,
     /// `IncorrectKeyException` for another KMS key); the source's other
     /// errors.
@@ -452,11 +467,7 @@ impl<S: DataKeySource> Envelope<S> {
                 return Err(Error::Common(EnvelopeError::Truncated.into()));
             }
         };
-        let material = self
-            .decryption_material(&header, context, &context_bytes)
-            .await?;
-        let opener = header.open(material.key.expose(), context)?;
-        drop(material);
+        let opener = self.opener(&header, context, &context_bytes).await?;
         Ok(opener.open_all(message.get(consumed..).unwrap_or_default())?)
     }
 
@@ -551,11 +562,7 @@ impl<S: DataKeySource> Envelope<S> {
                 Decoded::Incomplete { needed } => read_more(&mut reader, &mut buf, needed).await?,
             }
         };
-        let material = self
-            .decryption_material(&header, context, &context_bytes)
-            .await?;
-        let mut opener = header.open(material.key.expose(), context)?;
-        drop(material);
+        let mut opener = self.opener(&header, context, &context_bytes).await?;
         buf.clear();
         buf.reserve(opener.frame_len() + FINAL_FRAME_OVERHEAD);
         let mut plaintext = Zeroizing::new(Vec::with_capacity(opener.frame_len()));

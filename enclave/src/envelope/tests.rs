@@ -26,6 +26,10 @@ struct FakeKms {
     bind_context: bool,
     key_len: usize,
     fail: AtomicBool,
+    /// `Decrypt` answers a wrong key, as a decryption with implicit
+    /// rejection does for a tampered `CiphertextForRecipient`:
+    /// 0 no, 1 the right length, 2 16 bytes.
+    tamper: AtomicU64,
 }
 
 impl FakeKms {
@@ -41,6 +45,7 @@ impl FakeKms {
             bind_context: true,
             key_len: 32,
             fail: AtomicBool::new(false),
+            tamper: AtomicU64::new(0),
         }
     }
 
@@ -95,7 +100,13 @@ impl DataKeySource for FakeKms {
         }
         match self.keys.lock().unwrap().get(ciphertext_blob) {
             Some((key, c)) if c == context || !self.bind_context => {
-                Ok(SecretBytes::from_slice(&key[..self.key_len]))
+                let mut key = key[..self.key_len].to_vec();
+                match self.tamper.load(Ordering::SeqCst) {
+                    0 => {}
+                    1 => key[0] ^= 1,
+                    _ => key.truncate(16),
+                }
+                Ok(SecretBytes::new(key))
             }
             _ => Err(kms_error("InvalidCiphertextException")),
         }
@@ -533,6 +544,43 @@ async fn source_errors_propagate_and_nothing_is_cached() {
     kms.fail.store(false, Ordering::SeqCst);
     envelope.seal(b"x", &ctx("a")).await.unwrap();
     assert_eq!(envelope.cache().unwrap().stats().entries, 1);
+}
+
+/// A wrong data key from `Decrypt` (what a tampered `CiphertextForRecipient`
+/// decrypts to) fails the header, whatever its length, and never enters the
+/// cache: the next open asks KMS again, as after any failure, and an honest
+/// answer then opens and is cached.
+#[tokio::test]
+async fn only_a_key_that_authenticates_the_header_is_cached() {
+    let kms = FakeKms::new();
+    let envelope = cached(&kms, minutes(5));
+    let sealer = Envelope::new(kms.clone(), KEY_ID);
+    let m = sealer.seal(b"secret", &ctx("a")).await.unwrap();
+    for tamper in [1, 2] {
+        kms.tamper.store(tamper, Ordering::SeqCst);
+        for _ in 0..2 {
+            let before = kms.decrypted();
+            assert_eq!(
+                envelope_err(envelope.open(&m, &ctx("a")).await),
+                EnvelopeError::HeaderAuthentication,
+                "tamper {tamper}"
+            );
+            assert_eq!(kms.decrypted(), before + 1, "asked KMS again");
+            let mut out = Vec::new();
+            assert_eq!(
+                envelope_err(envelope.open_stream(&m[..], &mut out, &ctx("a")).await),
+                EnvelopeError::HeaderAuthentication
+            );
+            assert!(out.is_empty());
+        }
+        assert_eq!(envelope.cache().unwrap().stats().entries, 0);
+    }
+    kms.tamper.store(0, Ordering::SeqCst);
+    assert_eq!(&envelope.open(&m, &ctx("a")).await.unwrap()[..], b"secret");
+    assert_eq!(envelope.cache().unwrap().stats().entries, 1);
+    let before = kms.decrypted();
+    assert_eq!(&envelope.open(&m, &ctx("a")).await.unwrap()[..], b"secret");
+    assert_eq!(kms.decrypted(), before, "served from the cache");
 }
 
 #[tokio::test]

@@ -267,6 +267,24 @@ pub fn seal(spki: &[u8], plaintext: &[u8]) -> Blob {
     Blob(encrypt_for_recipient(spki, plaintext, &SystemRandom::new()).unwrap())
 }
 
+/// What a parent mounting a padding-oracle probe does to a
+/// `CiphertextForRecipient` whose plaintext is a multiple of 16 bytes long
+/// (a data key of `AES_256`), so that its last block is all padding (16
+/// bytes of 0x10): it flips the last byte of the block before, which flips
+/// the same bit of the last plaintext byte. With `valid_padding` the last
+/// byte becomes 0x01 (valid PKCS#7 padding, and a plaintext 15 bytes longer
+/// with a garbled block); without, 0x00 (never valid).
+pub fn probe_padding(cfr: &[u8], valid_padding: bool) -> Vec<u8> {
+    let parts = keybroker_common::cms::parse(cfr).unwrap();
+    let ct = &parts.ciphertext;
+    assert!(ct.len() >= 32, "needs a block before the last");
+    let tail = &ct[ct.len() - 32..];
+    let at = cfr.windows(32).position(|w| w == tail).unwrap() + 15;
+    let mut out = cfr.to_vec();
+    out[at] ^= if valid_padding { 0x10 ^ 0x01 } else { 0x10 };
+    out
+}
+
 pub const ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 
 /// A fake KMS: data key = 32 or N bytes of a pattern, `CiphertextBlob` =
