@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::key_policy::{ImageMeasurements, MAX_NITRO_CLI_JSON_LEN};
-use crate::policy::{AllowedImage, Policy, check_pcr_value};
+use crate::policy::{AllowedImage, DEFAULT_MAX_DOCUMENT_AGE, Policy, check_pcr_value};
 pub use crate::tunnel::{TunnelSettings, TunnelTarget};
 
 /// The default listening address: vsock, any CID (`VMADDR_CID_ANY`,
@@ -224,6 +224,9 @@ pub struct FilePolicy {
     pub attestation_roots: Option<Vec<PathBuf>>,
     /// [`Policy::max_request_len`].
     pub max_request_len: Option<usize>,
+    /// [`Policy::max_document_age`], in milliseconds (at least 1; default
+    /// [`DEFAULT_MAX_DOCUMENT_AGE`](crate::policy::DEFAULT_MAX_DOCUMENT_AGE)).
+    pub max_document_age_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -404,6 +407,15 @@ impl FileConfig {
             ),
         };
         let allowed_images = self.allowed_images()?;
+        let max_document_age = match p.max_document_age_ms {
+            None => DEFAULT_MAX_DOCUMENT_AGE,
+            Some(0) => {
+                return Err(Error::Config(
+                    "policy.max_document_age_ms must be at least 1".into(),
+                ));
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
         Ok(Policy {
             dangerous_forward_without_recipient: p
                 .dangerous_forward_without_recipient
@@ -416,6 +428,8 @@ impl FileConfig {
             allowed_images,
             verifier,
             max_request_len: p.max_request_len,
+            max_document_age,
+            ..Policy::default()
         })
     }
 }
