@@ -225,7 +225,7 @@ pub struct FilePolicy {
     /// [`Policy::max_request_len`].
     pub max_request_len: Option<usize>,
     /// [`Policy::max_document_age`], in milliseconds (at least 1; default
-    /// [`DEFAULT_MAX_DOCUMENT_AGE`](crate::policy::DEFAULT_MAX_DOCUMENT_AGE)).
+    /// [`DEFAULT_MAX_DOCUMENT_AGE`]).
     pub max_document_age_ms: Option<u64>,
 }
 
@@ -913,6 +913,7 @@ mod tests {
         );
         assert!(p.allowed_keys.unwrap().contains("alias/keybroker-demo"));
         assert_eq!(p.max_request_len, Some(65536));
+        assert_eq!(p.max_document_age, crate::policy::DEFAULT_MAX_DOCUMENT_AGE);
         assert!(!p.dangerous_forward_without_recipient);
         let t = c.tunnel_settings().unwrap();
         assert_eq!(t.max_tunnels, 64);

@@ -1,35 +1,4 @@
-//! A bounded cache of verified attestation documents.
-//!
-//! Verifying a genuine document costs five P-384 ECDSA checks (four
-//! certificate signatures and the COSE signature) plus the X.509 parsing;
-//! an enclave sends the same document with every request until it rotates
-//! its recipient key. [`VerificationCache::verify`] remembers each document
-//! that verified, keyed by the SHA-256 of its bytes, so that the next request
-//! with it costs a hash and a map lookup.
-//!
-//! A hit is only returned when verifying again at `now` would succeed, so the
-//! cache changes the cost, never the answer:
-//!
-//! - the verification outcome depends only on the bytes (the key), the
-//!   verifier's pinned roots and the time; a hit requires that the caller's
-//!   [`Verifier`] pins the entry's root ([`VerifiedAttestation::root_sha256`]),
-//!   so verifiers with different roots can share one cache;
-//! - time enters only through the certificates' validity periods: a hit
-//!   requires `now` inside every certificate's period, i.e. between
-//!   [`VerifiedAttestation::chain_not_before`] and
-//!   [`VerifiedAttestation::chain_not_after`] (the earliest expiry of the
-//!   chain, normally the leaf's); after that the document is verified again,
-//!   and fails as expired;
-//! - with a maximum document age, an entry also ends when the document
-//!   becomes older than it, so the cache never keeps what the caller's age
-//!   check refuses. (The age check itself stays the caller's, on every
-//!   request: [`super::check_document_age`].)
-//!
-//! Only successes are cached. The cache holds at most
-//! [`VerificationCache::capacity`] entries: when it is full, an insertion
-//! first drops expired entries, then the least recently used one. No I/O and
-//! no clock: the caller passes `now`. Thread-safe (one short-lived lock, never
-//! held while verifying).
+//! A bounded cache of verified attestation documents ([`VerificationCache`]).
 
 use core::time::Duration;
 use std::collections::HashMap;
@@ -40,7 +9,38 @@ use super::verify::sha256;
 use super::{AttestationError, MAX_DOCUMENT_LEN, VerifiedAttestation, Verifier};
 use crate::UnixMillis;
 
-/// A cache of [`VerifiedAttestation`]s (see the [module docs](self)).
+/// A bounded cache of [`VerifiedAttestation`]s.
+///
+/// Verifying a genuine document costs five P-384 ECDSA checks (four
+/// certificate signatures and the COSE signature) plus the X.509 parsing;
+/// an enclave sends the same document with every request until it rotates
+/// its recipient key. [`VerificationCache::verify`] remembers each document
+/// that verified, keyed by the SHA-256 of its bytes, so that the next request
+/// with it costs a hash and a map lookup.
+///
+/// A hit is only returned when verifying again at `now` would succeed, so the
+/// cache changes the cost, never the answer:
+///
+/// - the verification outcome depends only on the bytes (the key), the
+///   verifier's pinned roots and the time; a hit requires that the caller's
+///   [`Verifier`] pins the entry's root ([`VerifiedAttestation::root_sha256`]),
+///   so verifiers with different roots can share one cache;
+/// - time enters only through the certificates' validity periods: a hit
+///   requires `now` inside every certificate's period, i.e. between
+///   [`VerifiedAttestation::chain_not_before`] and
+///   [`VerifiedAttestation::chain_not_after`] (the earliest expiry of the
+///   chain, normally the leaf's); after that the document is verified again,
+///   and fails as expired;
+/// - with a maximum document age, an entry also ends when the document
+///   becomes older than it, so the cache never keeps what the caller's age
+///   check refuses. (The age check itself stays the caller's, on every
+///   request: [`super::check_document_age`].)
+///
+/// Only successes are cached. The cache holds at most
+/// [`VerificationCache::capacity`] entries: when it is full, an insertion
+/// first drops expired entries, then the least recently used one. No I/O and
+/// no clock: the caller passes `now`. Thread-safe (one short-lived lock, never
+/// held while verifying).
 pub struct VerificationCache {
     capacity: usize,
     inner: Mutex<Inner>,
@@ -104,7 +104,7 @@ impl VerificationCache {
 
     /// [`Verifier::verify`]`(document, now)`, answered from the cache when
     /// the same bytes verified before and would verify again at `now` (see
-    /// the [module docs](self)). `max_age` is the caller's maximum document
+    /// [`VerificationCache`]). `max_age` is the caller's maximum document
     /// age, which bounds how long an entry lives.
     ///
     /// A hit returns the value the original verification returned, so its
