@@ -20,7 +20,8 @@
 //!    encrypt the answer to), is refused before anything reaches KMS; and
 //!    any document that parses must be at most [`Policy::max_document_age`]
 //!    old by its `timestamp` against the proxy's clock, and at most
-//!    [`MAX_CLOCK_SKEW`](keybroker_common::attestation::MAX_CLOCK_SKEW) in the future;
+//!    [`MAX_CLOCK_SKEW`](keybroker_common::attestation::MAX_CLOCK_SKEW) in
+//!    the future;
 //! 5. a `KeyId` outside [`Policy::allowed_keys`] is refused (exact,
 //!    case-sensitive match of the string the enclave sent: key id, key ARN,
 //!    `alias/Name` or alias ARN, KMS API `KeyId`); with an allowlist,
@@ -82,7 +83,8 @@ pub enum Rule {
     /// [`Policy::max_document_age`].
     AttestationTooOld,
     /// The attestation document's `timestamp` is more than
-    /// [`MAX_CLOCK_SKEW`](keybroker_common::attestation::MAX_CLOCK_SKEW) ahead of the proxy's clock.
+    /// [`MAX_CLOCK_SKEW`](keybroker_common::attestation::MAX_CLOCK_SKEW)
+    /// ahead of the proxy's clock.
     AttestationFromFuture,
     /// The document matches none of [`Policy::allowed_images`] (a PCR of
     /// each image is absent from it or differs).
@@ -385,9 +387,7 @@ impl Policy {
             )),
         }
     }
-}
 
-impl Policy {
     /// Rule 4 of the [module docs](self), for a request with a `Recipient`.
     fn check_document(
         &self,
