@@ -200,6 +200,11 @@ pub struct ServeArgs {
     /// Refuse requests whose encoded size exceeds this many bytes.
     #[arg(long, value_name = "BYTES")]
     pub max_request_len: Option<usize>,
+    /// Refuse Recipient attestation documents older than this (ms, by their
+    /// timestamp against this host's clock). Default 300000 (5 minutes: the
+    /// enclave's 4-minute key rotation plus a minute of margin).
+    #[arg(long, value_name = "MS")]
+    pub max_document_age_ms: Option<u64>,
     /// Enclave connections served at once.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -433,6 +438,7 @@ pub fn serve_settings(args: &ServeArgs) -> crate::Result<ServeSettings> {
     let mut tunnels = file.tunnel_settings()?;
     tunnels.allowed.extend(args.tunnels.iter().cloned());
 
+    file.policy.max_document_age_ms = args.max_document_age_ms.or(file.policy.max_document_age_ms);
     let mut policy = file.policy()?;
     if args.dangerous_forward_without_recipient {
         policy.dangerous_forward_without_recipient = true;

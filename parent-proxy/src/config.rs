@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::key_policy::{ImageMeasurements, MAX_NITRO_CLI_JSON_LEN};
-use crate::policy::{AllowedImage, Policy, check_pcr_value};
+use crate::policy::{AllowedImage, DEFAULT_MAX_DOCUMENT_AGE, Policy, check_pcr_value};
 pub use crate::tunnel::{TunnelSettings, TunnelTarget};
 
 /// The default listening address: vsock, any CID (`VMADDR_CID_ANY`,
@@ -250,6 +250,9 @@ pub struct FilePolicy {
     pub attestation_roots: Option<Vec<PathBuf>>,
     /// [`Policy::max_request_len`].
     pub max_request_len: Option<usize>,
+    /// [`Policy::max_document_age`], in milliseconds (at least 1; default
+    /// [`DEFAULT_MAX_DOCUMENT_AGE`]).
+    pub max_document_age_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -435,6 +438,15 @@ impl FileConfig {
             ),
         };
         let allowed_images = self.allowed_images()?;
+        let max_document_age = match p.max_document_age_ms {
+            None => DEFAULT_MAX_DOCUMENT_AGE,
+            Some(0) => {
+                return Err(Error::Config(
+                    "policy.max_document_age_ms must be at least 1".into(),
+                ));
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
         Ok(Policy {
             dangerous_forward_without_recipient: p
                 .dangerous_forward_without_recipient
@@ -447,6 +459,8 @@ impl FileConfig {
             allowed_images,
             verifier,
             max_request_len: p.max_request_len,
+            max_document_age,
+            ..Policy::default()
         })
     }
 }
@@ -950,6 +964,7 @@ mod tests {
         );
         assert!(p.allowed_keys.unwrap().contains("alias/keybroker-demo"));
         assert_eq!(p.max_request_len, Some(65536));
+        assert_eq!(p.max_document_age, crate::policy::DEFAULT_MAX_DOCUMENT_AGE);
         assert!(!p.dangerous_forward_without_recipient);
         let t = c.tunnel_settings().unwrap();
         assert_eq!(t.max_tunnels, 64);

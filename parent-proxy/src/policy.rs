@@ -15,14 +15,23 @@
 //!    [`Policy::dangerous_forward_without_recipient`] is set (then KMS
 //!    decides, and a plaintext answer is still never relayed, see
 //!    [`check_response`]);
-//! 4. a `KeyId` outside [`Policy::allowed_keys`] is refused (exact,
+//! 4. unless that switch is set, a `Recipient` whose attestation document
+//!    does not parse, or carries no `public_key` (KMS would have no key to
+//!    encrypt the answer to), is refused before anything reaches KMS; and
+//!    any document that parses must be at most [`Policy::max_document_age`]
+//!    old by its `timestamp` against the proxy's clock, and at most
+//!    [`MAX_CLOCK_SKEW`](keybroker_common::attestation::MAX_CLOCK_SKEW) in
+//!    the future;
+//! 5. a `KeyId` outside [`Policy::allowed_keys`] is refused (exact,
 //!    case-sensitive match of the string the enclave sent: key id, key ARN,
 //!    `alias/Name` or alias ARN, KMS API `KeyId`); with an allowlist,
 //!    requests without `KeyId` (a Decrypt that lets KMS read the key from the
 //!    ciphertext) are refused too;
-//! 5. with [`Policy::allowed_images`], the `Recipient.AttestationDocument`
+//! 6. with [`Policy::allowed_images`], the `Recipient.AttestationDocument`
 //!    is verified with [`Verifier`] at the current time (chain to a pinned
-//!    root, ES384 signature) and must carry every PCR of at least one
+//!    root, ES384 signature; through [`Policy::verification_cache`], so a
+//!    document seen before costs a SHA-256 instead of five P-384 checks)
+//!    and must carry every PCR of at least one
 //!    [`AllowedImage`], with equal values. Each image is matched as a whole,
 //!    like the KMS key policy's one Allow statement per image
 //!    ([`crate::key_policy`]): with images A and B allowed, A's PCR0 with
@@ -36,9 +45,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use keybroker_common::UnixMillis;
-use keybroker_common::attestation::{UnverifiedAttestation, Verifier};
+use keybroker_common::attestation::{
+    AttestationError, UnverifiedAttestation, VerificationCache, Verifier, check_document_age,
+};
 use keybroker_common::kms::{KmsRequest, KmsResponse, Operation};
 use keybroker_common::protocol::{ErrorCode, WireError};
 
@@ -63,6 +76,16 @@ pub enum Rule {
     AttestationRequired,
     /// The attestation document does not parse or verify.
     AttestationInvalid,
+    /// The `Recipient` attestation document carries no (or an empty)
+    /// `public_key`.
+    RecipientKeyMissing,
+    /// The attestation document's `timestamp` is older than
+    /// [`Policy::max_document_age`].
+    AttestationTooOld,
+    /// The attestation document's `timestamp` is more than
+    /// [`MAX_CLOCK_SKEW`](keybroker_common::attestation::MAX_CLOCK_SKEW)
+    /// ahead of the proxy's clock.
+    AttestationFromFuture,
     /// The document matches none of [`Policy::allowed_images`] (a PCR of
     /// each image is absent from it or differs).
     PcrMismatch,
@@ -81,6 +104,9 @@ impl Rule {
             Rule::KeyIdRequired => "KeyIdRequired",
             Rule::AttestationRequired => "AttestationRequired",
             Rule::AttestationInvalid => "AttestationInvalid",
+            Rule::RecipientKeyMissing => "RecipientKeyMissing",
+            Rule::AttestationTooOld => "AttestationTooOld",
+            Rule::AttestationFromFuture => "AttestationFromFuture",
             Rule::PcrMismatch => "PcrMismatch",
             Rule::PlaintextInResponse => "PlaintextInResponse",
         }
@@ -167,7 +193,31 @@ pub struct Policy {
     /// Largest request frame body accepted, in bytes; `None`: only the
     /// wire's frame limit.
     pub max_request_len: Option<usize>,
+    /// Oldest attestation document accepted, by its `timestamp` against the
+    /// proxy's clock (default [`DEFAULT_MAX_DOCUMENT_AGE`]). Also bounds how
+    /// long a document stays in [`Policy::verification_cache`].
+    pub max_document_age: Duration,
+    /// Documents verified before (by SHA-256), answered without the chain
+    /// and signature checks while they would verify again. Clones of the
+    /// policy share it; entries are only used with a verifier that trusts
+    /// their root, so sharing never admits more.
+    pub verification_cache: Arc<VerificationCache>,
 }
+
+/// Default [`Policy::max_document_age`]: five minutes.
+///
+/// The enclave hands out a recipient key pair, with the attestation document
+/// that carries its public key, for at most
+/// `keybroker_enclave::keys::DEFAULT_MAX_AGE` (four minutes, counted from just
+/// before the NSM made the document; the image fixes it). Every genuine
+/// request therefore carries a document at most four minutes old; the fifth
+/// minute is room for the time a request spends queued and in flight and for
+/// the difference between the NSM's and the parent's clocks. It equals the
+/// mock KMS's default limit. A tighter limit would refuse requests of
+/// healthy enclaves late in a key's life; a looser one lets whoever holds an
+/// old document (the parent can keep every document it relayed) reuse it
+/// for longer.
+pub const DEFAULT_MAX_DOCUMENT_AGE: Duration = Duration::from_secs(5 * 60);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -178,6 +228,8 @@ impl Default for Policy {
             allowed_images: Vec::new(),
             verifier: Verifier::aws_nitro(),
             max_request_len: None,
+            max_document_age: DEFAULT_MAX_DOCUMENT_AGE,
+            verification_cache: Arc::new(VerificationCache::default()),
         }
     }
 }
@@ -266,6 +318,9 @@ impl Policy {
                 ),
             ));
         }
+        if let Some(parsed) = &parsed {
+            self.check_document(operation, parsed, now)?;
+        }
         if let Some(allowed) = &self.allowed_keys
             && operation != Operation::GenerateRandom
         {
@@ -305,8 +360,18 @@ impl Policy {
             // GenerateDataKeyWithoutPlaintext, ...: no Recipient possible.
             None => return Ok(()),
         };
+        let document = request
+            .recipient()
+            .map_or(&[][..], |r| r.attestation_document.as_ref());
         let verified = parsed
-            .and_then(|doc| self.verifier.verify_parsed(doc, now))
+            .and_then(|_| {
+                self.verification_cache.verify(
+                    &self.verifier,
+                    document,
+                    now,
+                    Some(self.max_document_age),
+                )
+            })
             .map_err(|e| Denial::new(Rule::AttestationInvalid, e.to_string()))?;
         let pcr = |index: u8| verified.pcr(index);
         let admitted = self.allowed_images.iter().find(|image| image.matches(pcr));
@@ -321,6 +386,47 @@ impl Policy {
                 mismatch_message(&self.allowed_images, pcr),
             )),
         }
+    }
+
+    /// Rule 4 of the [module docs](self), for a request with a `Recipient`.
+    fn check_document(
+        &self,
+        operation: Operation,
+        parsed: &Result<UnverifiedAttestation, AttestationError>,
+        now: UnixMillis,
+    ) -> Result<(), Denial> {
+        let strict = !self.dangerous_forward_without_recipient;
+        let doc = match parsed {
+            Ok(doc) => doc.document(),
+            Err(e) if strict => {
+                return Err(Denial::new(
+                    Rule::AttestationInvalid,
+                    format!(
+                        "the Recipient attestation document of {} does not parse: {e}",
+                        operation.as_str()
+                    ),
+                ));
+            }
+            // The dangerous switch: KMS decides about what does not parse.
+            Err(_) => return Ok(()),
+        };
+        if strict && doc.public_key.as_deref().is_none_or(<[u8]>::is_empty) {
+            return Err(Denial::new(
+                Rule::RecipientKeyMissing,
+                format!(
+                    "the Recipient attestation document of {} carries no public_key, \
+                     so KMS would have no enclave key to encrypt the answer to",
+                    operation.as_str()
+                ),
+            ));
+        }
+        check_document_age(doc.timestamp, now, self.max_document_age).map_err(|e| {
+            let rule = match e {
+                AttestationError::DocumentFromFuture { .. } => Rule::AttestationFromFuture,
+                _ => Rule::AttestationTooOld,
+            };
+            Denial::new(rule, e.to_string())
+        })
     }
 }
 
@@ -610,17 +716,30 @@ mod tests {
 
         /// A signed document with PCR i = 48 bytes of b for each `(i, b)`.
         pub(crate) fn document_with(&self, pcrs: &[(u8, u8)]) -> Vec<u8> {
-            let doc = AttestationDocument {
+            self.build(AttestationDocument {
+                pcrs: pcrs.iter().map(|(i, b)| (*i, vec![*b; 48])).collect(),
+                ..self.payload()
+            })
+        }
+
+        /// The payload of [`TestPki::document`]`(0x10)`: made at `NOW`, with
+        /// a public key.
+        pub(crate) fn payload(&self) -> AttestationDocument {
+            AttestationDocument {
                 module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
                 digest: Digest::Sha384,
                 timestamp: NOW,
-                pcrs: pcrs.iter().map(|(i, b)| (*i, vec![*b; 48])).collect(),
+                pcrs: (0u8..16).map(|i| (i, vec![0x10 + i; 48])).collect(),
                 certificate: self.leaf.clone(),
                 cabundle: vec![self.root.clone()],
                 public_key: Some(vec![0x30; 294]),
                 user_data: None,
                 nonce: None,
-            };
+            }
+        }
+
+        /// Signs `doc` with the leaf key.
+        pub(crate) fn build(&self, doc: AttestationDocument) -> Vec<u8> {
             build_signed_document(&doc, &self.leaf_key, &SystemRandom::new()).unwrap()
         }
 
@@ -629,6 +748,12 @@ mod tests {
             v.add_trusted_root(&self.root).unwrap();
             v
         }
+    }
+
+    /// A well-formed document (made at `NOW`, with a public key) of a chain
+    /// no policy trusts unless told to.
+    fn doc() -> Vec<u8> {
+        pki().document(0x10)
     }
 
     fn with_recipient(op: Operation, doc: Option<Vec<u8>>) -> KmsRequest {
@@ -707,9 +832,11 @@ mod tests {
             assert!(!wire.retryable());
             assert!(wire.message().starts_with("RecipientRequired: "), "{wire}");
             assert_eq!(d.caller_pcr0, None);
-            // With a Recipient (not parsed: no PCR check configured) it passes.
-            let d = policy.evaluate(&with_recipient(op, Some(vec![1, 2, 3])), 100, NOW);
+            // With a Recipient (parsed, not verified: no image configured)
+            // it passes.
+            let d = policy.evaluate(&with_recipient(op, Some(doc())), 100, NOW);
             assert_eq!(d.verdict, Ok(()), "{op:?}");
+            assert!(!d.attestation_verified);
         }
     }
 
@@ -742,7 +869,7 @@ mod tests {
             ..Policy::default()
         };
         let ok = policy.evaluate(
-            &with_recipient(Operation::GenerateDataKey, Some(vec![1])),
+            &with_recipient(Operation::GenerateDataKey, Some(doc())),
             10,
             NOW,
         );
@@ -783,7 +910,7 @@ mod tests {
         // Decrypt without KeyId cannot be checked against the allowlist.
         let decrypt = KmsRequest::Decrypt(DecryptRequest {
             ciphertext_blob: Some(Blob(vec![1])),
-            recipient: Some(RecipientInfo::new(vec![1])),
+            recipient: Some(RecipientInfo::new(doc())),
             ..Default::default()
         });
         assert_eq!(
@@ -791,7 +918,7 @@ mod tests {
             Some(Rule::KeyIdRequired)
         );
         // GenerateRandom uses no key.
-        let random = with_recipient(Operation::GenerateRandom, Some(vec![1]));
+        let random = with_recipient(Operation::GenerateRandom, Some(doc()));
         assert_eq!(policy.evaluate(&random, 10, NOW).verdict, Ok(()));
     }
 
@@ -1015,12 +1142,19 @@ mod tests {
         assert_eq!(d.caller_pcr0, Some("10".repeat(48)));
 
         let policy = admitting(&pki, expected);
-        // Outside the chain's validity.
+        // Outside the chain's validity (a fresh document of an expired chain).
         let late = UnixMillis(2_300_000_000_000);
-        assert_eq!(
-            rule(&policy.evaluate(&req, 100, late)),
-            Some(Rule::AttestationInvalid)
+        let expired = pki.build(AttestationDocument {
+            timestamp: late,
+            ..pki.payload()
+        });
+        let d = policy.evaluate(
+            &with_recipient(Operation::Decrypt, Some(expired)),
+            100,
+            late,
         );
+        assert_eq!(rule(&d), Some(Rule::AttestationInvalid));
+        assert!(d.verdict.unwrap_err().message.contains("expired"));
         // Garbage document.
         let garbage = with_recipient(Operation::Decrypt, Some(vec![0x84, 1, 2]));
         let d = policy.evaluate(&garbage, 100, NOW);
@@ -1046,6 +1180,181 @@ mod tests {
         };
         let d = lax.evaluate(&with_recipient(Operation::GenerateRandom, None), 100, NOW);
         assert_eq!(rule(&d), Some(Rule::AttestationRequired));
+    }
+
+    #[test]
+    fn a_recipient_document_must_parse_and_carry_a_public_key() {
+        let pki = pki();
+        let policy = Policy::default();
+        let no_key = pki.build(AttestationDocument {
+            public_key: None,
+            ..pki.payload()
+        });
+        let empty_key = pki.build(AttestationDocument {
+            public_key: Some(Vec::new()),
+            ..pki.payload()
+        });
+        for op in [
+            Operation::GenerateDataKey,
+            Operation::Decrypt,
+            Operation::GenerateDataKeyPair,
+            Operation::GenerateRandom,
+        ] {
+            for garbage in [vec![0x84, 1, 2], vec![1, 2, 3], Vec::new()] {
+                let d = policy.evaluate(&with_recipient(op, Some(garbage)), 100, NOW);
+                assert_eq!(rule(&d), Some(Rule::AttestationInvalid), "{op:?}");
+                let wire = d.verdict.unwrap_err().to_wire();
+                assert!(
+                    wire.message()
+                        .starts_with("AttestationInvalid: the Recipient attestation document"),
+                    "{wire}"
+                );
+                assert!(wire.message().contains("does not parse"), "{wire}");
+            }
+            for keyless in [&no_key, &empty_key] {
+                let d = policy.evaluate(&with_recipient(op, Some(keyless.clone())), 100, NOW);
+                assert_eq!(rule(&d), Some(Rule::RecipientKeyMissing), "{op:?}");
+                assert!(d.verdict.unwrap_err().message.contains("no public_key"));
+                // The caller is still named in the audit line.
+                assert_eq!(d.caller_pcr0, Some("10".repeat(48)));
+            }
+        }
+        // With images configured the same documents are refused the same way
+        // (before any verification).
+        let admitting_all = admitting(&pki, vec![image(&[(0, 0x10)])]);
+        let d = admitting_all.evaluate(
+            &with_recipient(Operation::Decrypt, Some(no_key.clone())),
+            100,
+            NOW,
+        );
+        assert_eq!(rule(&d), Some(Rule::RecipientKeyMissing));
+        assert!(!d.attestation_verified);
+        // The dangerous switch lets KMS decide about both.
+        let lax = Policy {
+            dangerous_forward_without_recipient: true,
+            ..Policy::default()
+        };
+        for document in [vec![1, 2, 3], no_key] {
+            let d = lax.evaluate(
+                &with_recipient(Operation::Decrypt, Some(document)),
+                100,
+                NOW,
+            );
+            assert_eq!(d.verdict, Ok(()));
+        }
+    }
+
+    #[test]
+    fn default_document_age_is_just_above_the_enclave_key_rotation() {
+        let rotation = keybroker_enclave::keys::DEFAULT_MAX_AGE;
+        assert!(DEFAULT_MAX_DOCUMENT_AGE > rotation);
+        assert!(DEFAULT_MAX_DOCUMENT_AGE <= rotation + Duration::from_secs(60));
+        assert_eq!(Policy::default().max_document_age, DEFAULT_MAX_DOCUMENT_AGE);
+    }
+
+    #[test]
+    fn old_and_future_documents_are_refused() {
+        let pki = pki();
+        let made_at = |timestamp: UnixMillis| {
+            pki.build(AttestationDocument {
+                timestamp,
+                ..pki.payload()
+            })
+        };
+        let minute = 60_000;
+        let policy = Policy::default();
+        let admitting = admitting(&pki, vec![image(&[(0, 0x10)])]);
+        let doc = made_at(NOW);
+        let req = with_recipient(Operation::GenerateDataKey, Some(doc));
+        for p in [&policy, &admitting] {
+            // Five minutes old, and up to a minute ahead of the proxy: fine.
+            for now in [NOW.0, NOW.0 + 5 * minute, NOW.0 - minute] {
+                assert_eq!(p.evaluate(&req, 100, UnixMillis(now)).verdict, Ok(()));
+            }
+            let d = p.evaluate(&req, 100, UnixMillis(NOW.0 + 5 * minute + 1));
+            assert_eq!(rule(&d), Some(Rule::AttestationTooOld));
+            let wire = d.verdict.unwrap_err().to_wire();
+            assert!(
+                wire.message()
+                    .starts_with("AttestationTooOld: document is 300 s old"),
+                "{wire}"
+            );
+            assert!(wire.message().contains("maximum age of 300 s"), "{wire}");
+            assert!(!wire.retryable());
+            let d = p.evaluate(&req, 100, UnixMillis(NOW.0 - minute - 1));
+            assert_eq!(rule(&d), Some(Rule::AttestationFromFuture));
+            assert!(
+                d.verdict
+                    .unwrap_err()
+                    .message
+                    .contains("ahead of the verification time")
+            );
+        }
+        // A configured limit.
+        let strict = Policy {
+            max_document_age: Duration::from_secs(30),
+            ..Policy::default()
+        };
+        let d = strict.evaluate(&req, 100, UnixMillis(NOW.0 + 31_000));
+        assert_eq!(rule(&d), Some(Rule::AttestationTooOld));
+        assert_eq!(
+            strict
+                .evaluate(&req, 100, UnixMillis(NOW.0 + 30_000))
+                .verdict,
+            Ok(())
+        );
+        // An old document is refused even with the dangerous switch.
+        let lax = Policy {
+            dangerous_forward_without_recipient: true,
+            ..Policy::default()
+        };
+        let d = lax.evaluate(&req, 100, UnixMillis(NOW.0 + 10 * minute));
+        assert_eq!(rule(&d), Some(Rule::AttestationTooOld));
+    }
+
+    #[test]
+    fn verified_documents_are_cached_until_the_chain_expires() {
+        let pki = pki();
+        let policy = admitting(&pki, vec![image(&[(0, 0x10)])]);
+        let req = with_recipient(Operation::Decrypt, Some(pki.document(0x10)));
+        let first = policy.evaluate(&req, 100, NOW);
+        assert_eq!(first.verdict, Ok(()));
+        let again = policy.evaluate(&req, 100, UnixMillis(NOW.0 + 1000));
+        assert_eq!(again, first);
+        let stats = policy.verification_cache.stats();
+        assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+        // A clone shares the cache.
+        let clone = policy.clone();
+        assert_eq!(clone.evaluate(&req, 100, NOW).verdict, Ok(()));
+        assert_eq!(policy.verification_cache.stats().hits, 2);
+        // Another document is a miss (and a PcrMismatch as before).
+        let other = with_recipient(Operation::Decrypt, Some(pki.document(0x20)));
+        assert_eq!(
+            rule(&policy.evaluate(&other, 100, NOW)),
+            Some(Rule::PcrMismatch)
+        );
+        assert_eq!(policy.verification_cache.stats().misses, 2);
+
+        // A document made a minute before its chain ends (2040-01-01):
+        // cached while the chain is valid, verified again (and refused)
+        // after, although it is only a minute and a millisecond old.
+        let chain_end = 2_208_988_800_000; // 2040-01-01T00:00:00Z
+        let late = pki.build(AttestationDocument {
+            timestamp: UnixMillis(chain_end - 60_000),
+            ..pki.payload()
+        });
+        let req = with_recipient(Operation::Decrypt, Some(late));
+        assert_eq!(
+            policy.evaluate(&req, 100, UnixMillis(chain_end)).verdict,
+            Ok(())
+        );
+        assert_eq!(
+            policy.evaluate(&req, 100, UnixMillis(chain_end)).verdict,
+            Ok(())
+        );
+        let d = policy.evaluate(&req, 100, UnixMillis(chain_end + 1));
+        assert_eq!(rule(&d), Some(Rule::AttestationInvalid));
+        assert!(d.verdict.unwrap_err().message.contains("expired"));
     }
 
     #[test]

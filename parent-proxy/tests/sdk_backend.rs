@@ -153,8 +153,10 @@ fn grants() -> Option<Vec<String>> {
     Some(vec!["grant-1".into(), "grant-2".into()])
 }
 
+/// A fresh, well-formed document with a public key (the proxy refuses
+/// others before they reach KMS).
 fn recipient() -> Option<RecipientInfo> {
-    Some(RecipientInfo::new(vec![0x84, 0x44, 0xA1, 0x01, 0x38, 0x22]))
+    Some(RecipientInfo::new(support::Nsm::new().document(0xAA, 0xA2)))
 }
 
 fn to_json<T: Serialize>(v: &T) -> Value {

@@ -237,3 +237,30 @@ fn tunnel_and_credential_flags() {
         assert!(parse(&["--tunnel", bad]).is_err(), "{bad}");
     }
 }
+
+/// `--max-document-age-ms` overrides `[policy] max_document_age_ms`; the
+/// default is five minutes; zero is refused.
+#[test]
+fn max_document_age_flag_and_file_key() {
+    use std::time::Duration;
+    let age = |args: &[&str]| {
+        serve_settings(&parse(args).unwrap()).map(|s| s.proxy.policy.max_document_age)
+    };
+    assert_eq!(age(&[]).unwrap(), Duration::from_secs(300));
+    assert_eq!(
+        age(&["--max-document-age-ms", "90000"]).unwrap(),
+        Duration::from_secs(90)
+    );
+    let dir = Dir::new("document-age");
+    let config = dir.file("proxy.toml", "[policy]\nmax_document_age_ms = 120000\n");
+    assert_eq!(
+        age(&["--config", &config]).unwrap(),
+        Duration::from_secs(120)
+    );
+    assert_eq!(
+        age(&["--config", &config, "--max-document-age-ms", "60000"]).unwrap(),
+        Duration::from_secs(60)
+    );
+    let err = age(&["--max-document-age-ms", "0"]).unwrap_err();
+    assert!(err.to_string().contains("max_document_age_ms"), "{err}");
+}

@@ -15,13 +15,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use keybroker_common::UnixMillis;
+use keybroker_common::attestation::AttestationDocument;
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message, VersionRange, WireError};
 use keybroker_common::secret::SecretBytes;
 use keybroker_proxy::backend::{BackendFuture, KmsBackend};
 use keybroker_proxy::policy::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
-use support::{Client, describe, described, echoed};
+use support::{Client, Nsm, describe, described, echoed};
 use tokio::sync::Semaphore;
 
 /// Behaviour chosen by the request's key id:
@@ -517,7 +519,7 @@ async fn policy_refusals_reach_the_enclave() {
         KmsRequest::GenerateDataKey(GenerateDataKeyRequest {
             key_id: Some("alias/app".into()),
             key_spec: Some(DataKeySpec::Aes256),
-            recipient: Some(RecipientInfo::new(vec![0x84; 10])),
+            recipient: Some(RecipientInfo::new(Nsm::new().document(0xAA, 0xA2))),
             ..Default::default()
         }),
     )
@@ -640,68 +642,6 @@ async fn serves_on_a_unix_socket() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A mock-NSM-like P-384 chain (rcgen's default validity covers "now").
-struct Nsm {
-    root: Vec<u8>,
-    leaf: Vec<u8>,
-    signer: aws_lc_rs::signature::EcdsaKeyPair,
-}
-
-impl Nsm {
-    fn new() -> Nsm {
-        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
-        use rcgen::{
-            BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P384_SHA384,
-        };
-        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
-        let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let root = root_params.self_signed(&root_key).unwrap();
-        let issuer = Issuer::new(root_params, root_key);
-        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
-        let leaf = CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
-        Nsm {
-            root: root.der().to_vec(),
-            leaf: leaf.der().to_vec(),
-            signer: EcdsaKeyPair::from_pkcs8(
-                &ECDSA_P384_SHA384_FIXED_SIGNING,
-                &leaf_key.serialize_der(),
-            )
-            .unwrap(),
-        }
-    }
-
-    /// A signed document whose PCR0 is 48 bytes of `pcr0`, PCR2 48 bytes of
-    /// `pcr2` (other PCRs zero).
-    fn document(&self, pcr0: u8, pcr2: u8) -> Vec<u8> {
-        use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
-        let doc = AttestationDocument {
-            module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
-            digest: Digest::Sha384,
-            timestamp: keybroker_proxy::cli::now(),
-            pcrs: (0u8..16)
-                .map(|i| {
-                    let b = match i {
-                        0 => pcr0,
-                        2 => pcr2,
-                        _ => 0,
-                    };
-                    (i, vec![b; 48])
-                })
-                .collect(),
-            certificate: self.leaf.clone(),
-            cabundle: vec![self.root.clone()],
-            public_key: Some(vec![0x30; 294]),
-            user_data: None,
-            nonce: None,
-        };
-        build_signed_document(&doc, &self.signer, &aws_lc_rs::rand::SystemRandom::new()).unwrap()
-    }
-}
-
 /// Allowed image `name`: PCR0 and PCR2 of 48 bytes each.
 fn image(name: &str, pcr0: u8, pcr2: u8) -> AllowedImage {
     AllowedImage::new([(0, vec![pcr0; 48]), (2, vec![pcr2; 48])].into())
@@ -751,6 +691,53 @@ async fn allowed_images_are_checked_before_forwarding() {
         .await;
     let err = response(c.recv().await).1.unwrap_err();
     assert!(err.message().starts_with("AttestationInvalid:"), "{err}");
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+/// Without any image configured, a Recipient document that does not parse,
+/// carries no public key, or is too old or from the future is refused on
+/// the wire with its own rule, and KMS sees none of them.
+#[tokio::test]
+async fn recipient_documents_are_checked_before_anything_reaches_kms() {
+    let nsm = Nsm::new();
+    let (proxy, fake) = start(config()).await;
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    let now = keybroker_proxy::cli::now().0;
+    let made_at = |ms: u64| {
+        nsm.build(&AttestationDocument {
+            timestamp: UnixMillis(ms),
+            ..nsm.payload(0xAA, 0xA2)
+        })
+    };
+    let cases = [
+        (
+            vec![0x84, 0x44, 0xA1, 0x01, 0x38, 0x22],
+            "AttestationInvalid:",
+        ),
+        (
+            nsm.build(&AttestationDocument {
+                public_key: None,
+                ..nsm.payload(0xAA, 0xA2)
+            }),
+            "RecipientKeyMissing:",
+        ),
+        (made_at(now - 10 * 60_000), "AttestationTooOld:"),
+        (made_at(now + 10 * 60_000), "AttestationFromFuture:"),
+    ];
+    for (id, (doc, rule)) in (1..).zip(cases) {
+        c.request(id, None, random(doc)).await;
+        let (got, result) = response(c.recv().await);
+        assert_eq!(got, id);
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PolicyDenied);
+        assert!(!err.retryable());
+        assert!(err.message().starts_with(rule), "{err}");
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
+    // A fresh document with a key is forwarded.
+    c.request(9, None, random(nsm.document(0xAA, 0xA2))).await;
+    assert!(response(c.recv().await).1.is_ok());
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
     proxy.shutdown_and_wait().await.unwrap();
 }

@@ -348,6 +348,52 @@ async fn invalid_stale_untrusted_or_non_rsa_attestations_are_validation_errors()
     expect_code(gdk(tampered).await, "ValidationException");
 }
 
+/// The mock's verification cache: a repeated document is answered from it
+/// with the same result, and the age limit and the chain's expiry still
+/// apply to a cached document.
+#[test]
+fn repeated_documents_come_from_the_cache_and_still_age_and_expire() {
+    use keybroker_common::UnixMillis;
+    use keybroker_common::attestation::Verifier;
+    use keybroker_harness::mock_kms::recipient::RecipientVerifier;
+    let pki = test_pki();
+    let v = RecipientVerifier::new([pki.root_der.as_slice()], 300_000).unwrap();
+    let spki = RecipientPrivateKey::generate_2048()
+        .unwrap()
+        .public_key_spki_der();
+    let t = now_ms();
+    let doc = attestation(&pki, pcrs(PCR0), Some(spki.clone()), t);
+    let first = v.verify(&doc, UnixMillis(t)).unwrap();
+    let again = v.verify(&doc, UnixMillis(t + 1000)).unwrap();
+    assert_eq!(again, first);
+    let stats = v.cache().stats();
+    assert_eq!((stats.hits, stats.misses), (1, 1));
+    // Another document is a miss.
+    let other = attestation(&pki, pcrs(PCR0), Some(spki.clone()), t + 1);
+    v.verify(&other, UnixMillis(t + 1000)).unwrap();
+    assert_eq!(v.cache().stats().misses, 2);
+    // Older than the maximum age: refused, cached or not.
+    let err = v.verify(&doc, UnixMillis(t + 300_001)).unwrap_err();
+    assert_eq!(err.code, "ValidationException");
+    assert!(err.message.contains("maximum age"), "{}", err.message);
+
+    // A document made a minute before its chain ends: cached until then,
+    // verified again (and expired) one millisecond later.
+    let end = Verifier::from_trusted_roots([pki.root_der.as_slice()])
+        .unwrap()
+        .verify(&doc, UnixMillis(t))
+        .unwrap()
+        .chain_not_after();
+    let late = attestation(&pki, pcrs(PCR0), Some(spki), end.0 - 60_000);
+    v.verify(&late, end).unwrap();
+    let hits = v.cache().stats().hits;
+    v.verify(&late, end).unwrap();
+    assert_eq!(v.cache().stats().hits, hits + 1);
+    let err = v.verify(&late, UnixMillis(end.0 + 1)).unwrap_err();
+    assert_eq!(err.code, "ValidationException");
+    assert!(err.message.contains("expired"), "{}", err.message);
+}
+
 #[tokio::test]
 async fn access_denied_logs_the_statement_and_condition_with_expected_and_actual_values() {
     #[derive(Clone, Default)]

@@ -23,6 +23,10 @@
 //! - [`Verifier::verify`] checks the certificate chain against pinned roots at
 //!   a caller-supplied time and the COSE signature, and returns a
 //!   [`VerifiedAttestation`], a value only the verifier can construct.
+//! - [`check_document_age`] bounds a document's age at a caller-supplied
+//!   time (from its `timestamp`).
+//! - [`VerificationCache`] answers a repeated [`Verifier::verify`] with a
+//!   hash instead of the chain and signature checks.
 //! - [`build_signed_document`] emits a document with the exact layout of the
 //!   real NSM, for the development mock NSM.
 //!
@@ -38,14 +42,18 @@
 //! - Both tagged (`#6.18`) and untagged COSE_Sign1 are accepted; maps may be
 //!   definite or indefinite length.
 
+mod age;
 mod build;
+mod cache;
 mod parse;
 mod verify;
 
 #[cfg(test)]
 mod tests;
 
+pub use age::{MAX_CLOCK_SKEW, check_document_age};
 pub use build::build_signed_document;
+pub use cache::{CacheStats, VerificationCache};
 pub use parse::{AttestationDocument, Digest, UnverifiedAttestation};
 pub use verify::{AWS_NITRO_ROOT_G1_SHA256, VerifiedAttestation, Verifier};
 
@@ -226,6 +234,39 @@ pub enum AttestationError {
     /// The COSE_Sign1 ES384 signature does not verify with the leaf key.
     #[error("COSE signature does not verify with the leaf certificate's key")]
     BadSignature,
+    /// The document's `timestamp` is older than the maximum age at the
+    /// verification time ([`check_document_age`]).
+    #[error(
+        "document is {} s old (timestamp {}), older than the maximum age of {} s",
+        at.0.saturating_sub(timestamp.0) / 1000,
+        fmt_ms(*timestamp),
+        max_age_ms / 1000
+    )]
+    DocumentTooOld {
+        /// The document's `timestamp`.
+        timestamp: UnixMillis,
+        /// The verification time.
+        at: UnixMillis,
+        /// The maximum age, in milliseconds.
+        max_age_ms: u64,
+    },
+    /// The document's `timestamp` is more than the clock-skew tolerance
+    /// ([`MAX_CLOCK_SKEW`]) ahead of the verification time.
+    #[error(
+        "document timestamp {} is {} s ahead of the verification time {} (tolerance {} s)",
+        fmt_ms(*timestamp),
+        timestamp.0.saturating_sub(at.0) / 1000,
+        fmt_ms(*at),
+        max_skew_ms / 1000
+    )]
+    DocumentFromFuture {
+        /// The document's `timestamp`.
+        timestamp: UnixMillis,
+        /// The verification time.
+        at: UnixMillis,
+        /// The tolerance, in milliseconds.
+        max_skew_ms: u64,
+    },
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 UTC (second precision),

@@ -631,3 +631,244 @@ fn garbage_never_panics() {
         assert!(v.verify(input, AT).is_err());
     }
 }
+
+#[test]
+fn verified_attestation_reports_the_chain_window_and_root() {
+    let pki = pki();
+    let v = verifier(&pki)
+        .verify(&build(&pki, &document(&pki)), AT)
+        .unwrap();
+    // The leaf (one day) expires first and starts last of the three.
+    assert_eq!(v.chain_not_before(), LEAF_NOT_BEFORE);
+    assert_eq!(v.chain_not_after(), LEAF_NOT_AFTER);
+    assert_eq!(v.root_sha256(), &verify::sha256(&pki.root));
+    assert!(verifier(&pki).trusts_root(v.root_sha256()));
+    assert!(!Verifier::aws_nitro().trusts_root(v.root_sha256()));
+}
+
+const MINUTE: core::time::Duration = core::time::Duration::from_secs(60);
+
+#[test]
+fn document_age_is_bounded_both_ways() {
+    let ts = AT;
+    let at = |ms: u64| UnixMillis(ts.0 + ms);
+    // Up to the maximum age (inclusive) is fresh.
+    assert_eq!(check_document_age(ts, ts, 5 * MINUTE), Ok(()));
+    assert_eq!(check_document_age(ts, at(300_000), 5 * MINUTE), Ok(()));
+    let err = check_document_age(ts, at(300_001), 5 * MINUTE).unwrap_err();
+    assert_eq!(
+        err,
+        AttestationError::DocumentTooOld {
+            timestamp: ts,
+            at: at(300_001),
+            max_age_ms: 300_000
+        }
+    );
+    assert!(
+        err.to_string()
+            .contains("older than the maximum age of 300 s"),
+        "{err}"
+    );
+    // Ahead of the verifier's clock: tolerated up to MAX_CLOCK_SKEW.
+    let skew = u64::try_from(MAX_CLOCK_SKEW.as_millis()).unwrap();
+    let early = UnixMillis(ts.0 - skew);
+    assert_eq!(check_document_age(ts, early, 5 * MINUTE), Ok(()));
+    let earlier = UnixMillis(early.0 - 1);
+    let err = check_document_age(ts, earlier, 5 * MINUTE).unwrap_err();
+    assert_eq!(
+        err,
+        AttestationError::DocumentFromFuture {
+            timestamp: ts,
+            at: earlier,
+            max_skew_ms: skew
+        }
+    );
+    assert!(
+        err.to_string().contains("ahead of the verification time"),
+        "{err}"
+    );
+    // Extremes do not overflow.
+    assert!(check_document_age(UnixMillis(0), UnixMillis(u64::MAX), 5 * MINUTE).is_err());
+    assert!(check_document_age(UnixMillis(u64::MAX), UnixMillis(0), 5 * MINUTE).is_err());
+}
+
+/// `n` different documents of one chain (they differ in the nonce).
+fn documents(pki: &Pki, n: u8) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut doc = document(pki);
+            doc.nonce = Some(vec![i]);
+            build(pki, &doc)
+        })
+        .collect()
+}
+
+#[test]
+fn cache_hit_returns_what_the_verifier_returned() {
+    let pki = pki();
+    let v = verifier(&pki);
+    let bytes = build(&pki, &document(&pki));
+    let cache = VerificationCache::default();
+    let cold = cache.verify(&v, &bytes, AT, None).unwrap();
+    assert_eq!(cold, v.verify(&bytes, AT).unwrap());
+    let later = UnixMillis(AT.0 + 60_000);
+    let hit = cache.verify(&v, &bytes, later, None).unwrap();
+    // The same proof, from the verification that filled the entry.
+    assert_eq!(hit, cold);
+    assert_eq!(hit.verified_at(), AT);
+    assert_eq!(
+        cache.stats(),
+        CacheStats {
+            hits: 1,
+            misses: 1,
+            entries: 1
+        }
+    );
+}
+
+#[test]
+fn cache_misses_for_another_document_and_never_caches_failures() {
+    let pki = pki();
+    let v = verifier(&pki);
+    let docs = documents(&pki, 2);
+    let cache = VerificationCache::default();
+    cache.verify(&v, &docs[0], AT, None).unwrap();
+    cache.verify(&v, &docs[1], AT, None).unwrap();
+    assert_eq!(cache.stats().misses, 2);
+    assert_eq!(cache.stats().hits, 0);
+    // One flipped bit: another key, and a failure that is not remembered.
+    let mut tampered = docs[0].clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    for _ in 0..2 {
+        assert_eq!(
+            cache.verify(&v, &tampered, AT, None),
+            Err(AttestationError::BadSignature)
+        );
+    }
+    assert_eq!(cache.stats().misses, 4);
+    assert_eq!(cache.stats().entries, 2);
+    // Too large: refused without hashing, as the verifier would.
+    let huge = vec![0u8; MAX_DOCUMENT_LEN + 1];
+    assert!(matches!(
+        cache.verify(&v, &huge, AT, None),
+        Err(AttestationError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn cache_entry_ends_with_the_chain_and_is_verified_again() {
+    let pki = pki();
+    let v = verifier(&pki);
+    let bytes = build(&pki, &document(&pki));
+    let cache = VerificationCache::default();
+    cache.verify(&v, &bytes, AT, None).unwrap();
+    // The last millisecond of the leaf's validity: still a hit.
+    cache.verify(&v, &bytes, LEAF_NOT_AFTER, None).unwrap();
+    assert_eq!(cache.stats().hits, 1);
+    // One past it: verified again, and expired.
+    let err = cache
+        .verify(&v, &bytes, UnixMillis(LEAF_NOT_AFTER.0 + 1), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, AttestationError::CertificateExpired { .. }),
+        "{err}"
+    );
+    // A clock that went back before the leaf's notBefore: verified again.
+    let err = cache
+        .verify(&v, &bytes, UnixMillis(LEAF_NOT_BEFORE.0 - 1), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, AttestationError::CertificateNotYetValid { .. }),
+        "{err}"
+    );
+    assert_eq!(cache.stats().hits, 1);
+    assert_eq!(cache.stats().misses, 3);
+}
+
+#[test]
+fn cache_entry_never_outlives_the_document_age_limit() {
+    let pki = pki();
+    let v = verifier(&pki);
+    let bytes = build(&pki, &document(&pki)); // timestamp AT
+    let cache = VerificationCache::default();
+    let limit = Some(5 * MINUTE);
+    cache.verify(&v, &bytes, AT, limit).unwrap();
+    cache
+        .verify(&v, &bytes, UnixMillis(AT.0 + 300_000), limit)
+        .unwrap();
+    assert_eq!(cache.stats().hits, 1);
+    // Older than the limit: not answered from the cache (the chain is still
+    // valid, so verification succeeds; the caller's age check refuses it),
+    // and not cached again.
+    let old = UnixMillis(AT.0 + 300_001);
+    assert!(cache.verify(&v, &bytes, old, limit).is_ok());
+    assert!(cache.verify(&v, &bytes, old, limit).is_ok());
+    assert_eq!(cache.stats().hits, 1);
+    assert_eq!(cache.stats().misses, 3);
+}
+
+#[test]
+fn cache_hit_needs_a_verifier_that_trusts_the_root() {
+    let pki = pki();
+    let bytes = build(&pki, &document(&pki));
+    let cache = VerificationCache::default();
+    cache.verify(&verifier(&pki), &bytes, AT, None).unwrap();
+    let err = cache
+        .verify(&Verifier::aws_nitro(), &bytes, AT, None)
+        .unwrap_err();
+    assert!(
+        matches!(err, AttestationError::UntrustedRoot { .. }),
+        "{err}"
+    );
+    assert_eq!(cache.stats().hits, 0);
+}
+
+#[test]
+fn cache_size_is_bounded_and_evicts_the_least_recently_used() {
+    let pki = pki();
+    let v = verifier(&pki);
+    let docs = documents(&pki, 4);
+    let cache = VerificationCache::new(2);
+    cache.verify(&v, &docs[0], AT, None).unwrap();
+    cache.verify(&v, &docs[1], AT, None).unwrap();
+    cache.verify(&v, &docs[0], AT, None).unwrap(); // hit: docs[1] is now the oldest
+    cache.verify(&v, &docs[2], AT, None).unwrap(); // evicts docs[1]
+    assert_eq!(cache.stats().entries, 2);
+    let before = cache.stats();
+    cache.verify(&v, &docs[0], AT, None).unwrap();
+    cache.verify(&v, &docs[2], AT, None).unwrap();
+    assert_eq!(cache.stats().hits, before.hits + 2);
+    cache.verify(&v, &docs[1], AT, None).unwrap();
+    assert_eq!(cache.stats().misses, before.misses + 1);
+    // Expired entries go first, even the most recently used one.
+    let cache = VerificationCache::new(2);
+    let later = UnixMillis(AT.0 + 2 * 60_000);
+    let at_later = |nonce: u8| {
+        let mut doc = document(&pki);
+        doc.timestamp = later;
+        doc.nonce = Some(vec![nonce]);
+        build(&pki, &doc)
+    };
+    let (y, z) = (at_later(1), at_later(2));
+    cache.verify(&v, &y, AT, Some(MINUTE)).unwrap();
+    cache.verify(&v, &docs[0], AT, Some(MINUTE)).unwrap(); // timestamp AT
+    // At `later`, docs[0] is two minutes old: dropped for z, y stays.
+    cache.verify(&v, &z, later, Some(MINUTE)).unwrap();
+    let before = cache.stats();
+    cache.verify(&v, &y, later, Some(MINUTE)).unwrap();
+    assert_eq!(cache.stats().hits, before.hits + 1);
+    assert_eq!(cache.stats().entries, 2);
+    // Capacity 0 caches nothing.
+    let off = VerificationCache::new(0);
+    off.verify(&v, &docs[3], AT, None).unwrap();
+    off.verify(&v, &docs[3], AT, None).unwrap();
+    assert_eq!(
+        off.stats(),
+        CacheStats {
+            hits: 0,
+            misses: 2,
+            entries: 0
+        }
+    );
+}

@@ -131,8 +131,14 @@ impl Verifier {
         }
         chain.push(ParsedCert::parse(&doc.document.certificate, "certificate")?);
 
+        // The chain's validity window: the latest notBefore and the
+        // earliest notAfter (what bounds a cached verification).
+        let mut chain_not_before = UnixMillis(0);
+        let mut chain_not_after = UnixMillis(u64::MAX);
         for cert in &chain {
-            cert.check_time(at)?;
+            let (not_before, not_after) = cert.check_time(at)?;
+            chain_not_before = chain_not_before.max(not_before);
+            chain_not_after = chain_not_after.min(not_after);
             cert.check_critical_extensions()?;
         }
 
@@ -167,7 +173,15 @@ impl Verifier {
             document: doc.document,
             chain_subjects,
             verified_at: at,
+            chain_not_before,
+            chain_not_after,
+            root_sha256: fingerprint,
         })
+    }
+
+    /// Whether `cabundle[0]` with this SHA-256 fingerprint is pinned.
+    pub fn trusts_root(&self, sha256: &[u8; 32]) -> bool {
+        self.roots.contains(sha256)
     }
 }
 
@@ -180,6 +194,9 @@ pub struct VerifiedAttestation {
     document: AttestationDocument,
     chain_subjects: Vec<String>,
     verified_at: UnixMillis,
+    chain_not_before: UnixMillis,
+    chain_not_after: UnixMillis,
+    root_sha256: [u8; 32],
 }
 
 impl VerifiedAttestation {
@@ -233,13 +250,32 @@ impl VerifiedAttestation {
         self.verified_at
     }
 
+    /// The latest `notBefore` of the chain's certificates: before it, the
+    /// same document would not verify.
+    pub fn chain_not_before(&self) -> UnixMillis {
+        self.chain_not_before
+    }
+
+    /// The earliest `notAfter` of the chain's certificates (for genuine
+    /// documents the leaf's, about three hours after issue): after it, the
+    /// same document no longer verifies.
+    pub fn chain_not_after(&self) -> UnixMillis {
+        self.chain_not_after
+    }
+
+    /// SHA-256 of `cabundle[0]`'s DER, the pinned root the chain ends in.
+    pub fn root_sha256(&self) -> &[u8; 32] {
+        &self.root_sha256
+    }
+
     /// The verified payload, by value.
     pub fn into_document(self) -> AttestationDocument {
         self.document
     }
 }
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
+/// SHA-256 of `bytes`.
+pub(super) fn sha256(bytes: &[u8]) -> [u8; 32] {
     let d = digest::digest(&digest::SHA256, bytes);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
@@ -291,7 +327,9 @@ impl<'a> ParsedCert<'a> {
         self.tbs.subject().to_string()
     }
 
-    fn check_time(&self, at: UnixMillis) -> Result<(), AttestationError> {
+    /// Checks that `at` is inside the validity period, and returns the
+    /// period (`notBefore`, `notAfter`).
+    fn check_time(&self, at: UnixMillis) -> Result<(UnixMillis, UnixMillis), AttestationError> {
         let validity = self.tbs.validity();
         let not_before = time_ms(validity.not_before);
         let not_after = time_ms(validity.not_after);
@@ -309,7 +347,7 @@ impl<'a> ParsedCert<'a> {
                 at,
             });
         }
-        Ok(())
+        Ok((not_before, not_after))
     }
 
     fn check_critical_extensions(&self) -> Result<(), AttestationError> {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keybroker_common::address::Address;
+use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{FrameDecoder, Limits, Message, encode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -178,5 +179,76 @@ impl std::io::Write for LogWriter {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// A mock-NSM-like P-384 chain (rcgen's default validity covers "now").
+pub struct Nsm {
+    pub root: Vec<u8>,
+    leaf: Vec<u8>,
+    signer: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+#[allow(clippy::new_without_default)]
+impl Nsm {
+    pub fn new() -> Nsm {
+        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+        use rcgen::{
+            BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P384_SHA384,
+        };
+        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root = root_params.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(root_params, root_key);
+        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
+        let leaf = CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        Nsm {
+            root: root.der().to_vec(),
+            leaf: leaf.der().to_vec(),
+            signer: EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+                &leaf_key.serialize_der(),
+            )
+            .unwrap(),
+        }
+    }
+
+    /// A signed document (made now, with a public key) whose PCR0 is 48
+    /// bytes of `pcr0`, PCR2 48 bytes of `pcr2` (other PCRs zero).
+    pub fn document(&self, pcr0: u8, pcr2: u8) -> Vec<u8> {
+        self.build(&self.payload(pcr0, pcr2))
+    }
+
+    /// The payload of [`Nsm::document`]: made now, with a public key.
+    pub fn payload(&self, pcr0: u8, pcr2: u8) -> AttestationDocument {
+        AttestationDocument {
+            module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
+            digest: Digest::Sha384,
+            timestamp: keybroker_proxy::cli::now(),
+            pcrs: (0u8..16)
+                .map(|i| {
+                    let b = match i {
+                        0 => pcr0,
+                        2 => pcr2,
+                        _ => 0,
+                    };
+                    (i, vec![b; 48])
+                })
+                .collect(),
+            certificate: self.leaf.clone(),
+            cabundle: vec![self.root.clone()],
+            public_key: Some(vec![0x30; 294]),
+            user_data: None,
+            nonce: None,
+        }
+    }
+
+    /// Signs `doc` with the leaf key.
+    pub fn build(&self, doc: &AttestationDocument) -> Vec<u8> {
+        build_signed_document(doc, &self.signer, &aws_lc_rs::rand::SystemRandom::new()).unwrap()
     }
 }

@@ -7,9 +7,14 @@
 //!    request schema);
 //! 2. the document verifies with [`keybroker_common::attestation::Verifier`]
 //!    at the mock's current time, against the AWS Nitro Enclaves Root-G1 and
-//!    the configured extra roots (`--attestation-root`);
+//!    the configured extra roots (`--attestation-root`), through a
+//!    [`VerificationCache`] (the one the parent proxy uses): a document seen
+//!    before costs a SHA-256 while its chain is valid and it is within the
+//!    maximum age;
 //! 3. its `timestamp` is not older than the configured maximum age (default
-//!    5 minutes) and not more than [`MAX_CLOCK_SKEW_MS`] in the future;
+//!    5 minutes) and not more than
+//!    [`MAX_CLOCK_SKEW`](keybroker_common::attestation::MAX_CLOCK_SKEW) in
+//!    the future ([`check_document_age`]);
 //! 4. its `public_key` is a DER SubjectPublicKeyInfo of an RSA key of
 //!    2048..=4096 bits.
 //!
@@ -23,15 +28,14 @@
 //! whose measurements do not satisfy the key policy is an
 //! `AccessDeniedException`, which is what real KMS is known to answer.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use aws_lc_rs::rand::SecureRandom;
 use aws_lc_rs::rsa::PublicEncryptingKey;
 use keybroker_common::UnixMillis;
-use keybroker_common::attestation::Verifier;
+use keybroker_common::attestation::{VerificationCache, Verifier, check_document_age};
 use keybroker_common::kms::KmsError;
-
-/// How far in the future a document's timestamp may be (clock skew
-/// between the NSM and the mock), in milliseconds.
-pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 
 /// What the mock keeps of a verified attestation document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +54,9 @@ pub struct AttestedRecipient {
 #[derive(Debug, Clone)]
 pub struct RecipientVerifier {
     verifier: Verifier,
-    max_age_ms: u64,
+    max_age: Duration,
+    /// Shared by clones.
+    cache: Arc<VerificationCache>,
 }
 
 fn invalid(msg: impl std::fmt::Display) -> KmsError {
@@ -74,24 +80,24 @@ impl RecipientVerifier {
         }
         Ok(Self {
             verifier,
-            max_age_ms,
+            max_age: Duration::from_millis(max_age_ms),
+            cache: Arc::new(VerificationCache::default()),
         })
+    }
+
+    /// The cache of verified documents (for tests and benchmarks).
+    pub fn cache(&self) -> &VerificationCache {
+        &self.cache
     }
 
     /// Runs checks 2..4 of the module documentation at time `now`.
     pub fn verify(&self, document: &[u8], now: UnixMillis) -> Result<AttestedRecipient, KmsError> {
-        let verified = self.verifier.verify(document, now).map_err(invalid)?;
+        let verified = self
+            .cache
+            .verify(&self.verifier, document, now, Some(self.max_age))
+            .map_err(invalid)?;
         let ts = verified.timestamp();
-        if now.0.saturating_sub(ts.0) > self.max_age_ms {
-            return Err(invalid(format!(
-                "the document is {} s old, older than the maximum age of {} s",
-                (now.0 - ts.0) / 1000,
-                self.max_age_ms / 1000
-            )));
-        }
-        if ts.0 > now.0.saturating_add(MAX_CLOCK_SKEW_MS) {
-            return Err(invalid("the document's timestamp is in the future"));
-        }
+        check_document_age(ts, now, self.max_age).map_err(invalid)?;
         let spki = verified
             .public_key()
             .ok_or_else(|| invalid("the document has no public_key"))?;

@@ -1,0 +1,179 @@
+//! Attestation verification, cold and from the verified-document cache, on
+//! the genuine AWS documents of `../shared/fixtures/attestation`.
+//!
+//! `cargo bench -p keybroker-proxy --bench attestation_cache`
+//!
+//! 1. `Verifier::verify` (parse, X.509 chain of four certificates, five
+//!    P-384 checks) against `VerificationCache::verify` hits, per document;
+//! 2. the proxy's `Policy::evaluate` of a `GenerateDataKey` whose document is
+//!    verified and matched against an allowed image, with the cache disabled
+//!    (capacity 0) and enabled: the admission cost of one request.
+//!
+//! Each document is checked at its own timestamp. Prints medians and the
+//! ratios cold over cached (how many times cheaper a cached check is).
+// A bench binary is not `cfg(test)`, so clippy.toml's test allowances do not
+// apply; failing loudly is the right behaviour for a benchmark.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keybroker_common::UnixMillis;
+use keybroker_common::attestation::{VerificationCache, Verifier};
+use keybroker_common::kms::{DataKeySpec, GenerateDataKeyRequest, KmsRequest, RecipientInfo};
+use keybroker_proxy::policy::{AllowedImage, Policy};
+
+/// Median time of one call of `f`, over `samples` samples of `batch` calls
+/// each, after a short warm-up.
+fn median(samples: usize, batch: u32, mut f: impl FnMut()) -> Duration {
+    for _ in 0..batch.max(3) {
+        f();
+    }
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            start.elapsed() / batch
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+struct Fixture {
+    name: String,
+    bytes: Vec<u8>,
+    at: UnixMillis,
+    pcr0: String,
+}
+
+/// The documents the manifest lists as valid, or `None` without fixtures.
+fn fixtures() -> Option<Vec<Fixture>> {
+    let dir = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/attestation"
+    ));
+    let manifest = std::fs::read(dir.join("manifest.json")).ok()?;
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let list = manifest
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["expect"] == "valid")
+        .map(|e| {
+            let name = e["file"].as_str().unwrap().to_owned();
+            Fixture {
+                bytes: std::fs::read(dir.join(&name)).unwrap(),
+                name,
+                at: UnixMillis(e["timestamp_ms"].as_u64().unwrap()),
+                pcr0: e["pcr0"].as_str().unwrap().to_owned(),
+            }
+        })
+        .collect();
+    Some(list)
+}
+
+fn main() {
+    let Some(fixtures) = fixtures() else {
+        println!("note: ../shared/fixtures/attestation is absent; nothing to measure");
+        return;
+    };
+    let verifier = Verifier::aws_nitro();
+
+    println!("1. Verifier::verify (cold) vs VerificationCache::verify (hit), per document");
+    let mut cold_all = Vec::new();
+    let mut hit_all = Vec::new();
+    for f in &fixtures {
+        let cache = VerificationCache::default();
+        let first = cache.verify(&verifier, &f.bytes, f.at, None).unwrap();
+        assert_eq!(first, verifier.verify(&f.bytes, f.at).unwrap());
+        let cold = median(31, 1, || {
+            black_box(verifier.verify(black_box(&f.bytes), f.at).unwrap());
+        });
+        let hit = median(101, 100, || {
+            black_box(
+                cache
+                    .verify(&verifier, black_box(&f.bytes), f.at, None)
+                    .unwrap(),
+            );
+        });
+        assert_eq!(cache.stats().misses, 1, "every later call is a hit");
+        println!(
+            "   {:<56} {:>5} B  cold {:>8.1} us  cached {:>6.2} us  {:>6.0}x",
+            f.name,
+            f.bytes.len(),
+            us(cold),
+            us(hit),
+            cold.as_secs_f64() / hit.as_secs_f64()
+        );
+        cold_all.push(cold);
+        hit_all.push(hit);
+    }
+    cold_all.sort();
+    hit_all.sort();
+    let (cold, hit) = (cold_all[cold_all.len() / 2], hit_all[hit_all.len() / 2]);
+    println!(
+        "   median over {} documents: cold {:.1} us, cached {:.2} us",
+        fixtures.len(),
+        us(cold),
+        us(hit)
+    );
+
+    // A production-like document: a non-debug PCR0 (the proxy admits no
+    // all-zero image) and a public key.
+    let f = fixtures
+        .iter()
+        .find(|f| f.name.starts_with("nitro-attest"))
+        .or_else(|| fixtures.iter().find(|f| !f.pcr0.bytes().all(|b| b == b'0')))
+        .unwrap();
+    let image = AllowedImage::new([(0, hex::decode(&f.pcr0).unwrap())].into()).unwrap();
+    let request = KmsRequest::GenerateDataKey(GenerateDataKeyRequest {
+        key_id: Some("alias/app".into()),
+        key_spec: Some(DataKeySpec::Aes256),
+        recipient: Some(RecipientInfo::new(f.bytes.clone())),
+        ..Default::default()
+    });
+    let policy = |capacity: usize| Policy {
+        allowed_images: vec![image.clone()],
+        verification_cache: Arc::new(VerificationCache::new(capacity)),
+        ..Policy::default()
+    };
+    let (uncached, cached) = (policy(0), policy(VerificationCache::DEFAULT_CAPACITY));
+    for p in [&uncached, &cached] {
+        let d = p.evaluate(&request, f.bytes.len(), f.at);
+        assert_eq!(d.verdict, Ok(()), "{}", f.name);
+        assert!(d.attestation_verified);
+    }
+    let p_cold = median(31, 1, || {
+        black_box(uncached.evaluate(black_box(&request), 100, f.at));
+    });
+    let p_hit = median(101, 20, || {
+        black_box(cached.evaluate(black_box(&request), 100, f.at));
+    });
+    println!("2. Policy::evaluate of a GenerateDataKey with {}", f.name);
+    println!("   cache off {:>8.1} us", us(p_cold));
+    println!("   cache on  {:>8.1} us", us(p_hit));
+
+    println!("ratios (cold over cached)");
+    println!(
+        "   verify (median cold over median cached): {:.0}x",
+        cold.as_secs_f64() / hit.as_secs_f64()
+    );
+    println!(
+        "   proxy admission (Policy::evaluate): {:.0}x",
+        p_cold.as_secs_f64() / p_hit.as_secs_f64()
+    );
+}
