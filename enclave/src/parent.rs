@@ -63,7 +63,7 @@ pub async fn fetch_credentials(
     proxy: &Address,
     timeout: Duration,
 ) -> Result<AwsCredentials, Error> {
-    within(timeout, proxy, async {
+    within(timeout, format!("the proxy at {proxy}"), async {
         let mut stream = handshake(proxy).await?;
         send(&mut stream, &Message::GetCredentials { id: CREDENTIALS_ID }).await?;
         match read_frame(&mut stream).await? {
@@ -104,7 +104,7 @@ pub async fn open_tunnel(
     protocol::check_tunnel_host(host)
         .and_then(|()| protocol::check_tunnel_port(port))
         .map_err(|e| Error::InvalidArgument(format!("tunnel target: {e}")))?;
-    within(timeout, proxy, async {
+    within(timeout, format!("the proxy at {proxy}"), async {
         let mut stream = handshake(proxy).await?;
         let open = Message::OpenTunnel {
             host: host.to_owned(),
@@ -120,20 +120,19 @@ pub async fn open_tunnel(
     .await
 }
 
-/// Runs `work` under `timeout`; elapsed is [`Error::Unavailable`].
-async fn within<T>(
+/// Runs `work` under `timeout`; elapsed is [`Error::Unavailable`] naming
+/// `what` did not answer (the proxy here; the stock vsock-proxy relays in
+/// [`crate::e2e::vsock_proxy`]).
+pub(crate) async fn within<T>(
     timeout: Duration,
-    proxy: &Address,
+    what: impl core::fmt::Display,
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     tokio::time::timeout(timeout, work)
         .await
         .unwrap_or_else(|_| {
             Err(Error::Unavailable {
-                reason: format!(
-                    "no answer from the proxy at {proxy} within {} ms",
-                    timeout.as_millis()
-                ),
+                reason: format!("no answer from {what} within {} ms", timeout.as_millis()),
             })
         })
 }

@@ -40,6 +40,7 @@ use zeroize::Zeroizing;
 use super::credentials::AwsCredentials;
 use super::link::{BoxFuture, ParentLink};
 use crate::Error;
+use crate::parent::within;
 use crate::transport::{self, BoxStream};
 
 /// Lifetime asked for the IMDSv2 session token. One token serves one fetch.
@@ -70,7 +71,8 @@ impl ParentLink for VsockProxyLink {
     ) -> BoxFuture<'a, Result<BoxStream, Error>> {
         // The relay's target was fixed when it started; TLS checks that it
         // is the configured endpoint.
-        Box::pin(within(timeout, "the KMS vsock-proxy", &self.kms, async {
+        let what = format!("the KMS vsock-proxy at {}", self.kms);
+        Box::pin(within(timeout, what, async {
             transport::connect(&self.kms)
                 .await
                 .map_err(|e| Error::Unavailable {
@@ -80,32 +82,9 @@ impl ParentLink for VsockProxyLink {
     }
 
     fn credentials(&self, timeout: Duration) -> BoxFuture<'_, Result<AwsCredentials, Error>> {
-        Box::pin(within(
-            timeout,
-            "IMDS",
-            &self.imds,
-            imds_credentials(&self.imds),
-        ))
+        let what = format!("IMDS through {}", self.imds);
+        Box::pin(within(timeout, what, imds_credentials(&self.imds)))
     }
-}
-
-/// Runs `work` under `timeout`; elapsed is [`Error::Unavailable`].
-async fn within<T>(
-    timeout: Duration,
-    what: &str,
-    at: &Address,
-    work: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::Unavailable {
-                reason: format!(
-                    "no answer from {what} at {at} within {} ms",
-                    timeout.as_millis()
-                ),
-            })
-        })
 }
 
 /// An IMDS answer that is not what IMDS sends.
