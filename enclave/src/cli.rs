@@ -1382,6 +1382,43 @@ mod tests {
         );
     }
 
+    /// Every enclave command line the image and the deploy guide ship (the
+    /// `CMD` arrays of `Dockerfile.enclave` and `docs/deploy.md`) parses,
+    /// and its KMS settings are complete for its mode: an e2e command names
+    /// its region and keys, directly or through the shipped settings file
+    /// (which stands in for `/etc/keybroker/enclave.toml` of the image).
+    #[test]
+    fn the_shipped_and_documented_command_lines_parse_and_are_complete() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let mut seen = 0;
+        for file in ["Dockerfile.enclave", "docs/deploy.md"] {
+            let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+            for (at, _) in text.match_indices(r#"["/usr/bin/keybroker-enclave""#) {
+                let end = at + text[at..].find(']').unwrap() + 1;
+                let argv: Vec<String> = serde_json::from_str(&text[at..end]).unwrap();
+                let cli =
+                    Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{file}: {argv:?}: {e}"));
+                let broker = match &cli.command {
+                    Command::Serve(a) => &a.broker,
+                    Command::GenerateDataKey(a) => &a.broker,
+                    other => panic!("{file}: unexpected subcommand {other:?}"),
+                };
+                let mut broker = broker.clone();
+                if broker.config.as_deref() == Some(Path::new("/etc/keybroker/enclave.toml")) {
+                    broker.config = Some(format!("{root}/deploy/enclave-e2e.toml").into());
+                }
+                let settings = broker.kms_settings().unwrap();
+                if settings.mode() == Mode::E2e {
+                    settings
+                        .e2e_config(TrustRoots::amazon().unwrap())
+                        .unwrap_or_else(|e| panic!("{file}: {argv:?}: {e}"));
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "only {seen} command lines found");
+    }
+
     #[test]
     fn key_pinning_and_tls_failures_have_their_own_exit_codes() {
         let refused = KeyPinError::RequestKeyNotAllowed("arn:aws:kms:x".into());
