@@ -105,7 +105,7 @@ build_binary() {
     target_dir="${KEYBROKER_IMAGE_TARGET_DIR:-${root}/target/enclave-image}"
     local features=() name=keybroker-enclave
     if ${mock_nsm}; then
-        features=(--features mock-nsm)
+        features=(--features dangerous-mock-nsm-cli)
         name=keybroker-enclave-dangerous-mock-nsm
     fi
     mkdir -p "${target_dir}"

@@ -472,6 +472,42 @@ pub enum MockNsmCommand {
     },
 }
 
+impl Command {
+    /// The KMS path arguments of a subcommand that talks to KMS.
+    pub fn broker_args(&self) -> Option<&BrokerArgs> {
+        match self {
+            Command::Serve(a) => Some(&a.broker),
+            Command::GenerateDataKey(a) => Some(&a.broker),
+            Command::Decrypt(a) => Some(&a.broker),
+            Command::GenerateDataKeyPair(a) => Some(&a.broker),
+            Command::GenerateRandom(a) => Some(&a.broker),
+            Command::Seal(a) | Command::Open(a) => Some(&a.broker),
+            Command::Demo(a) => Some(&a.broker),
+            Command::Attestation(_) | Command::MockNsm(_) => None,
+        }
+    }
+
+    /// The mock a command asks for (a flag, its environment variable, or
+    /// the `mock-nsm` subcommand), if any.
+    #[cfg(feature = "mock-nsm")]
+    fn mock_requested(&self) -> Option<&'static str> {
+        let nsm = match self {
+            Command::MockNsm(_) => return Some("mock-nsm"),
+            Command::Attestation(a) => &a.nsm,
+            other => {
+                let broker = other.broker_args()?;
+                if broker.mock_kms_ca.is_some() {
+                    return Some("--mock-kms-ca");
+                }
+                &broker.nsm
+            }
+        };
+        nsm.mock_nsm_ca
+            .as_ref()
+            .map(|_| "--mock-nsm-ca (or KEYBROKER_MOCK_NSM_CA)")
+    }
+}
+
 fn parse_context(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -537,7 +573,33 @@ pub fn exit_code(e: &Error) -> u8 {
 /// runs the subcommand on a new tokio runtime and returns the exit code
 /// ([`exit_code`]). `--help` and `--version` print and return success; usage
 /// errors return 2.
+///
+/// This is the production entry point: in a build whose library has the
+/// `mock-nsm` feature (any workspace build) it still refuses the mock NSM
+/// and the mock KMS CA (exit 2, "no mock NSM"); see
+/// [`dangerous_main_with_mock_nsm`].
 pub fn main_with_args<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_cli(args, false)
+}
+
+/// [`main_with_args`] that also reaches the mock NSM and the mock KMS CA:
+/// for the development launcher (`keybroker-local component enclave`) and
+/// the binary of a `dangerous-mock-nsm-cli` build, never for an enclave
+/// with real keys.
+#[cfg(feature = "mock-nsm")]
+pub fn dangerous_main_with_mock_nsm<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    run_cli(args, true)
+}
+
+fn run_cli<I, T>(args: I, allow_mock: bool) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -549,6 +611,16 @@ where
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
+    #[cfg(feature = "mock-nsm")]
+    if let Some(what) = cli.command.mock_requested().filter(|_| !allow_mock) {
+        eprintln!(
+            "keybroker-enclave: {what}: this binary has no mock NSM (it exists only in \
+             `keybroker-local component enclave` and in a `--features dangerous-mock-nsm-cli` build)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    #[cfg(not(feature = "mock-nsm"))]
+    let _ = allow_mock;
     // A service logs its lifecycle (readiness, the proxy connection); a
     // one-shot command only what went wrong.
     let default_filter = match cli.command {
@@ -1398,12 +1470,7 @@ mod tests {
                 let argv: Vec<String> = serde_json::from_str(&text[at..end]).unwrap();
                 let cli =
                     Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{file}: {argv:?}: {e}"));
-                let broker = match &cli.command {
-                    Command::Serve(a) => &a.broker,
-                    Command::GenerateDataKey(a) => &a.broker,
-                    other => panic!("{file}: unexpected subcommand {other:?}"),
-                };
-                let mut broker = broker.clone();
+                let mut broker = cli.command.broker_args().unwrap().clone();
                 if broker.config.as_deref() == Some(Path::new("/etc/keybroker/enclave.toml")) {
                     broker.config = Some(format!("{root}/deploy/enclave-e2e.toml").into());
                 }

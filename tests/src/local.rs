@@ -69,7 +69,7 @@ pub fn run_component(args: Vec<OsString>) -> ExitCode {
             );
             ExitCode::from(code)
         }
-        Some("enclave") => keybroker_enclave::cli::main_with_args(
+        Some("enclave") => keybroker_enclave::cli::dangerous_main_with_mock_nsm(
             std::iter::once(OsString::from("keybroker-enclave")).chain(rest.iter().cloned()),
         ),
         _ => {
