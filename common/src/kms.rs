@@ -199,6 +199,115 @@ pub enum EncryptionAlgorithm {
     Sm2Pke,
 }
 
+/// KMS `KeyAgreementAlgorithm` (`DeriveSharedSecret`). KMS supports exactly
+/// one: ECDH, whose result is the raw shared secret (the x-coordinate of the
+/// shared point, NIST SP 800-56A rev. 3 section 5.7.1.2), with no KDF applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum KeyAgreementAlgorithm {
+    /// Elliptic-curve Diffie-Hellman.
+    #[serde(rename = "ECDH")]
+    Ecdh,
+}
+
+/// KMS `DryRunModifiers` of `Decrypt`: `IGNORE_CIPHERTEXT` makes a dry run
+/// check permissions without validating the ciphertext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DryRunModifier {
+    /// Skip ciphertext validation in a dry run.
+    #[serde(rename = "IGNORE_CIPHERTEXT")]
+    IgnoreCiphertext,
+}
+
+/// KMS `KeySpec` of a key-agreement key: the elliptic curve of
+/// `DeriveSharedSecret`'s `PublicKey` must be the KMS key's.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EcdhCurve {
+    #[serde(rename = "ECC_NIST_P256")]
+    NistP256,
+    #[serde(rename = "ECC_NIST_P384")]
+    NistP384,
+    #[serde(rename = "ECC_NIST_P521")]
+    NistP521,
+    #[serde(rename = "ECC_SECG_P256K1")]
+    SecgP256k1,
+}
+
+impl EcdhCurve {
+    /// Every curve KMS offers for `KEY_AGREEMENT`.
+    pub const ALL: [EcdhCurve; 4] = [
+        Self::NistP256,
+        Self::NistP384,
+        Self::NistP521,
+        Self::SecgP256k1,
+    ];
+
+    /// The KMS `KeySpec` spelling, e.g. `"ECC_NIST_P256"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NistP256 => "ECC_NIST_P256",
+            Self::NistP384 => "ECC_NIST_P384",
+            Self::NistP521 => "ECC_NIST_P521",
+            Self::SecgP256k1 => "ECC_SECG_P256K1",
+        }
+    }
+
+    /// The named-curve OID of an `id-ecPublicKey` SubjectPublicKeyInfo
+    /// (RFC 5480 section 2.1.1.1; secp256k1 from SEC 2).
+    pub const fn oid(self) -> const_oid::ObjectIdentifier {
+        use const_oid::ObjectIdentifier as Oid;
+        match self {
+            Self::NistP256 => Oid::new_unwrap("1.2.840.10045.3.1.7"),
+            Self::NistP384 => Oid::new_unwrap("1.3.132.0.34"),
+            Self::NistP521 => Oid::new_unwrap("1.3.132.0.35"),
+            Self::SecgP256k1 => Oid::new_unwrap("1.3.132.0.10"),
+        }
+    }
+
+    /// The length of an ECDH shared secret on this curve: the size of a
+    /// field element (SEC 1 section 3.3.1).
+    pub const fn shared_secret_len(self) -> usize {
+        match self {
+            Self::NistP256 | Self::SecgP256k1 => 32,
+            Self::NistP384 => 48,
+            Self::NistP521 => 66,
+        }
+    }
+
+    /// The curve of a DER SubjectPublicKeyInfo (`id-ecPublicKey` with a
+    /// named curve, RFC 5480 section 2), as `DeriveSharedSecret` takes it.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] if it is longer than KMS's bound
+    /// ([`PUBLIC_KEY_MAX`]), does not parse, is not an EC key or names another curve.
+    pub fn of_spki(der: &[u8]) -> Result<Self, crate::Error> {
+        use der::Decode;
+        const ID_EC_PUBLIC_KEY: const_oid::ObjectIdentifier =
+            const_oid::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+        let bad = |why: &str| crate::Error::InvalidArgument(format!("PublicKey: {why}"));
+        if der.len() > PUBLIC_KEY_MAX {
+            return Err(bad("longer than 8192 bytes"));
+        }
+        let spki = spki::SubjectPublicKeyInfoRef::from_der(der)
+            .map_err(|_| bad("not a DER SubjectPublicKeyInfo"))?;
+        if spki.algorithm.oid != ID_EC_PUBLIC_KEY {
+            return Err(bad("not an elliptic-curve key"));
+        }
+        let curve = spki
+            .algorithm
+            .parameters
+            .and_then(|p| p.decode_as::<const_oid::ObjectIdentifier>().ok())
+            .ok_or_else(|| bad("no named curve"))?;
+        Self::ALL
+            .into_iter()
+            .find(|c| c.oid() == curve)
+            .ok_or_else(|| bad("a curve KMS does not offer for key agreement"))
+    }
+}
+
+/// The largest `PublicKey` KMS accepts in `DeriveSharedSecret` (bytes).
+pub const PUBLIC_KEY_MAX: usize = 8192;
+
 /// KMS `RecipientInfo`: the attestation document whose public key KMS
 /// encrypts the response to (`CiphertextForRecipient`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +423,8 @@ kms_shape! {
         pub recipient: Option<RecipientInfo>,
         /// Check permissions only.
         pub dry_run: Option<bool>,
+        /// With `DryRun`: `IGNORE_CIPHERTEXT` skips ciphertext validation.
+        pub dry_run_modifiers: Option<Vec<DryRunModifier>>,
     }
 }
 
@@ -422,6 +533,96 @@ kms_shape! {
         pub plaintext: Option<SecretBytes>,
         /// CMS EnvelopedData of the random bytes to the recipient.
         pub ciphertext_for_recipient: Option<Blob>,
+    }
+}
+
+kms_shape! {
+    /// KMS `DeriveSharedSecret` request: ECDH between the KMS key-agreement
+    /// key `KeyId` and the caller's `PublicKey`.
+    pub struct DeriveSharedSecretRequest {
+        /// A `KEY_AGREEMENT` key: id, ARN, alias name or alias ARN. Required.
+        pub key_id: Option<String>,
+        /// Must be `ECDH`. Required.
+        pub key_agreement_algorithm: Option<KeyAgreementAlgorithm>,
+        /// The other party's DER SubjectPublicKeyInfo, on the KMS key's curve.
+        /// Required.
+        pub public_key: Option<Blob>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+        /// Check permissions only.
+        pub dry_run: Option<bool>,
+        /// With it, `SharedSecret` is absent and `CiphertextForRecipient` returned.
+        pub recipient: Option<RecipientInfo>,
+    }
+}
+
+kms_shape! {
+    /// KMS `DeriveSharedSecret` response.
+    pub struct DeriveSharedSecretResponse {
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// The raw ECDH shared secret; absent when the request had a `Recipient`.
+        pub shared_secret: Option<SecretBytes>,
+        /// CMS EnvelopedData of the shared secret to the recipient.
+        pub ciphertext_for_recipient: Option<Blob>,
+        /// The algorithm used (`ECDH`).
+        pub key_agreement_algorithm: Option<KeyAgreementAlgorithm>,
+        /// `AWS_KMS` or `EXTERNAL`: where the key material came from.
+        pub key_origin: Option<String>,
+    }
+}
+
+impl DeriveSharedSecretRequest {
+    /// The length of the shared secret this request asks for, from the curve
+    /// of its `PublicKey` (KMS refuses a key on another curve than the KMS
+    /// key's). A client checks it before sending, so that the answer's length
+    /// can be enforced.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] for a missing or unusable
+    /// `PublicKey`, or a `KeyAgreementAlgorithm` other than `ECDH`.
+    pub fn shared_secret_len(&self) -> Result<usize, crate::Error> {
+        if self.key_agreement_algorithm != Some(KeyAgreementAlgorithm::Ecdh) {
+            return Err(crate::Error::InvalidArgument(
+                "DeriveSharedSecret needs KeyAgreementAlgorithm ECDH".into(),
+            ));
+        }
+        let key = self.public_key.as_ref().ok_or_else(|| {
+            crate::Error::InvalidArgument("DeriveSharedSecret needs PublicKey".into())
+        })?;
+        Ok(EcdhCurve::of_spki(&key.0)?.shared_secret_len())
+    }
+}
+
+kms_shape! {
+    /// KMS `GetPublicKey` request (served by the mock KMS).
+    pub struct GetPublicKeyRequest {
+        /// An asymmetric key: id, ARN, alias name or alias ARN. Required.
+        pub key_id: Option<String>,
+        /// 0..=10 grant tokens.
+        pub grant_tokens: Option<Vec<String>>,
+    }
+}
+
+kms_shape! {
+    /// KMS `GetPublicKey` response.
+    pub struct GetPublicKeyResponse {
+        /// The key ARN.
+        pub key_id: Option<String>,
+        /// DER SubjectPublicKeyInfo.
+        pub public_key: Option<Blob>,
+        /// Deprecated twin of `KeySpec`, still sent by KMS.
+        pub customer_master_key_spec: Option<String>,
+        /// `RSA_2048`, `ECC_NIST_P256`, ...
+        pub key_spec: Option<String>,
+        /// `ENCRYPT_DECRYPT`, `KEY_AGREEMENT`, `SIGN_VERIFY`.
+        pub key_usage: Option<String>,
+        /// For `ENCRYPT_DECRYPT` keys.
+        pub encryption_algorithms: Option<Vec<EncryptionAlgorithm>>,
+        /// For `SIGN_VERIFY` keys.
+        pub signing_algorithms: Option<Vec<String>>,
+        /// For `KEY_AGREEMENT` keys.
+        pub key_agreement_algorithms: Option<Vec<KeyAgreementAlgorithm>>,
     }
 }
 
@@ -623,6 +824,12 @@ pub struct KeyMetadata {
     /// Algorithms the key supports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_algorithms: Option<Vec<EncryptionAlgorithm>>,
+    /// For `SIGN_VERIFY` keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_algorithms: Option<Vec<String>>,
+    /// For `KEY_AGREEMENT` keys: `["ECDH"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_agreement_algorithms: Option<Vec<KeyAgreementAlgorithm>>,
     /// Whether the key is multi-Region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_region: Option<bool>,
@@ -646,11 +853,13 @@ pub enum Operation {
     GenerateRandom,
     /// `DescribeKey`
     DescribeKey,
+    /// `DeriveSharedSecret`
+    DeriveSharedSecret,
 }
 
 impl Operation {
     /// Every brokered operation.
-    pub const ALL: [Operation; 7] = [
+    pub const ALL: [Operation; 8] = [
         Self::GenerateDataKey,
         Self::GenerateDataKeyWithoutPlaintext,
         Self::Decrypt,
@@ -658,6 +867,7 @@ impl Operation {
         Self::GenerateDataKeyPairWithoutPlaintext,
         Self::GenerateRandom,
         Self::DescribeKey,
+        Self::DeriveSharedSecret,
     ];
 
     /// The KMS operation name, e.g. `"GenerateDataKey"`.
@@ -670,6 +880,7 @@ impl Operation {
             Self::GenerateDataKeyPairWithoutPlaintext => "GenerateDataKeyPairWithoutPlaintext",
             Self::GenerateRandom => "GenerateRandom",
             Self::DescribeKey => "DescribeKey",
+            Self::DeriveSharedSecret => "DeriveSharedSecret",
         }
     }
 
@@ -679,7 +890,8 @@ impl Operation {
     }
 
     /// Whether KMS returns plaintext key material for this operation unless
-    /// the request carries a `Recipient`.
+    /// the request carries a `Recipient` (the five operations that accept
+    /// one; `DeriveSharedSecret`'s shared secret is key material).
     pub const fn returns_plaintext(self) -> bool {
         matches!(
             self,
@@ -687,6 +899,7 @@ impl Operation {
                 | Self::Decrypt
                 | Self::GenerateDataKeyPair
                 | Self::GenerateRandom
+                | Self::DeriveSharedSecret
         )
     }
 }
@@ -702,6 +915,7 @@ pub enum KmsRequest {
     GenerateDataKeyPairWithoutPlaintext(GenerateDataKeyPairWithoutPlaintextRequest),
     GenerateRandom(GenerateRandomRequest),
     DescribeKey(DescribeKeyRequest),
+    DeriveSharedSecret(DeriveSharedSecretRequest),
 }
 
 impl KmsRequest {
@@ -725,6 +939,7 @@ impl KmsRequest {
             }
             Operation::GenerateRandom => Self::GenerateRandom(from_slice(body)?),
             Operation::DescribeKey => Self::DescribeKey(from_slice(body)?),
+            Operation::DeriveSharedSecret => Self::DeriveSharedSecret(from_slice(body)?),
         })
     }
 
@@ -743,6 +958,7 @@ impl KmsRequest {
             Self::GenerateDataKeyPairWithoutPlaintext(r) => to_vec(r),
             Self::GenerateRandom(r) => to_vec(r),
             Self::DescribeKey(r) => to_vec(r),
+            Self::DeriveSharedSecret(r) => to_vec(r),
         }
     }
 
@@ -758,6 +974,7 @@ impl KmsRequest {
             }
             Self::GenerateRandom(_) => Operation::GenerateRandom,
             Self::DescribeKey(_) => Operation::DescribeKey,
+            Self::DeriveSharedSecret(_) => Operation::DeriveSharedSecret,
         }
     }
 
@@ -768,6 +985,7 @@ impl KmsRequest {
             Self::Decrypt(r) => r.recipient.as_ref(),
             Self::GenerateDataKeyPair(r) => r.recipient.as_ref(),
             Self::GenerateRandom(r) => r.recipient.as_ref(),
+            Self::DeriveSharedSecret(r) => r.recipient.as_ref(),
             Self::GenerateDataKeyWithoutPlaintext(_)
             | Self::GenerateDataKeyPairWithoutPlaintext(_)
             | Self::DescribeKey(_) => None,
@@ -785,6 +1003,7 @@ impl KmsRequest {
             Self::GenerateDataKeyPairWithoutPlaintext(r) => Some(&mut r.key_id),
             Self::GenerateRandom(_) => None,
             Self::DescribeKey(r) => Some(&mut r.key_id),
+            Self::DeriveSharedSecret(r) => Some(&mut r.key_id),
         }
     }
 
@@ -798,6 +1017,7 @@ impl KmsRequest {
             Self::GenerateDataKeyPairWithoutPlaintext(r) => r.key_id.as_deref(),
             Self::GenerateRandom(_) => None,
             Self::DescribeKey(r) => r.key_id.as_deref(),
+            Self::DeriveSharedSecret(r) => r.key_id.as_deref(),
         }
     }
 }
@@ -813,6 +1033,7 @@ pub enum KmsResponse {
     GenerateDataKeyPairWithoutPlaintext(GenerateDataKeyPairWithoutPlaintextResponse),
     GenerateRandom(GenerateRandomResponse),
     DescribeKey(DescribeKeyResponse),
+    DeriveSharedSecret(DeriveSharedSecretResponse),
 }
 
 impl KmsResponse {
@@ -835,7 +1056,29 @@ impl KmsResponse {
             }
             Operation::GenerateRandom => Self::GenerateRandom(from_slice(body)?),
             Operation::DescribeKey => Self::DescribeKey(from_slice(body)?),
+            Operation::DeriveSharedSecret => Self::DeriveSharedSecret(from_slice(body)?),
         })
+    }
+
+    /// The AWS JSON 1.1 body of this response, as KMS sends it (the inverse
+    /// of [`KmsResponse::from_json`]), in a zeroizing buffer allocated at its
+    /// final size, since it may carry plaintext
+    /// ([`crate::secret::to_json_zeroizing`]).
+    ///
+    /// # Errors
+    /// The `serde_json` error (these types always serialize).
+    pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, serde_json::Error> {
+        use crate::secret::to_json_zeroizing as z;
+        match self {
+            Self::GenerateDataKey(r) => z(r, false),
+            Self::GenerateDataKeyWithoutPlaintext(r) => z(r, false),
+            Self::Decrypt(r) => z(r, false),
+            Self::GenerateDataKeyPair(r) => z(r, false),
+            Self::GenerateDataKeyPairWithoutPlaintext(r) => z(r, false),
+            Self::GenerateRandom(r) => z(r, false),
+            Self::DescribeKey(r) => z(r, false),
+            Self::DeriveSharedSecret(r) => z(r, false),
+        }
     }
 
     /// The `KeyId` the response names (`KeyMetadata.Arn` for `DescribeKey`;
@@ -849,6 +1092,7 @@ impl KmsResponse {
             Self::GenerateDataKeyPairWithoutPlaintext(r) => r.key_id.as_deref(),
             Self::GenerateRandom(_) => None,
             Self::DescribeKey(r) => r.key_metadata.as_ref().and_then(|m| m.arn.as_deref()),
+            Self::DeriveSharedSecret(r) => r.key_id.as_deref(),
         }
     }
 
@@ -864,6 +1108,7 @@ impl KmsResponse {
             }
             Self::GenerateRandom(_) => Operation::GenerateRandom,
             Self::DescribeKey(_) => Operation::DescribeKey,
+            Self::DeriveSharedSecret(_) => Operation::DeriveSharedSecret,
         }
     }
 
@@ -875,6 +1120,7 @@ impl KmsResponse {
             Self::Decrypt(r) => r.plaintext.is_some(),
             Self::GenerateDataKeyPair(r) => r.private_key_plaintext.is_some(),
             Self::GenerateRandom(r) => r.plaintext.is_some(),
+            Self::DeriveSharedSecret(r) => r.shared_secret.is_some(),
             Self::GenerateDataKeyWithoutPlaintext(_)
             | Self::GenerateDataKeyPairWithoutPlaintext(_)
             | Self::DescribeKey(_) => false,
@@ -1062,6 +1308,107 @@ mod tests {
         );
         let back: GenerateDataKeyRequest = serde_json::from_value(json).unwrap();
         assert_eq!(back, req);
+    }
+
+    /// A DER SubjectPublicKeyInfo with algorithm `alg` and parameters `params`.
+    fn spki_with(alg: &str, params: Option<&str>, key: &[u8]) -> Vec<u8> {
+        use der::Encode;
+        let algorithm = spki::AlgorithmIdentifierOwned {
+            oid: alg.parse().unwrap(),
+            parameters: params.map(|p| {
+                let oid: const_oid::ObjectIdentifier = p.parse().unwrap();
+                der::Any::encode_from(&oid).unwrap()
+            }),
+        };
+        spki::SubjectPublicKeyInfoOwned {
+            algorithm,
+            subject_public_key: der::asn1::BitString::from_bytes(key).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    }
+
+    #[test]
+    fn derive_shared_secret_length_follows_the_public_key_curve() {
+        use aws_lc_rs::agreement::{self, PrivateKey};
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        for (alg, curve, len) in [
+            (&agreement::ECDH_P256, EcdhCurve::NistP256, 32),
+            (&agreement::ECDH_P384, EcdhCurve::NistP384, 48),
+            (&agreement::ECDH_P521, EcdhCurve::NistP521, 66),
+        ] {
+            let key = PrivateKey::generate(alg).unwrap();
+            let der: PublicKeyX509Der<'_> = key.compute_public_key().unwrap().as_der().unwrap();
+            assert_eq!(EcdhCurve::of_spki(der.as_ref()).unwrap(), curve);
+            let req = DeriveSharedSecretRequest {
+                key_id: Some("alias/agree".into()),
+                key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+                public_key: Some(Blob(der.as_ref().to_vec())),
+                ..Default::default()
+            };
+            assert_eq!(req.shared_secret_len().unwrap(), len);
+        }
+        let k1 = spki_with("1.2.840.10045.2.1", Some("1.3.132.0.10"), &[4; 65]);
+        assert_eq!(EcdhCurve::of_spki(&k1).unwrap(), EcdhCurve::SecgP256k1);
+
+        // Refused locally, before anything is sent.
+        let x25519 = spki_with("1.3.101.110", None, &[9; 32]);
+        let rsa = spki_with("1.2.840.113549.1.1.1", None, &[0x30, 0]);
+        let brainpool = spki_with("1.2.840.10045.2.1", Some("1.3.36.3.3.2.8.1.1.7"), &[4; 65]);
+        let no_curve = spki_with("1.2.840.10045.2.1", None, &[4; 65]);
+        for bad in [
+            &x25519[..],
+            &rsa,
+            &brainpool,
+            &no_curve,
+            b"not der",
+            &[],
+            &vec![0x30; PUBLIC_KEY_MAX + 1],
+        ] {
+            assert!(
+                matches!(
+                    EcdhCurve::of_spki(bad),
+                    Err(crate::Error::InvalidArgument(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        let mut req = DeriveSharedSecretRequest {
+            key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+            ..Default::default()
+        };
+        assert!(req.shared_secret_len().is_err(), "no PublicKey");
+        req.public_key = Some(Blob(k1));
+        req.key_agreement_algorithm = None;
+        assert!(req.shared_secret_len().is_err(), "no algorithm");
+    }
+
+    #[test]
+    fn derive_shared_secret_json_matches_kms_shape() {
+        let body = br#"{"KeyId":"alias/agree","KeyAgreementAlgorithm":"ECDH","PublicKey":"AQI=","GrantTokens":["g"],"DryRun":false,"Recipient":{"KeyEncryptionAlgorithm":"RSAES_OAEP_SHA_256","AttestationDocument":"AwQ="}}"#;
+        let KmsRequest::DeriveSharedSecret(req) =
+            KmsRequest::from_json(Operation::DeriveSharedSecret, body).unwrap()
+        else {
+            panic!("wrong variant");
+        };
+        assert_eq!(req.public_key, Some(Blob(vec![1, 2])));
+        assert_eq!(req.recipient, Some(RecipientInfo::new(vec![3, 4])));
+        let resp = KmsResponse::from_json(
+            Operation::DeriveSharedSecret,
+            br#"{"KeyId":"arn:k","SharedSecret":"BQY=","KeyAgreementAlgorithm":"ECDH","KeyOrigin":"AWS_KMS"}"#,
+        )
+        .unwrap();
+        assert!(resp.has_plaintext());
+        assert_eq!(resp.key_id(), Some("arn:k"));
+        assert!(Operation::DeriveSharedSecret.returns_plaintext());
+        let d: DecryptRequest = serde_json::from_str(
+            r#"{"CiphertextBlob":"AA==","DryRun":true,"DryRunModifiers":["IGNORE_CIPHERTEXT"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.dry_run_modifiers,
+            Some(vec![DryRunModifier::IgnoreCiphertext])
+        );
     }
 
     #[test]

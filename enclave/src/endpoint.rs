@@ -47,7 +47,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keybroker_common::kms::{
     DecryptResponse, GenerateDataKeyPairResponse, GenerateDataKeyResponse, GenerateRandomResponse,
-    KmsError, KmsRequest, KmsResponse, Operation, aws_json,
+    KmsError, KmsRequest, Operation, aws_json,
 };
 use serde::Serialize;
 use tokio::net::{TcpListener, UnixListener};
@@ -205,15 +205,7 @@ impl KmsEndpoint {
             .send_raw(request)
             .await
             .map_err(|e| e.to_kms_error())?;
-        match &response {
-            KmsResponse::GenerateDataKey(r) => to_json(r),
-            KmsResponse::GenerateDataKeyWithoutPlaintext(r) => to_json(r),
-            KmsResponse::Decrypt(r) => to_json(r),
-            KmsResponse::GenerateDataKeyPair(r) => to_json(r),
-            KmsResponse::GenerateDataKeyPairWithoutPlaintext(r) => to_json(r),
-            KmsResponse::GenerateRandom(r) => to_json(r),
-            KmsResponse::DescribeKey(r) => to_json(r),
-        }
+        response.to_json().map_err(|_| serialize_error())
     }
 
     /// The axum router: every path and method goes to one handler, which
@@ -324,12 +316,14 @@ fn unsupported(name: &str) -> KmsError {
 /// RSA-4096 private key, in freed memory); the base64 of plaintext fields is
 /// built in zeroizing buffers too (`SecretBytes`'s `Serialize`).
 fn to_json<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
-    keybroker_common::secret::to_json_zeroizing(value, false).map_err(|_| {
-        KmsError::new(
-            "KMSInternalException",
-            "keybroker enclave: cannot serialize the response",
-        )
-    })
+    keybroker_common::secret::to_json_zeroizing(value, false).map_err(|_| serialize_error())
+}
+
+fn serialize_error() -> KmsError {
+    KmsError::new(
+        "KMSInternalException",
+        "keybroker enclave: cannot serialize the response",
+    )
 }
 
 /// The single HTTP route.

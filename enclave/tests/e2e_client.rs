@@ -363,16 +363,7 @@ fn verify_sigv4(
 }
 
 fn response_json(r: &KmsResponse) -> Vec<u8> {
-    match r {
-        KmsResponse::GenerateDataKey(r) => serde_json::to_vec(r),
-        KmsResponse::GenerateDataKeyWithoutPlaintext(r) => serde_json::to_vec(r),
-        KmsResponse::Decrypt(r) => serde_json::to_vec(r),
-        KmsResponse::GenerateDataKeyPair(r) => serde_json::to_vec(r),
-        KmsResponse::GenerateDataKeyPairWithoutPlaintext(r) => serde_json::to_vec(r),
-        KmsResponse::GenerateRandom(r) => serde_json::to_vec(r),
-        KmsResponse::DescribeKey(r) => serde_json::to_vec(r),
-    }
-    .unwrap()
+    r.to_json().unwrap().to_vec()
 }
 
 fn set_key_id(r: &mut KmsResponse, key: String) {

@@ -183,6 +183,11 @@ impl SdkKmsBackend {
                     )
                     .set_recipient(r.recipient.map(recipient))
                     .set_dry_run(r.dry_run)
+                    .set_dry_run_modifiers(r.dry_run_modifiers.map(|m| {
+                        m.iter()
+                            .map(|m| sdk::DryRunModifierType::from(name(m).as_str()))
+                            .collect()
+                    }))
                     .send()
                     .await
                     .map_err(sdk_error)?;
@@ -271,6 +276,31 @@ impl SdkKmsBackend {
                     key_metadata: out.key_metadata.map(key_metadata),
                 })
             }
+            KmsRequest::DeriveSharedSecret(r) => {
+                let out = c
+                    .derive_shared_secret()
+                    .set_key_id(r.key_id)
+                    .set_key_agreement_algorithm(
+                        r.key_agreement_algorithm
+                            .map(|a| sdk::KeyAgreementAlgorithmSpec::from(name(&a).as_str())),
+                    )
+                    .set_public_key(r.public_key.map(|b| SdkBlob::new(b.0)))
+                    .set_grant_tokens(r.grant_tokens)
+                    .set_dry_run(r.dry_run)
+                    .set_recipient(r.recipient.map(recipient))
+                    .send()
+                    .await
+                    .map_err(sdk_error)?;
+                KmsResponse::DeriveSharedSecret(DeriveSharedSecretResponse {
+                    key_id: out.key_id,
+                    shared_secret: out.shared_secret.map(secret),
+                    ciphertext_for_recipient: out.ciphertext_for_recipient.map(blob),
+                    key_agreement_algorithm: out
+                        .key_agreement_algorithm
+                        .and_then(|a| from_name(a.as_str())),
+                    key_origin: out.key_origin.map(|o| o.as_str().to_owned()),
+                })
+            }
         })
     }
 }
@@ -349,6 +379,12 @@ fn key_metadata(m: sdk::KeyMetadata) -> KeyMetadata {
         customer_master_key_spec: m.customer_master_key_spec.map(|v| v.as_str().to_owned()),
         encryption_algorithms: m
             .encryption_algorithms
+            .map(|algs| algs.iter().filter_map(|a| from_name(a.as_str())).collect()),
+        signing_algorithms: m
+            .signing_algorithms
+            .map(|algs| algs.iter().map(|a| a.as_str().to_owned()).collect()),
+        key_agreement_algorithms: m
+            .key_agreement_algorithms
             .map(|algs| algs.iter().filter_map(|a| from_name(a.as_str())).collect()),
         multi_region: m.multi_region,
     }

@@ -807,6 +807,15 @@ mod tests {
                 key_id,
                 ..Default::default()
             }),
+            Operation::DeriveSharedSecret => {
+                KmsRequest::DeriveSharedSecret(DeriveSharedSecretRequest {
+                    key_id,
+                    key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+                    public_key: Some(Blob(vec![0x30; 91])),
+                    recipient,
+                    ..Default::default()
+                })
+            }
         }
     }
 
@@ -821,7 +830,7 @@ mod tests {
             .into_iter()
             .filter(|op| op.returns_plaintext())
             .collect();
-        assert_eq!(plaintext_ops.len(), 4);
+        assert_eq!(plaintext_ops.len(), 5);
         for op in plaintext_ops {
             let d = policy.evaluate(&with_recipient(op, None), 100, NOW);
             assert_eq!(rule(&d), Some(Rule::RecipientRequired), "{op:?}");

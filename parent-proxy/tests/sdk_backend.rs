@@ -255,6 +255,7 @@ async fn every_operation_converts_every_field() {
         encryption_algorithm: Some(EncryptionAlgorithm::SymmetricDefault),
         recipient: recipient(),
         dry_run: Some(false),
+        dry_run_modifiers: Some(vec![DryRunModifier::IgnoreCiphertext]),
     };
     let expected = DecryptResponse {
         key_id: Some(ARN.into()),
@@ -370,6 +371,8 @@ async fn every_operation_converts_every_field() {
             key_spec: Some("SYMMETRIC_DEFAULT".into()),
             customer_master_key_spec: Some("SYMMETRIC_DEFAULT".into()),
             encryption_algorithms: Some(vec![EncryptionAlgorithm::SymmetricDefault]),
+            signing_algorithms: None,
+            key_agreement_algorithms: None,
             multi_region: Some(false),
         }),
     };
@@ -382,6 +385,31 @@ async fn every_operation_converts_every_field() {
     )
     .await;
     assert_eq!(got, KmsResponse::DescribeKey(expected));
+
+    let req = DeriveSharedSecretRequest {
+        key_id: Some("alias/agree".into()),
+        key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+        public_key: Some(Blob(vec![0x30; 91])),
+        grant_tokens: grants(),
+        dry_run: Some(false),
+        recipient: recipient(),
+    };
+    let expected = DeriveSharedSecretResponse {
+        key_id: Some(ARN.into()),
+        shared_secret: None,
+        ciphertext_for_recipient: Some(Blob(vec![5; 280])),
+        key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+        key_origin: Some("AWS_KMS".into()),
+    };
+    let got = round_trip(
+        &stub,
+        &kms,
+        KmsRequest::DeriveSharedSecret(req.clone()),
+        to_json(&req),
+        to_json(&expected),
+    )
+    .await;
+    assert_eq!(got, KmsResponse::DeriveSharedSecret(expected));
 }
 
 #[tokio::test]

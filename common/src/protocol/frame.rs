@@ -307,6 +307,14 @@ mod tests {
                 key_id: Some("alias/app".into()),
                 grant_tokens: None,
             }),
+            KmsRequest::DeriveSharedSecret(DeriveSharedSecretRequest {
+                key_id: Some("alias/agree".into()),
+                key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+                public_key: Some(Blob(vec![0x30; 91])),
+                grant_tokens: Some(vec!["g".into()]),
+                dry_run: Some(false),
+                recipient: Some(recipient()),
+            }),
         ]
     }
 
@@ -366,6 +374,13 @@ mod tests {
                     multi_region: Some(false),
                     ..Default::default()
                 }),
+            }),
+            KmsResponse::DeriveSharedSecret(DeriveSharedSecretResponse {
+                key_id: Some("arn:aws:kms:us-east-1:111122223333:key/a".into()),
+                ciphertext_for_recipient: Some(Blob(vec![0x30; 480])),
+                key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+                key_origin: Some("AWS_KMS".into()),
+                ..Default::default()
             }),
         ]
     }
@@ -554,6 +569,7 @@ mod tests {
                 encryption_algorithm: Some(EncryptionAlgorithm::SymmetricDefault),
                 recipient: Some(RecipientInfo::new(vec![0xAB; 262_144])),
                 dry_run: Some(true),
+                dry_run_modifiers: Some(vec![DryRunModifier::IgnoreCiphertext]),
             }),
         };
         let bytes = encode(&m).unwrap();

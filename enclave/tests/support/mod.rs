@@ -374,6 +374,20 @@ pub fn kms_answer(verifier: &Verifier, s: &Seen) -> Result<KmsResponse, WireErro
                 },
             )
         }
+        KmsRequest::DeriveSharedSecret(r) => {
+            let curve = EcdhCurve::of_spki(&r.public_key.as_ref().unwrap().0).unwrap();
+            let p = key(curve.shared_secret_len());
+            KmsResponse::DeriveSharedSecret(DeriveSharedSecretResponse {
+                key_id: Some(ARN.into()),
+                ciphertext_for_recipient: Some(seal(
+                    &recipient_spki(verifier, r.recipient.as_ref()),
+                    &p,
+                )),
+                key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+                key_origin: Some("AWS_KMS".into()),
+                ..Default::default()
+            })
+        }
         KmsRequest::DescribeKey(r) => KmsResponse::DescribeKey(DescribeKeyResponse {
             key_metadata: Some(KeyMetadata {
                 key_id: r.key_id.clone().unwrap(),

@@ -1084,6 +1084,8 @@ impl Engine {
             key_spec: Some("SYMMETRIC_DEFAULT".into()),
             customer_master_key_spec: Some("SYMMETRIC_DEFAULT".into()),
             encryption_algorithms: Some(vec![EncryptionAlgorithm::SymmetricDefault]),
+            signing_algorithms: None,
+            key_agreement_algorithms: None,
             multi_region: Some(false),
         }
     }
