@@ -45,8 +45,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Parser, Subcommand};
 use keybroker_common::address::{Address, PARENT_CID};
 use keybroker_common::kms::{
-    Blob, DataKeyPairSpec, DataKeySpec, DecryptRequest, EncryptionAlgorithm,
-    GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateRandomRequest,
+    Blob, DataKeyPairSpec, DataKeySpec, DecryptRequest, DeriveSharedSecretRequest,
+    EncryptionAlgorithm, GenerateDataKeyPairRequest, GenerateDataKeyRequest, GenerateRandomRequest,
+    KeyAgreementAlgorithm,
 };
 use serde_json::{Map, Value, json};
 
@@ -86,6 +87,9 @@ pub enum Command {
     GenerateDataKeyPair(GenerateDataKeyPairArgs),
     /// KMS GenerateRandom with Recipient.
     GenerateRandom(GenerateRandomArgs),
+    /// KMS DeriveSharedSecret with Recipient: ECDH with a KMS key-agreement
+    /// key, the shared secret only here.
+    DeriveSharedSecret(DeriveSharedSecretArgs),
     /// A fresh NSM attestation document.
     Attestation(AttestationArgs),
     /// Envelope-encrypts a file (AES-256-GCM under a KMS data key), streaming.
@@ -387,6 +391,36 @@ pub struct GenerateRandomArgs {
     pub plaintext_file: Option<PathBuf>,
 }
 
+/// Arguments of `derive-shared-secret`.
+#[derive(Args, Debug, Clone)]
+pub struct DeriveSharedSecretArgs {
+    /// Proxy and NSM.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The KMS key-agreement key (ECC_NIST_P256, ECC_NIST_P384, ECC_NIST_P521
+    /// or ECC_SECG_P256K1, KEY_AGREEMENT); KMS `KeyId`.
+    #[arg(long)]
+    pub key_id: String,
+    /// The other party's public key, base64 DER SubjectPublicKeyInfo on the
+    /// KMS key's curve; KMS `PublicKey`.
+    #[arg(
+        long,
+        required_unless_present = "public_key_file",
+        conflicts_with = "public_key_file"
+    )]
+    pub public_key: Option<String>,
+    /// Read the public key from this file: DER SubjectPublicKeyInfo, or PEM
+    /// (`-----BEGIN PUBLIC KEY-----`, as `openssl pkey -pubout` writes it).
+    #[arg(long, value_name = "FILE")]
+    pub public_key_file: Option<PathBuf>,
+    /// Grant token (repeatable, at most 10); KMS `GrantTokens`.
+    #[arg(long = "grant-token", value_name = "TOKEN")]
+    pub grant_tokens: Vec<String>,
+    /// Write the shared secret (raw bytes, mode 0600) here.
+    #[arg(long, value_name = "FILE")]
+    pub shared_secret_file: Option<PathBuf>,
+}
+
 /// Arguments of `attestation`.
 #[derive(Args, Debug, Clone)]
 pub struct AttestationArgs {
@@ -481,6 +515,7 @@ impl Command {
             Command::Decrypt(a) => Some(&a.broker),
             Command::GenerateDataKeyPair(a) => Some(&a.broker),
             Command::GenerateRandom(a) => Some(&a.broker),
+            Command::DeriveSharedSecret(a) => Some(&a.broker),
             Command::Seal(a) | Command::Open(a) => Some(&a.broker),
             Command::Demo(a) => Some(&a.broker),
             Command::Attestation(_) | Command::MockNsm(_) => None,
@@ -663,6 +698,7 @@ async fn run_async(command: Command) -> Result<(), Error> {
         Command::Decrypt(args) => print_json(&decrypt(&args).await?),
         Command::GenerateDataKeyPair(args) => print_json(&generate_data_key_pair(&args).await?),
         Command::GenerateRandom(args) => print_json(&generate_random(&args).await?),
+        Command::DeriveSharedSecret(args) => print_json(&derive_shared_secret(&args).await?),
         Command::Seal(args) => print_json(&envelope_file(&args, true).await?),
         Command::Open(args) => print_json(&envelope_file(&args, false).await?),
         Command::Demo(args) => print_json(&demo(&args).await?),
@@ -1159,6 +1195,87 @@ pub async fn generate_random(args: &GenerateRandomArgs) -> Result<SecretOutput, 
         args.plaintext_file.as_ref(),
     )?;
     Ok(output)
+}
+
+/// `derive-shared-secret`: `KeyId`, `SharedSecret`, `KeyAgreementAlgorithm`,
+/// `KeyOrigin`.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for a public key that is not base64, DER or
+/// PEM; I/O errors on the files; as [`Client::derive_shared_secret`].
+pub async fn derive_shared_secret(args: &DeriveSharedSecretArgs) -> Result<SecretOutput, Error> {
+    let public_key = match (&args.public_key, &args.public_key_file) {
+        (_, Some(path)) => public_key_file(path)?,
+        (Some(b64), None) => B64
+            .decode(b64.trim())
+            .map_err(|e| Error::InvalidArgument(format!("--public-key is not base64: {e}")))?,
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "give --public-key or --public-key-file".into(),
+            ));
+        }
+    };
+    let client = connect(&args.broker).await?;
+    let d = client
+        .derive_shared_secret(DeriveSharedSecretRequest {
+            key_id: Some(args.key_id.clone()),
+            key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+            public_key: Some(Blob(public_key)),
+            grant_tokens: (!args.grant_tokens.is_empty()).then(|| args.grant_tokens.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let mut output = SecretOutput::default();
+    let out = &mut output.0;
+    opt_str(out, "KeyId", d.key_id);
+    emit(
+        out,
+        "SharedSecret",
+        d.shared_secret.expose(),
+        args.shared_secret_file.as_ref(),
+    )?;
+    if let Some(alg) = d.key_agreement_algorithm {
+        out.insert("KeyAgreementAlgorithm".into(), json!(alg));
+    }
+    opt_str(out, "KeyOrigin", d.key_origin);
+    Ok(output)
+}
+
+/// A public key file: DER, or PEM with a `PUBLIC KEY` label (RFC 7468
+/// section 13), at most [`keybroker_common::kms::PUBLIC_KEY_MAX`] bytes of
+/// DER.
+fn public_key_file(path: &Path) -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let limit = 4 * keybroker_common::kms::PUBLIC_KEY_MAX as u64;
+    let mut raw = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut raw))
+        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    if raw.len() as u64 > limit {
+        return Err(Error::InvalidArgument(format!(
+            "{} is too large for a public key",
+            path.display()
+        )));
+    }
+    let Some(text) = std::str::from_utf8(&raw)
+        .ok()
+        .filter(|t| t.trim_start().starts_with("-----BEGIN"))
+    else {
+        return Ok(raw);
+    };
+    let body = text
+        .trim()
+        .strip_prefix("-----BEGIN PUBLIC KEY-----")
+        .and_then(|t| t.strip_suffix("-----END PUBLIC KEY-----"))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}: PEM other than a PUBLIC KEY block",
+                path.display()
+            ))
+        })?;
+    let b64: String = body.split_whitespace().collect();
+    B64.decode(b64)
+        .map_err(|e| Error::InvalidArgument(format!("{}: bad PEM base64: {e}", path.display())))
 }
 
 /// `seal` (`sealing`) or `open`: streams `--in` through

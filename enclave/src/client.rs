@@ -14,7 +14,7 @@
 //! # What a call does
 //!
 //! For the plaintext-returning operations (`GenerateDataKey`, `Decrypt`,
-//! `GenerateDataKeyPair`, `GenerateRandom`) the client takes the caller's KMS
+//! `GenerateDataKeyPair`, `GenerateRandom`, `DeriveSharedSecret`) the client takes the caller's KMS
 //! request unchanged (key id, encryption context, grant tokens, dry run, ...
 //! pass through), attaches a `Recipient` from [`RecipientKeys`] (the current
 //! attestation document), sends it, and decrypts the `CiphertextForRecipient`
@@ -35,7 +35,8 @@
 //! wrong key) tells the sender whether it decrypted. The length is enforced
 //! where it is known, by the same means: `GenerateDataKey` (its `KeySpec` or
 //! `NumberOfBytes`; a request with neither or both is refused before
-//! anything is sent), `GenerateRandom` (`NumberOfBytes`, required), and
+//! anything is sent), `GenerateRandom` (`NumberOfBytes`, required),
+//! `DeriveSharedSecret` (the curve of its `PublicKey`), and
 //! [`Client::decrypt_expecting`] (the envelope's 32-byte data keys). A
 //! plaintext of another length gets the rejection value of the expected
 //! length. A `CiphertextForRecipient` that does not parse is an error, never
@@ -92,11 +93,12 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use keybroker_common::address::Address;
 use keybroker_common::cms;
 use keybroker_common::kms::{
-    Blob, DataKeyPairSpec, DecryptRequest, DescribeKeyRequest, DescribeKeyResponse,
-    EncryptionAlgorithm, GenerateDataKeyPairRequest, GenerateDataKeyPairWithoutPlaintextRequest,
-    GenerateDataKeyPairWithoutPlaintextResponse, GenerateDataKeyRequest,
-    GenerateDataKeyWithoutPlaintextRequest, GenerateDataKeyWithoutPlaintextResponse,
-    GenerateRandomRequest, KmsRequest, KmsResponse, Operation,
+    Blob, DataKeyPairSpec, DecryptRequest, DeriveSharedSecretRequest, DescribeKeyRequest,
+    DescribeKeyResponse, EncryptionAlgorithm, GenerateDataKeyPairRequest,
+    GenerateDataKeyPairWithoutPlaintextRequest, GenerateDataKeyPairWithoutPlaintextResponse,
+    GenerateDataKeyRequest, GenerateDataKeyWithoutPlaintextRequest,
+    GenerateDataKeyWithoutPlaintextResponse, GenerateRandomRequest, KeyAgreementAlgorithm,
+    KmsRequest, KmsResponse, Operation,
 };
 use keybroker_common::protocol::{
     self, ErrorCode, FrameDecoder, Limits, MAX_FRAME_LEN, Message, ProtocolError,
@@ -224,6 +226,21 @@ pub struct DataKeyPair {
     pub private_key_plaintext: SecretBytes,
     /// `KeyMaterialId` of the response.
     pub key_material_id: Option<String>,
+}
+
+/// A shared secret from [`Client::derive_shared_secret`].
+#[derive(Debug)]
+pub struct SharedSecret {
+    /// ARN of the KMS key-agreement key (`KeyId` of the response).
+    pub key_id: Option<String>,
+    /// The raw ECDH shared secret (as KMS's `SharedSecret`: the
+    /// x-coordinate of the shared point, no KDF applied; derive keys from it
+    /// with a KDF). Zeroized on drop.
+    pub shared_secret: SecretBytes,
+    /// `KeyAgreementAlgorithm` of the response (`ECDH`).
+    pub key_agreement_algorithm: Option<KeyAgreementAlgorithm>,
+    /// `KeyOrigin` of the response (`AWS_KMS` or `EXTERNAL`).
+    pub key_origin: Option<String>,
 }
 
 /// Counters of a [`Client`].
@@ -692,6 +709,47 @@ impl Client {
         .map_err(|_| Error::Shutdown)?
     }
 
+    /// KMS `DeriveSharedSecret` with `Recipient`: the ECDH shared secret
+    /// between the KMS key-agreement key `KeyId` and the caller's
+    /// `PublicKey` (a DER SubjectPublicKeyInfo on the KMS key's curve),
+    /// inside the enclave only.
+    ///
+    /// The secret has the length of the public key's curve (32, 48 or 66
+    /// bytes), enforced as the other lengths are (module docs, "Decryption is
+    /// not an oracle"). In broker mode the parent can substitute a secret of
+    /// its choosing, as it can any data key (README, "Trust model"); in
+    /// end-to-end mode TLS to KMS rules that out.
+    ///
+    /// # Errors
+    /// As [`Client::generate_data_key`]; `Error::Common(InvalidArgument(_))`,
+    /// before anything is sent, unless `KeyAgreementAlgorithm` is `ECDH` and
+    /// `PublicKey` is an EC SubjectPublicKeyInfo on a curve KMS offers.
+    pub async fn derive_shared_secret(
+        &self,
+        mut request: DeriveSharedSecretRequest,
+    ) -> Result<SharedSecret, Error> {
+        const OP: Operation = Operation::DeriveSharedSecret;
+        no_recipient(request.recipient.is_some())?;
+        let expected = request.shared_secret_len()?;
+        let pair = self.inner.keys.acquire();
+        request.recipient = Some(pair.recipient());
+        let KmsResponse::DeriveSharedSecret(r) = self
+            .call(KmsRequest::DeriveSharedSecret(request), self.timeout)
+            .await?
+        else {
+            return Err(mismatch(OP));
+        };
+        refuse_plaintext(OP, r.shared_secret.is_some())?;
+        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
+        let shared_secret = open(pair, cfr, Some(expected)).await?;
+        Ok(SharedSecret {
+            key_id: r.key_id,
+            shared_secret,
+            key_agreement_algorithm: r.key_agreement_algorithm,
+            key_origin: r.key_origin,
+        })
+    }
+
     /// KMS `GenerateDataKeyWithoutPlaintext`, relayed as is.
     ///
     /// # Errors
@@ -917,7 +975,10 @@ impl Client {
 pub(crate) fn retry_safe(op: Operation) -> bool {
     matches!(
         op,
-        Operation::Decrypt | Operation::GenerateRandom | Operation::DescribeKey
+        Operation::Decrypt
+            | Operation::GenerateRandom
+            | Operation::DescribeKey
+            | Operation::DeriveSharedSecret
     )
 }
 
@@ -1295,6 +1356,7 @@ mod tests {
         assert!(retry_safe(Operation::Decrypt));
         assert!(retry_safe(Operation::GenerateRandom));
         assert!(retry_safe(Operation::DescribeKey));
+        assert!(retry_safe(Operation::DeriveSharedSecret));
         assert!(!retry_safe(Operation::GenerateDataKey));
         assert!(!retry_safe(Operation::GenerateDataKeyPair));
         assert!(!retry_safe(Operation::GenerateDataKeyWithoutPlaintext));

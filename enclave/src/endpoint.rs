@@ -6,11 +6,11 @@
 //! `X-Amz-Target: TrentService.<Operation>`, [`aws_json`]) and answers each
 //! operation as KMS would:
 //!
-//! - `GenerateDataKey`, `Decrypt`, `GenerateDataKeyPair`, `GenerateRandom`:
-//!   the endpoint attaches the enclave's attested `Recipient` itself, sends
+//! - `GenerateDataKey`, `Decrypt`, `GenerateDataKeyPair`, `GenerateRandom`,
+//!   `DeriveSharedSecret`: the endpoint attaches the enclave's attested `Recipient` itself, sends
 //!   the call through the [`Client`] and the parent proxy, decrypts the
 //!   `CiphertextForRecipient` inside the enclave and answers with
-//!   `Plaintext` / `PrivateKeyPlaintext`, exactly the response KMS gives a
+//!   `Plaintext` / `PrivateKeyPlaintext` / `SharedSecret`, exactly the response KMS gives a
 //!   call without `Recipient`. A request that already carries a `Recipient`
 //!   (an app doing its own attestation) is relayed unchanged.
 //! - `GenerateDataKeyWithoutPlaintext`,
@@ -46,8 +46,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keybroker_common::kms::{
-    DecryptResponse, GenerateDataKeyPairResponse, GenerateDataKeyResponse, GenerateRandomResponse,
-    KmsError, KmsRequest, Operation, aws_json,
+    DecryptResponse, DeriveSharedSecretResponse, GenerateDataKeyPairResponse,
+    GenerateDataKeyResponse, GenerateRandomResponse, KmsError, KmsRequest, Operation, aws_json,
 };
 use serde::Serialize;
 use tokio::net::{TcpListener, UnixListener};
@@ -192,7 +192,17 @@ impl KmsEndpoint {
                     ciphertext_for_recipient: None,
                 })
             }
-            // `returns_plaintext` holds for exactly the four above.
+            KmsRequest::DeriveSharedSecret(req) => {
+                let d = client.derive_shared_secret(req).await.map_err(kms)?;
+                to_json(&DeriveSharedSecretResponse {
+                    key_id: d.key_id,
+                    shared_secret: Some(d.shared_secret),
+                    ciphertext_for_recipient: None,
+                    key_agreement_algorithm: d.key_agreement_algorithm,
+                    key_origin: d.key_origin,
+                })
+            }
+            // `returns_plaintext` holds for exactly the five above.
             other => self.relay(other).await,
         }
     }

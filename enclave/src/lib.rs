@@ -62,7 +62,9 @@ pub mod nsm;
 pub mod parent;
 pub mod transport;
 
-pub use client::{Client, ClientConfig, ClientStats, DataKey, DataKeyPair, Decrypted};
+pub use client::{
+    Client, ClientConfig, ClientStats, DataKey, DataKeyPair, Decrypted, SharedSecret,
+};
 pub use e2e::{AwsCredentials, E2eConfig, KmsUrl, Mode, ParentLink, TrustRoots};
 pub use endpoint::KmsEndpoint;
 pub use envelope::{CachingConfig, DataKeyCache, DataKeySource, Envelope};

@@ -149,6 +149,29 @@ async fn every_operation_round_trips_and_fields_pass_through() {
         .unwrap();
     assert_eq!(dkr.key_metadata.unwrap().key_id, "alias/app");
 
+    let peer = p384_spki();
+    let secret = client
+        .derive_shared_secret(DeriveSharedSecretRequest {
+            key_id: Some("alias/agree".into()),
+            key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+            public_key: Some(Blob(peer.clone())),
+            grant_tokens: Some(vec!["g2".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(secret.shared_secret.len(), 48, "P-384");
+    assert_eq!(
+        secret.key_agreement_algorithm,
+        Some(KeyAgreementAlgorithm::Ecdh)
+    );
+    assert_eq!(secret.key_origin.as_deref(), Some("AWS_KMS"));
+    let KmsRequest::DeriveSharedSecret(sent) = &proxy.seen()[7].request else {
+        panic!()
+    };
+    assert_eq!(sent.public_key, Some(Blob(peer)));
+    assert_eq!(sent.grant_tokens, Some(vec!["g2".to_string()]));
+
     // The operations without plaintext carry no Recipient.
     for s in proxy.seen() {
         let op = s.request.operation();
@@ -160,7 +183,7 @@ async fn every_operation_round_trips_and_fields_pass_through() {
     }
     let stats = client.stats();
     assert_eq!(stats.connections, 1);
-    assert_eq!(stats.requests_sent, 7);
+    assert_eq!(stats.requests_sent, 8);
     assert_eq!(stats.in_flight, 0);
 }
 
@@ -796,6 +819,26 @@ async fn requests_without_a_fixed_length_are_refused_locally() {
         matches!(e, Error::Common(CommonError::InvalidArgument(_))),
         "{e}"
     );
+    let derive = |algorithm, public_key: Option<Vec<u8>>| DeriveSharedSecretRequest {
+        key_id: Some("alias/agree".into()),
+        key_agreement_algorithm: algorithm,
+        public_key: public_key.map(Blob),
+        ..Default::default()
+    };
+    let rsa = client.keys().current().public_key_spki_der().to_vec();
+    for bad in [
+        derive(Some(KeyAgreementAlgorithm::Ecdh), None),
+        derive(None, Some(p384_spki())),
+        derive(Some(KeyAgreementAlgorithm::Ecdh), Some(rsa)),
+        derive(Some(KeyAgreementAlgorithm::Ecdh), Some(b"junk".to_vec())),
+    ] {
+        let e = client.derive_shared_secret(bad).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Common(CommonError::InvalidArgument(_))),
+            "{e}"
+        );
+        assert_eq!(e.to_kms_error().code, "ValidationException");
+    }
     assert!(proxy.seen().is_empty(), "nothing was sent");
     // NumberOfBytes alone is a length too.
     let k = client.generate_data_key(gdk(None, Some(24))).await.unwrap();

@@ -62,8 +62,9 @@
 //! IAM policies only (resource `*`). To restrict it to attested enclaves,
 //! give the parent role an IAM policy with the same `ImageSha384`
 //! condition. (The proxy already refuses it without `Recipient`.)
-//! `kms:DeriveSharedSecret` also accepts a `Recipient`, but only on
-//! key-agreement keys; Keybroker keys are symmetric.
+//! `kms:DeriveSharedSecret` accepts a `Recipient` too, on key-agreement
+//! keys: it is among the attested actions, so the same policy binds an ECC
+//! `KEY_AGREEMENT` key to the image.
 //!
 //! # Debug-mode enclaves
 //!
@@ -96,20 +97,25 @@ pub const MAX_ARN_LEN: usize = 2048;
 pub const IMAGE_SHA384_KEY: &str = "kms:RecipientAttestation:ImageSha384";
 
 /// Operations that return plaintext key material unless the request has a
-/// `Recipient`; on a symmetric key these three (plus the key-less
-/// `GenerateRandom`, see the [module docs](self)).
-pub const PLAINTEXT_ACTIONS: [&str; 3] = [
+/// `Recipient`: the three on symmetric keys and `kms:DeriveSharedSecret` on
+/// key-agreement keys (plus the key-less `GenerateRandom`, see the
+/// [module docs](self)). An action that does not apply to the key's type is
+/// harmless in its policy, so one policy serves both kinds of key.
+pub const PLAINTEXT_ACTIONS: [&str; 4] = [
     "kms:Decrypt",
+    "kms:DeriveSharedSecret",
     "kms:GenerateDataKey",
     "kms:GenerateDataKeyPair",
 ];
 
 /// Operations the parent may call without attestation: none returns
-/// plaintext.
-pub const WITHOUT_PLAINTEXT_ACTIONS: [&str; 3] = [
+/// plaintext (`kms:GetPublicKey` gives a key-agreement key's public half,
+/// which the other party needs).
+pub const WITHOUT_PLAINTEXT_ACTIONS: [&str; 4] = [
     "kms:DescribeKey",
     "kms:GenerateDataKeyWithoutPlaintext",
     "kms:GenerateDataKeyPairWithoutPlaintext",
+    "kms:GetPublicKey",
 ];
 
 /// Operations explicitly denied to the parent principal (see statement 5 in
@@ -742,6 +748,25 @@ mod tests {
             pcr(0xb1),
             pcr(0xb2)
         )
+    }
+
+    #[test]
+    fn every_brokered_operation_is_covered_by_the_policy() {
+        use keybroker_common::kms::Operation;
+        for op in Operation::ALL {
+            let action = format!("kms:{}", op.as_str());
+            if op == Operation::GenerateRandom {
+                // Key-less: IAM only (module docs).
+                assert!(!PLAINTEXT_ACTIONS.contains(&action.as_str()));
+            } else if op.returns_plaintext() {
+                assert!(PLAINTEXT_ACTIONS.contains(&action.as_str()), "{action}");
+            } else {
+                assert!(
+                    WITHOUT_PLAINTEXT_ACTIONS.contains(&action.as_str()),
+                    "{action}"
+                );
+            }
+        }
     }
 
     #[test]

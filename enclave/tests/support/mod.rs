@@ -285,6 +285,15 @@ pub fn probe_padding(cfr: &[u8], valid_padding: bool) -> Vec<u8> {
     out
 }
 
+/// A P-384 public key (DER SubjectPublicKeyInfo) of the caller's.
+pub fn p384_spki() -> Vec<u8> {
+    use aws_lc_rs::agreement::{ECDH_P384, PrivateKey};
+    use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+    let key = PrivateKey::generate(&ECDH_P384).unwrap();
+    let der: PublicKeyX509Der<'_> = key.compute_public_key().unwrap().as_der().unwrap();
+    der.as_ref().to_vec()
+}
+
 pub const ARN: &str = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
 
 /// A fake KMS: data key = 32 or N bytes of a pattern, `CiphertextBlob` =
