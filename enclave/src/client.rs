@@ -93,12 +93,13 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use keybroker_common::address::Address;
 use keybroker_common::cms;
 use keybroker_common::kms::{
-    Blob, DataKeyPairSpec, DecryptRequest, DeriveSharedSecretRequest, DescribeKeyRequest,
-    DescribeKeyResponse, EncryptionAlgorithm, GenerateDataKeyPairRequest,
+    Blob, DataKeyPairSpec, DecryptRequest, DecryptResponse, DeriveSharedSecretRequest,
+    DeriveSharedSecretResponse, DescribeKeyRequest, DescribeKeyResponse, EncryptionAlgorithm,
+    GenerateDataKeyPairRequest, GenerateDataKeyPairResponse,
     GenerateDataKeyPairWithoutPlaintextRequest, GenerateDataKeyPairWithoutPlaintextResponse,
-    GenerateDataKeyRequest, GenerateDataKeyWithoutPlaintextRequest,
-    GenerateDataKeyWithoutPlaintextResponse, GenerateRandomRequest, KeyAgreementAlgorithm,
-    KmsRequest, KmsResponse, Operation,
+    GenerateDataKeyRequest, GenerateDataKeyResponse, GenerateDataKeyWithoutPlaintextRequest,
+    GenerateDataKeyWithoutPlaintextResponse, GenerateRandomRequest, GenerateRandomResponse,
+    KeyAgreementAlgorithm, KmsRequest, KmsResponse, Operation, RecipientInfo,
 };
 use keybroker_common::protocol::{
     self, ErrorCode, FrameDecoder, Limits, MAX_FRAME_LEN, Message, ProtocolError,
@@ -543,25 +544,17 @@ impl Client {
     /// `CiphertextForRecipient` that does not parse as `Error::Common(Cms(_))`.
     pub async fn generate_data_key(
         &self,
-        mut request: GenerateDataKeyRequest,
+        request: GenerateDataKeyRequest,
     ) -> Result<DataKey, Error> {
-        const OP: Operation = Operation::GenerateDataKey;
-        no_recipient(request.recipient.is_some())?;
         // Refused here, before anything is sent, unless exactly one of
         // KeySpec and NumberOfBytes fixes the length to enforce.
         let expected = request.data_key_len()?;
-        let pair = self.inner.keys.acquire();
-        request.recipient = Some(pair.recipient());
-        let KmsResponse::GenerateDataKey(r) = self
-            .call(KmsRequest::GenerateDataKey(request), self.timeout)
-            .await?
-        else {
-            return Err(mismatch(OP));
-        };
-        refuse_plaintext(OP, r.plaintext.is_some())?;
-        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
-        let ciphertext_blob = required(OP, r.ciphertext_blob, "no CiphertextBlob")?;
-        let plaintext = open(pair, cfr, Some(expected)).await?;
+        let (r, plaintext) = self.with_recipient(request, Some(expected)).await?;
+        let ciphertext_blob = required(
+            Operation::GenerateDataKey,
+            r.ciphertext_blob,
+            "no CiphertextBlob",
+        )?;
         Ok(DataKey {
             key_id: r.key_id,
             ciphertext_blob,
@@ -611,22 +604,10 @@ impl Client {
 
     async fn decrypt_with(
         &self,
-        mut request: DecryptRequest,
+        request: DecryptRequest,
         expected_len: Option<usize>,
     ) -> Result<Decrypted, Error> {
-        const OP: Operation = Operation::Decrypt;
-        no_recipient(request.recipient.is_some())?;
-        let pair = self.inner.keys.acquire();
-        request.recipient = Some(pair.recipient());
-        let KmsResponse::Decrypt(r) = self
-            .call(KmsRequest::Decrypt(request), self.timeout)
-            .await?
-        else {
-            return Err(mismatch(OP));
-        };
-        refuse_plaintext(OP, r.plaintext.is_some())?;
-        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
-        let plaintext = open(pair, cfr, expected_len).await?;
+        let (r, plaintext) = self.with_recipient(request, expected_len).await?;
         Ok(Decrypted {
             key_id: r.key_id,
             encryption_algorithm: r.encryption_algorithm,
@@ -642,26 +623,14 @@ impl Client {
     /// As [`Client::generate_data_key`].
     pub async fn generate_data_key_pair(
         &self,
-        mut request: GenerateDataKeyPairRequest,
+        request: GenerateDataKeyPairRequest,
     ) -> Result<DataKeyPair, Error> {
-        const OP: Operation = Operation::GenerateDataKeyPair;
-        no_recipient(request.recipient.is_some())?;
-        let pair = self.inner.keys.acquire();
-        request.recipient = Some(pair.recipient());
-        let KmsResponse::GenerateDataKeyPair(r) = self
-            .call(KmsRequest::GenerateDataKeyPair(request), self.timeout)
-            .await?
-        else {
-            return Err(mismatch(OP));
-        };
-        refuse_plaintext(OP, r.private_key_plaintext.is_some())?;
-        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
+        let (r, private_key_plaintext) = self.with_recipient(request, None).await?;
         let private_key_ciphertext_blob = required(
-            OP,
+            Operation::GenerateDataKeyPair,
             r.private_key_ciphertext_blob,
             "no PrivateKeyCiphertextBlob",
         )?;
-        let private_key_plaintext = open(pair, cfr, None).await?;
         Ok(DataKeyPair {
             key_id: r.key_id,
             key_pair_spec: r.key_pair_spec,
@@ -683,22 +652,10 @@ impl Client {
     /// [`Error::Nsm`] if the NSM's `GetRandom` fails.
     pub async fn generate_random(
         &self,
-        mut request: GenerateRandomRequest,
+        request: GenerateRandomRequest,
     ) -> Result<SecretBytes, Error> {
-        const OP: Operation = Operation::GenerateRandom;
-        no_recipient(request.recipient.is_some())?;
         let expected = request.random_len()?;
-        let pair = self.inner.keys.acquire();
-        request.recipient = Some(pair.recipient());
-        let KmsResponse::GenerateRandom(r) = self
-            .call(KmsRequest::GenerateRandom(request), self.timeout)
-            .await?
-        else {
-            return Err(mismatch(OP));
-        };
-        refuse_plaintext(OP, r.plaintext.is_some())?;
-        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
-        let from_kms = open(pair, cfr, Some(expected)).await?;
+        let (_, from_kms) = self.with_recipient(request, Some(expected)).await?;
         let nsm = self.inner.keys.nsm();
         tokio::task::spawn_blocking(move || {
             let mut out = from_kms;
@@ -726,28 +683,39 @@ impl Client {
     /// `PublicKey` is an EC SubjectPublicKeyInfo on a curve KMS offers.
     pub async fn derive_shared_secret(
         &self,
-        mut request: DeriveSharedSecretRequest,
+        request: DeriveSharedSecretRequest,
     ) -> Result<SharedSecret, Error> {
-        const OP: Operation = Operation::DeriveSharedSecret;
-        no_recipient(request.recipient.is_some())?;
         let expected = request.shared_secret_len()?;
-        let pair = self.inner.keys.acquire();
-        request.recipient = Some(pair.recipient());
-        let KmsResponse::DeriveSharedSecret(r) = self
-            .call(KmsRequest::DeriveSharedSecret(request), self.timeout)
-            .await?
-        else {
-            return Err(mismatch(OP));
-        };
-        refuse_plaintext(OP, r.shared_secret.is_some())?;
-        let cfr = required(OP, r.ciphertext_for_recipient, "no CiphertextForRecipient")?;
-        let shared_secret = open(pair, cfr, Some(expected)).await?;
+        let (r, shared_secret) = self.with_recipient(request, Some(expected)).await?;
         Ok(SharedSecret {
             key_id: r.key_id,
             shared_secret,
             key_agreement_algorithm: r.key_agreement_algorithm,
             key_origin: r.key_origin,
         })
+    }
+
+    /// The one path of the operations that carry `Recipient`: attaches the
+    /// current attestation document (refusing a caller's own), sends the
+    /// request, refuses an answer with plaintext, and opens its
+    /// `CiphertextForRecipient` with implicit rejection at `expected_len`
+    /// (module docs). Returns the rest of the response and the plaintext.
+    async fn with_recipient<R: RecipientCall>(
+        &self,
+        mut request: R,
+        expected_len: Option<usize>,
+    ) -> Result<(R::Response, SecretBytes), Error> {
+        let slot = request.recipient_mut();
+        no_recipient(slot.is_some())?;
+        let pair = self.inner.keys.acquire();
+        *slot = Some(pair.recipient());
+        let response = self.call(request.into_request(), self.timeout).await?;
+        let mut r = R::from_response(response).ok_or_else(|| mismatch(R::OP))?;
+        refuse_plaintext(R::OP, R::has_plaintext(&r))?;
+        let cfr = R::ciphertext_for_recipient(&mut r);
+        let cfr = required(R::OP, cfr, "no CiphertextForRecipient")?;
+        let plaintext = open(pair, cfr, expected_len).await?;
+        Ok((r, plaintext))
     }
 
     /// KMS `GenerateDataKeyWithoutPlaintext`, relayed as is.
@@ -989,6 +957,55 @@ fn no_recipient(present: bool) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// A KMS request that takes `Recipient` (the five operations that return
+/// plaintext), with the fields of its response that [`Client`]'s one
+/// `Recipient` path needs.
+trait RecipientCall {
+    const OP: Operation;
+    type Response;
+    fn recipient_mut(&mut self) -> &mut Option<RecipientInfo>;
+    fn into_request(self) -> KmsRequest;
+    fn from_response(response: KmsResponse) -> Option<Self::Response>;
+    fn has_plaintext(response: &Self::Response) -> bool;
+    fn ciphertext_for_recipient(response: &mut Self::Response) -> Option<Blob>;
+}
+
+macro_rules! recipient_call {
+    ($($op:ident: $req:ty => $resp:ty, $plaintext:ident;)*) => {$(
+        impl RecipientCall for $req {
+            const OP: Operation = Operation::$op;
+            type Response = $resp;
+            fn recipient_mut(&mut self) -> &mut Option<RecipientInfo> {
+                &mut self.recipient
+            }
+            fn into_request(self) -> KmsRequest {
+                KmsRequest::$op(self)
+            }
+            fn from_response(response: KmsResponse) -> Option<$resp> {
+                match response {
+                    KmsResponse::$op(r) => Some(r),
+                    _ => None,
+                }
+            }
+            fn has_plaintext(response: &$resp) -> bool {
+                response.$plaintext.is_some()
+            }
+            fn ciphertext_for_recipient(response: &mut $resp) -> Option<Blob> {
+                response.ciphertext_for_recipient.take()
+            }
+        }
+    )*};
+}
+
+recipient_call! {
+    GenerateDataKey: GenerateDataKeyRequest => GenerateDataKeyResponse, plaintext;
+    Decrypt: DecryptRequest => DecryptResponse, plaintext;
+    GenerateDataKeyPair: GenerateDataKeyPairRequest => GenerateDataKeyPairResponse,
+        private_key_plaintext;
+    GenerateRandom: GenerateRandomRequest => GenerateRandomResponse, plaintext;
+    DeriveSharedSecret: DeriveSharedSecretRequest => DeriveSharedSecretResponse, shared_secret;
 }
 
 fn refuse_plaintext(operation: Operation, present: bool) -> Result<(), Error> {
