@@ -47,6 +47,7 @@
 //! evaluation), [`ciphertext`] (the blob format), [`recipient`]
 //! (attestation and `CiphertextForRecipient`).
 
+pub mod asymmetric;
 pub mod ciphertext;
 pub mod cli;
 pub mod ops;
