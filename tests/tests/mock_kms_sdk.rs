@@ -779,9 +779,19 @@ async fn control_plane_create_describe_list_alias_and_policy_operations() {
         c.create_key().policy("not json").send().await,
         "MalformedPolicyDocumentException",
     );
+    // KeyUsage is required for asymmetric keys; RSA signing keys are not
+    // emulated (asymmetric keys: tests/mock_kms_asymmetric.rs).
     expect_code(
         c.create_key()
             .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+            .send()
+            .await,
+        "ValidationException",
+    );
+    expect_code(
+        c.create_key()
+            .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+            .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
             .send()
             .await,
         "UnsupportedOperationException",

@@ -1,7 +1,23 @@
 //! A local AWS KMS for development and tests that speaks the real protocol
 //! (AWS JSON 1.1, `TrentService`) and honours `Recipient` (Nitro Enclaves
-//! attestation) on `Decrypt`, `GenerateDataKey`, `GenerateDataKeyPair` and
-//! `GenerateRandom`.
+//! attestation) on `Decrypt`, `GenerateDataKey`, `GenerateDataKeyPair`,
+//! `GenerateRandom` and `DeriveSharedSecret`.
+//!
+//! Operations: `GenerateDataKey`, `GenerateDataKeyWithoutPlaintext`,
+//! `GenerateDataKeyPair`, `GenerateDataKeyPairWithoutPlaintext`, `Encrypt`,
+//! `Decrypt` (with `DryRunModifiers` `IGNORE_CIPHERTEXT`), `ReEncrypt`,
+//! `GenerateRandom`, `GetPublicKey`, `DeriveSharedSecret`, `CreateKey`,
+//! `DescribeKey`, `ListKeys`, `CreateAlias`, `ListAliases`, `DeleteAlias`,
+//! `EnableKey`, `DisableKey`, `ScheduleKeyDeletion`, `CancelKeyDeletion`,
+//! `PutKeyPolicy`, `GetKeyPolicy`.
+//!
+//! Key specs ([`asymmetric`]): `SYMMETRIC_DEFAULT` (`ENCRYPT_DECRYPT`);
+//! `ECC_NIST_P256`, `ECC_NIST_P384`, `ECC_NIST_P521` and `ECC_SECG_P256K1`
+//! for `KEY_AGREEMENT` (`GetPublicKey`, `DeriveSharedSecret` with `ECDH`;
+//! KMS itself documents only `SIGN_VERIFY` for `ECC_SECG_P256K1`);
+//! `RSA_2048`, `RSA_3072` and `RSA_4096` for `ENCRYPT_DECRYPT`
+//! (`GetPublicKey`, `Encrypt` / `Decrypt` with `RSAES_OAEP_SHA_1` and
+//! `RSAES_OAEP_SHA_256`). Symmetric keys' responses carry `KeyMaterialId`.
 //!
 //! Run it in-process:
 //!
@@ -42,11 +58,14 @@
 //! ```
 //!
 //! Modules: [`server`] (HTTP), [`sigv4`] (signature verification), [`tls`]
-//! (test CA, HTTPS listener), [`ops`] (operations and validation),
+//! (test CA, HTTPS listener), [`ops`] (operations and validation; the
+//! asymmetric-key operations in its `asym` submodule), [`asymmetric`]
+//! (asymmetric key specs and their cryptography),
 //! [`store`] (keys, aliases, state and seed files), [`policy`] (key policy
 //! evaluation), [`ciphertext`] (the blob format), [`recipient`]
 //! (attestation and `CiphertextForRecipient`).
 
+pub mod asymmetric;
 pub mod ciphertext;
 pub mod cli;
 pub mod ops;

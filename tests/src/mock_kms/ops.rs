@@ -37,10 +37,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use zeroize::Zeroizing;
 
+mod asym;
+
+use super::asymmetric::{AsymmetricKey, AsymmetricSpec};
 use super::ciphertext::{self, BlobError};
 use super::policy::{Decision, Policy, RequestContext, default_key_policy, evaluate};
 use super::recipient::{AttestedRecipient, RecipientVerifier, encrypt_for};
-use super::store::{AliasRecord, KeyRecord, KeyState, Store, valid_alias_name};
+use super::store::{AliasRecord, KeyMaterial, KeyRecord, KeyState, Store, valid_alias_name};
 
 /// KMS limits from the API reference ("Length Constraints").
 mod limits {
@@ -334,6 +337,8 @@ struct UsableKey {
     key_id: String,
     arn: String,
     material: Zeroizing<[u8; 32]>,
+    /// `KeyMaterialId` of the responses.
+    key_material_id: Option<String>,
 }
 
 /// What the policy sees besides action, principal and resource.
@@ -426,7 +431,7 @@ fn unsupported(what: &str) -> KmsError {
     err(
         "UnsupportedOperationException",
         format!(
-            "{what} is not supported by keybroker-mock-kms (it emulates symmetric SYMMETRIC_DEFAULT keys only)."
+            "{what} is not supported by keybroker-mock-kms (it emulates SYMMETRIC_DEFAULT keys, ECC KEY_AGREEMENT keys and RSA ENCRYPT_DECRYPT keys)."
         ),
     )
 }
@@ -495,6 +500,8 @@ impl Engine {
             "Decrypt" => self.decrypt(&raw),
             "ReEncrypt" => self.re_encrypt(&raw),
             "GenerateRandom" => self.generate_random(&raw),
+            "GetPublicKey" => self.get_public_key(&raw),
+            "DeriveSharedSecret" => self.derive_shared_secret(&raw),
             "CreateKey" => self.create_key(&raw),
             "DescribeKey" => self.describe_key(&raw),
             "ListKeys" => self.list_keys(&raw),
@@ -639,10 +646,14 @@ impl Engine {
         let key = Self::lookup(store, id)?;
         self.authorize(store, key, action, inputs)?;
         Self::check_state(store, key)?;
+        let material = key
+            .material()
+            .ok_or_else(|| asym::wrong_usage(store, key, action))?;
         Ok(UsableKey {
             key_id: key.key_id.clone(),
             arn: store.key_arn(&key.key_id),
-            material: Zeroizing::new(*key.material()),
+            material: Zeroizing::new(*material),
+            key_material_id: key.key_material_id(),
         })
     }
 
@@ -694,6 +705,7 @@ impl Engine {
         let mut resp = GenerateDataKeyResponse {
             key_id: Some(key.arn),
             ciphertext_blob: Some(Blob(blob)),
+            key_material_id: key.key_material_id,
             ..Default::default()
         };
         match &attested {
@@ -735,7 +747,7 @@ impl Engine {
         to_json(&GenerateDataKeyWithoutPlaintextResponse {
             key_id: Some(key.arn),
             ciphertext_blob: Some(Blob(blob)),
-            key_material_id: None,
+            key_material_id: key.key_material_id,
         })
     }
 
@@ -797,6 +809,7 @@ impl Engine {
                 public_key: Some(Blob(public_spki)),
                 key_id: Some(key.arn),
                 key_pair_spec: Some(spec),
+                key_material_id: key.key_material_id,
                 ..Default::default()
             };
             match &attested {
@@ -813,7 +826,7 @@ impl Engine {
                 public_key: Some(Blob(public_spki)),
                 key_id: Some(key.arn),
                 key_pair_spec: Some(spec),
-                key_material_id: None,
+                key_material_id: key.key_material_id,
             })
         }
     }
@@ -831,6 +844,9 @@ impl Engine {
             .grant_tokens()
             .finish()?;
         let req: EncryptRequest = typed(raw)?;
+        if let Some(k) = self.asymmetric_key_named(req.key_id.as_deref())? {
+            return self.encrypt_asymmetric(&req, k);
+        }
         let context = req.encryption_context.clone().unwrap_or_default();
         let key = self.usable_key(
             req.key_id.as_deref().unwrap_or_default(),
@@ -854,6 +870,8 @@ impl Engine {
             ciphertext_blob: Some(Blob(blob)),
             key_id: Some(key.arn),
             encryption_algorithm: Some(EncryptionAlgorithm::SymmetricDefault),
+            // KMS's Encrypt response has no KeyMaterialId (the SDK models
+            // it for GenerateDataKey*, Decrypt and ReEncrypt only).
             key_material_id: None,
         })
     }
@@ -902,8 +920,18 @@ impl Engine {
     }
 
     fn decrypt(&self, raw: &Map<String, Value>) -> Result<Value, KmsError> {
-        Check::new(raw)
-            .required(&["CiphertextBlob"], "ciphertextBlob")
+        // KMS: CiphertextBlob "is required in all cases except when DryRun
+        // is true and DryRunModifiers is set to IGNORE_CIPHERTEXT".
+        let ignore_ciphertext = raw.get("DryRun") == Some(&Value::Bool(true))
+            && raw
+                .get("DryRunModifiers")
+                .and_then(Value::as_array)
+                .is_some_and(|m| m.iter().any(|v| v == "IGNORE_CIPHERTEXT"));
+        let mut check = Check::new(raw);
+        if !ignore_ciphertext {
+            check.required(&["CiphertextBlob"], "ciphertextBlob");
+        }
+        check
             .blob_len(
                 &["CiphertextBlob"],
                 "ciphertextBlob",
@@ -919,6 +947,12 @@ impl Engine {
             .recipient()
             .finish()?;
         let req: DecryptRequest = typed(raw)?;
+        if ignore_ciphertext {
+            return self.decrypt_dry_run_ignoring_ciphertext(&req);
+        }
+        if let Some(k) = self.asymmetric_key_named(req.key_id.as_deref())? {
+            return self.decrypt_asymmetric(&req, k);
+        }
         let blob = req
             .ciphertext_blob
             .as_ref()
@@ -950,10 +984,14 @@ impl Engine {
             ..Default::default()
         };
         match &attested {
+            // KMS omits KeyMaterialId when the request has a Recipient.
             Some(a) => {
                 resp.ciphertext_for_recipient = Some(Blob(encrypt_for(a, &plaintext, &self.rng)?))
             }
-            None => resp.plaintext = Some(SecretBytes::from_slice(&plaintext)),
+            None => {
+                resp.plaintext = Some(SecretBytes::from_slice(&plaintext));
+                resp.key_material_id = key.key_material_id;
+            }
         }
         to_json(&resp)
     }
@@ -1028,7 +1066,8 @@ impl Engine {
             key_id: Some(dst.arn),
             source_encryption_algorithm: Some(EncryptionAlgorithm::SymmetricDefault),
             destination_encryption_algorithm: Some(EncryptionAlgorithm::SymmetricDefault),
-            ..Default::default()
+            source_key_material_id: src.key_material_id,
+            destination_key_material_id: dst.key_material_id,
         })
     }
 
@@ -1069,6 +1108,7 @@ impl Engine {
     // ---- control plane ----
 
     fn metadata(store: &Store, key: &KeyRecord) -> KeyMetadata {
+        let spec = key.asymmetric().map(AsymmetricKey::spec);
         KeyMetadata {
             aws_account_id: Some(store.account_id().to_owned()),
             key_id: key.key_id.clone(),
@@ -1076,16 +1116,16 @@ impl Engine {
             creation_date: Some(key.creation_date),
             enabled: key.state == KeyState::Enabled,
             description: Some(key.description.clone()),
-            key_usage: Some("ENCRYPT_DECRYPT".into()),
+            key_usage: Some(key.key_usage().into()),
             key_state: Some(key.state.as_str().into()),
             deletion_date: key.deletion_date,
             origin: Some("AWS_KMS".into()),
             key_manager: Some("CUSTOMER".into()),
-            key_spec: Some("SYMMETRIC_DEFAULT".into()),
-            customer_master_key_spec: Some("SYMMETRIC_DEFAULT".into()),
-            encryption_algorithms: Some(vec![EncryptionAlgorithm::SymmetricDefault]),
+            key_spec: Some(key.key_spec().into()),
+            customer_master_key_spec: Some(key.key_spec().into()),
+            encryption_algorithms: asym::encryption_algorithms(spec),
             signing_algorithms: None,
-            key_agreement_algorithms: None,
+            key_agreement_algorithms: asym::key_agreement_algorithms(spec),
             multi_region: Some(false),
         }
     }
@@ -1123,17 +1163,11 @@ impl Engine {
             .enumeration(&["Origin"], "origin", ORIGINS)
             .finish()?;
         let req: CreateKeyRequest = typed(raw)?;
-        if let Some(u) = req.key_usage.as_deref().filter(|u| *u != "ENCRYPT_DECRYPT") {
-            return Err(unsupported(&format!("KeyUsage {u}")));
-        }
-        for s in [&req.key_spec, &req.customer_master_key_spec]
-            .into_iter()
-            .flatten()
-        {
-            if s != "SYMMETRIC_DEFAULT" {
-                return Err(unsupported(&format!("KeySpec {s}")));
-            }
-        }
+        let spec = asym::create_key_spec(
+            req.key_spec.as_deref(),
+            req.customer_master_key_spec.as_deref(),
+            req.key_usage.as_deref(),
+        )?;
         if let Some(o) = req.origin.as_deref().filter(|o| *o != "AWS_KMS") {
             return Err(unsupported(&format!("Origin {o}")));
         }
@@ -1148,15 +1182,23 @@ impl Engine {
             }
             None => default_key_policy(&self.cfg.account_id),
         };
-        let mut material = Zeroizing::new([0u8; 32]);
-        self.rng
-            .fill(material.as_mut_slice())
-            .map_err(|_| internal("random generation failed"))?;
+        let material = match spec {
+            Some(spec) => KeyMaterial::Asymmetric(
+                AsymmetricKey::generate(spec).map_err(|e| internal(format!("CreateKey: {e}")))?,
+            ),
+            None => {
+                let mut m = Zeroizing::new([0u8; 32]);
+                self.rng
+                    .fill(m.as_mut_slice())
+                    .map_err(|_| internal("random generation failed"))?;
+                KeyMaterial::Symmetric(m)
+            }
+        };
         let id = self.new_key_id()?;
         let mut store = self.lock()?;
-        store.insert_key(KeyRecord::new(
+        store.insert_key(KeyRecord::with_material(
             id.clone(),
-            *material,
+            material,
             req.description.unwrap_or_default(),
             policy,
             now_secs(),

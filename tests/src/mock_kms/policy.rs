@@ -793,6 +793,72 @@ mod tests {
     }
 
     #[test]
+    fn derive_shared_secret_is_governed_by_the_attestation_conditions() {
+        let p = Policy::parse(
+            &serde_json::json!({"Version": "2012-10-17", "Statement": [
+                {"Sid": "public", "Effect": "Allow", "Principal": {"AWS": ROOT},
+                 "Action": ["kms:GetPublicKey", "kms:DescribeKey"], "Resource": "*"},
+                {"Sid": "enclave", "Effect": "Allow", "Principal": {"AWS": ROOT},
+                 "Action": "kms:DeriveSharedSecret", "Resource": "*",
+                 "Condition": {"StringEqualsIgnoreCase": {
+                     "kms:RecipientAttestation:ImageSha384": PCR0,
+                     "kms:RecipientAttestation:PCR8": hex::encode([8u8; 48])}}}
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+        assert!(evaluate(&p, &ctx("kms:GetPublicKey")).is_allowed());
+        // Without a Recipient the attestation keys are absent: denied.
+        match evaluate(&p, &ctx("kms:DeriveSharedSecret")) {
+            Decision::ImplicitDeny { near_misses } => {
+                assert_eq!(near_misses[0].statement.sid.as_deref(), Some("enclave"));
+                assert_eq!(near_misses[0].failed.actual, None);
+            }
+            d => panic!("expected implicit deny, got {d:?}"),
+        }
+        let attested = |pcr8: [u8; 48]| {
+            let pcr0 = hex::decode(PCR0).unwrap();
+            ctx("kms:DeriveSharedSecret")
+                .with_attestation_pcrs([(0u8, pcr0.as_slice()), (8u8, pcr8.as_slice())])
+        };
+        assert!(evaluate(&p, &attested([8; 48])).is_allowed());
+        assert!(!evaluate(&p, &attested([9; 48])).is_allowed());
+        // The public statement does not reach DeriveSharedSecret, nor the
+        // enclave statement GetPublicKey's neighbours.
+        assert!(!evaluate(&p, &ctx("kms:Decrypt")).is_allowed());
+    }
+
+    #[test]
+    fn deny_without_attestation_covers_derive_shared_secret_and_wildcards_match_it() {
+        let p = Policy::parse(
+            &serde_json::json!({"Statement": [
+                {"Effect": "Allow", "Principal": {"AWS": ACCT}, "Action": "kms:*", "Resource": "*"},
+                {"Sid": "attested-only", "Effect": "Deny", "Principal": "*",
+                 "Action": ["kms:Decrypt", "kms:Derive*"], "Resource": "*",
+                 "Condition": {"Null": {"kms:RecipientAttestation:ImageSha384": "true"}}}
+            ]})
+            .to_string(),
+        )
+        .unwrap();
+        match evaluate(&p, &ctx("kms:DeriveSharedSecret")) {
+            Decision::ExplicitDeny { statement } => {
+                assert_eq!(statement.sid.as_deref(), Some("attested-only"));
+            }
+            d => panic!("expected explicit deny, got {d:?}"),
+        }
+        assert!(evaluate(&p, &with_pcr0(ctx("kms:DeriveSharedSecret"), PCR0)).is_allowed());
+        assert!(evaluate(&p, &ctx("kms:GetPublicKey")).is_allowed());
+        let q = Policy::parse(
+            &serde_json::json!({"Statement": {"Effect": "Allow", "Principal": "*",
+                "Action": "kms:Get*", "Resource": "*"}})
+            .to_string(),
+        )
+        .unwrap();
+        assert!(evaluate(&q, &ctx("kms:GetPublicKey")).is_allowed());
+        assert!(!evaluate(&q, &ctx("kms:DeriveSharedSecret")).is_allowed());
+    }
+
+    #[test]
     fn explicit_deny_wins_over_allow() {
         let p = Policy::parse(&serde_json::json!({"Statement": [
             {"Effect": "Allow", "Principal": {"AWS": ACCT}, "Action": "kms:*", "Resource": "*"},

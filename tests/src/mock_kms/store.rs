@@ -11,6 +11,7 @@
 //! {
 //!   "format": 1,
 //!   "keys": [{"key_id": "<uuid>", "material": "<base64 of 32 bytes>",
+//!             "key_spec": "ECC_NIST_P256",  // only for asymmetric keys
 //!             "state": "Enabled" | "Disabled" | "PendingDeletion",
 //!             "description": "...", "creation_date": 1700000000.0,
 //!             "deletion_date": null, "policy": "<policy JSON text>"}],
@@ -36,6 +37,15 @@
 //!
 //! `policy` may be a JSON object or a string holding one; it defaults to the
 //! KMS default key policy.
+//!
+//! # Asymmetric keys
+//!
+//! A key with `key_spec` (`ECC_NIST_P256`, `ECC_NIST_P384`, `ECC_NIST_P521`,
+//! `ECC_SECG_P256K1`: `KEY_AGREEMENT`; `RSA_2048`, `RSA_3072`, `RSA_4096`:
+//! `ENCRYPT_DECRYPT`) is asymmetric, in the state and the seed file alike:
+//! its `material` is the base64 of its unencrypted PKCS#8 DER private key
+//! (`openssl genpkey ... -outform DER`), held zeroized like the symmetric
+//! material. Without `key_spec` a key is `SYMMETRIC_DEFAULT`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -46,6 +56,7 @@ use keybroker_common::kms::KmsError;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::asymmetric::{AsymmetricKey, AsymmetricSpec};
 use super::policy::{Policy, default_key_policy};
 use crate::Error;
 
@@ -71,11 +82,21 @@ impl KeyState {
     }
 }
 
-/// One symmetric KMS key (`SYMMETRIC_DEFAULT`, `ENCRYPT_DECRYPT`).
+/// The key material of a KMS key.
+#[derive(Clone)]
+pub enum KeyMaterial {
+    /// `SYMMETRIC_DEFAULT` (`ENCRYPT_DECRYPT`): 256-bit AES key material.
+    Symmetric(Zeroizing<[u8; 32]>),
+    /// An asymmetric key pair (`KeySpec` `ECC_*` or `RSA_*`).
+    Asymmetric(AsymmetricKey),
+}
+
+/// One KMS key: symmetric (`SYMMETRIC_DEFAULT`, `ENCRYPT_DECRYPT`) or
+/// asymmetric (see [`super::asymmetric`]).
 pub struct KeyRecord {
     /// The key id (UUID).
     pub key_id: String,
-    material: Zeroizing<[u8; 32]>,
+    material: KeyMaterial,
     /// Current state.
     pub state: KeyState,
     /// `Description`.
@@ -93,6 +114,7 @@ impl std::fmt::Debug for KeyRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyRecord")
             .field("key_id", &self.key_id)
+            .field("key_spec", &self.key_spec())
             .field("material", &"[REDACTED]")
             .field("state", &self.state)
             .finish_non_exhaustive()
@@ -100,7 +122,7 @@ impl std::fmt::Debug for KeyRecord {
 }
 
 impl KeyRecord {
-    /// A new enabled key.
+    /// A new enabled symmetric key.
     pub fn new(
         key_id: String,
         material: [u8; 32],
@@ -108,9 +130,26 @@ impl KeyRecord {
         policy: String,
         now: f64,
     ) -> Self {
+        Self::with_material(
+            key_id,
+            KeyMaterial::Symmetric(Zeroizing::new(material)),
+            description,
+            policy,
+            now,
+        )
+    }
+
+    /// A new enabled key of any kind.
+    pub fn with_material(
+        key_id: String,
+        material: KeyMaterial,
+        description: String,
+        policy: String,
+        now: f64,
+    ) -> Self {
         Self {
             key_id,
-            material: Zeroizing::new(material),
+            material,
             state: KeyState::Enabled,
             description,
             creation_date: now,
@@ -119,9 +158,47 @@ impl KeyRecord {
         }
     }
 
-    /// The 256-bit AES key material.
-    pub fn material(&self) -> &[u8; 32] {
-        &self.material
+    /// The 256-bit AES key material of a symmetric key; `None` for an
+    /// asymmetric key.
+    pub fn material(&self) -> Option<&[u8; 32]> {
+        match &self.material {
+            KeyMaterial::Symmetric(m) => Some(m),
+            KeyMaterial::Asymmetric(_) => None,
+        }
+    }
+
+    /// The key pair of an asymmetric key; `None` for a symmetric key.
+    pub fn asymmetric(&self) -> Option<&AsymmetricKey> {
+        match &self.material {
+            KeyMaterial::Symmetric(_) => None,
+            KeyMaterial::Asymmetric(k) => Some(k),
+        }
+    }
+
+    /// `KeyMetadata.KeySpec`: `SYMMETRIC_DEFAULT`, `ECC_NIST_P256`, ...
+    pub fn key_spec(&self) -> &'static str {
+        self.asymmetric()
+            .map_or("SYMMETRIC_DEFAULT", |k| k.spec().as_str())
+    }
+
+    /// `KeyMetadata.KeyUsage`: `ENCRYPT_DECRYPT` or `KEY_AGREEMENT`.
+    pub fn key_usage(&self) -> &'static str {
+        self.asymmetric()
+            .map_or("ENCRYPT_DECRYPT", |k| k.spec().key_usage())
+    }
+
+    /// `KeyMaterialId` of the data-key responses (64 lower-case hex
+    /// characters, as KMS's): an HMAC-SHA-256 under the key material of the
+    /// key id, so it is stable across restarts, differs per key and reveals
+    /// nothing about the material. `None` for asymmetric keys (KMS sends it
+    /// only for symmetric encryption keys).
+    pub fn key_material_id(&self) -> Option<String> {
+        let m = self.material()?;
+        let tag = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, m.as_slice()),
+            format!("keybroker-mock-kms KeyMaterialId {}", self.key_id).as_bytes(),
+        );
+        Some(hex::encode(tag.as_ref()))
     }
 }
 
@@ -310,7 +387,7 @@ impl Store {
         }
         let mut store = Store::new(region, account_id);
         for k in st.keys {
-            let material = decode_material(&k.material)
+            let material = decode_material(&k.material, k.key_spec.as_deref())
                 .map_err(|e| Error::State(format!("key {}: {e}", k.key_id)))?;
             Policy::parse(&k.policy)
                 .map_err(|e| Error::State(format!("key {}: bad policy: {e}", k.key_id)))?;
@@ -318,7 +395,7 @@ impl Store {
                 k.key_id.clone(),
                 KeyRecord {
                     key_id: k.key_id.clone(),
-                    material: Zeroizing::new(material),
+                    material,
                     state: k.state,
                     description: k.description.clone(),
                     creation_date: k.creation_date,
@@ -349,7 +426,11 @@ impl Store {
                 .values()
                 .map(|k| PersistedKey {
                     key_id: k.key_id.clone(),
-                    material: STANDARD.encode(k.material.as_slice()),
+                    material: match &k.material {
+                        KeyMaterial::Symmetric(m) => STANDARD.encode(m.as_slice()),
+                        KeyMaterial::Asymmetric(a) => STANDARD.encode(a.private_pkcs8()),
+                    },
+                    key_spec: k.asymmetric().map(|a| a.spec().as_str().to_owned()),
                     state: k.state,
                     description: k.description.clone(),
                     creation_date: k.creation_date,
@@ -372,8 +453,8 @@ impl Store {
             if !is_key_id(&id) {
                 return Err(Error::Seed(format!("key_id `{}` is not a UUID", k.key_id)));
             }
-            let material =
-                decode_material(&k.material).map_err(|e| Error::Seed(format!("key {id}: {e}")))?;
+            let material = decode_material(&k.material, k.key_spec.as_deref())
+                .map_err(|e| Error::Seed(format!("key {id}: {e}")))?;
             let policy = match &k.policy {
                 None => default_key_policy(&self.account_id),
                 Some(serde_json::Value::String(s)) => s.clone(),
@@ -384,14 +465,19 @@ impl Store {
             Policy::parse(&policy)
                 .map_err(|e| Error::Seed(format!("key {id}: bad policy: {e}")))?;
             if let Some(existing) = self.keys.get(&id) {
-                if existing.material.as_slice() != material.as_slice() {
+                if !same_material(&existing.material, &material) {
                     return Err(Error::Seed(format!(
                         "key {id} exists in the state with different material"
                     )));
                 }
             } else {
-                let mut rec =
-                    KeyRecord::new(id.clone(), material, k.description.clone(), policy, now);
+                let mut rec = KeyRecord::with_material(
+                    id.clone(),
+                    material,
+                    k.description.clone(),
+                    policy,
+                    now,
+                );
                 if !k.enabled {
                     rec.state = KeyState::Disabled;
                 }
@@ -444,14 +530,39 @@ pub fn valid_alias_name(name: &str) -> bool {
     }
 }
 
-fn decode_material(b64: &str) -> Result<[u8; 32], String> {
+/// Decodes a `material` field: 32 bytes of AES key material without a
+/// `key_spec` (or with `SYMMETRIC_DEFAULT`), else the PKCS#8 private key of
+/// that asymmetric spec.
+fn decode_material(b64: &str, key_spec: Option<&str>) -> Result<KeyMaterial, String> {
     let bytes = Zeroizing::new(
         STANDARD
             .decode(b64.trim())
             .map_err(|_| "material is not valid base64".to_string())?,
     );
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("material must be 32 bytes, found {}", bytes.len()))
+    match key_spec {
+        None | Some("SYMMETRIC_DEFAULT") => {
+            let m = <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| format!("material must be 32 bytes, found {}", bytes.len()))?;
+            Ok(KeyMaterial::Symmetric(Zeroizing::new(m)))
+        }
+        Some(s) => {
+            let spec = AsymmetricSpec::from_key_spec(s)
+                .ok_or_else(|| format!("key_spec {s} is not one the mock offers"))?;
+            Ok(KeyMaterial::Asymmetric(AsymmetricKey::from_pkcs8(
+                spec, &bytes,
+            )?))
+        }
+    }
+}
+
+fn same_material(a: &KeyMaterial, b: &KeyMaterial) -> bool {
+    match (a, b) {
+        (KeyMaterial::Symmetric(x), KeyMaterial::Symmetric(y)) => x.as_slice() == y.as_slice(),
+        (KeyMaterial::Asymmetric(x), KeyMaterial::Asymmetric(y)) => {
+            x.spec() == y.spec() && x.private_pkcs8() == y.private_pkcs8()
+        }
+        _ => false,
+    }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
@@ -500,6 +611,9 @@ struct PersistedState {
 struct PersistedKey {
     key_id: String,
     material: String,
+    /// Absent for symmetric keys (state files of earlier versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_spec: Option<String>,
     state: KeyState,
     #[serde(default)]
     description: String,
@@ -529,8 +643,13 @@ pub struct SeedFile {
 pub struct SeedKey {
     /// Fixed key id (UUID).
     pub key_id: String,
-    /// Base64 of exactly 32 bytes of AES-256 key material.
+    /// Base64 of exactly 32 bytes of AES-256 key material; with an
+    /// asymmetric `key_spec`, base64 of the PKCS#8 DER private key.
     pub material: String,
+    /// `KeySpec`: absent or `SYMMETRIC_DEFAULT` for a symmetric key, else
+    /// one of the asymmetric specs of [`super::asymmetric`].
+    #[serde(default)]
+    pub key_spec: Option<String>,
     /// `Description`.
     #[serde(default)]
     pub description: String,
@@ -657,10 +776,65 @@ mod tests {
             );
         }
         let back = Store::load(&path, "us-east-1", "111122223333").unwrap();
-        assert_eq!(back.key(ID).unwrap().material(), &[3; 32]);
+        assert_eq!(back.key(ID).unwrap().material(), Some(&[3; 32]));
         assert_eq!(back.resolve("alias/app").unwrap(), ID);
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn asymmetric_keys_persist_their_private_key_and_spec() {
+        use super::super::asymmetric::RsaSize;
+        use keybroker_common::kms::EcdhCurve;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = store();
+        let ec = AsymmetricKey::generate(AsymmetricSpec::Ecc(EcdhCurve::SecgP256k1)).unwrap();
+        let rsa = AsymmetricKey::generate(AsymmetricSpec::Rsa(RsaSize::Rsa2048)).unwrap();
+        let (ec_id, rsa_id) = (
+            "00000000-0000-4000-8000-000000000001",
+            "00000000-0000-4000-8000-000000000002",
+        );
+        for (id, k) in [(ec_id, &ec), (rsa_id, &rsa)] {
+            s.insert_key(KeyRecord::with_material(
+                id.into(),
+                KeyMaterial::Asymmetric(k.clone()),
+                String::new(),
+                default_key_policy("111122223333"),
+                1.0,
+            ));
+        }
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"key_spec\": \"ECC_SECG_P256K1\""), "{text}");
+        let back = Store::load(&path, "us-east-1", "111122223333").unwrap();
+        let k = back.key(ec_id).unwrap();
+        assert_eq!(k.key_spec(), "ECC_SECG_P256K1");
+        assert_eq!(k.key_usage(), "KEY_AGREEMENT");
+        assert!(k.material().is_none() && k.key_material_id().is_none());
+        assert_eq!(
+            k.asymmetric().unwrap().public_key_spki(),
+            ec.public_key_spki()
+        );
+        let k = back.key(rsa_id).unwrap();
+        assert_eq!(
+            (k.key_spec(), k.key_usage()),
+            ("RSA_2048", "ENCRYPT_DECRYPT")
+        );
+        assert_eq!(k.asymmetric().unwrap().private_pkcs8(), rsa.private_pkcs8());
+        // Symmetric keys still have no key_spec in the file and keep theirs.
+        let sym = back.key(ID).unwrap();
+        assert_eq!(sym.key_spec(), "SYMMETRIC_DEFAULT");
+        let id = sym.key_material_id().unwrap();
+        assert_eq!(id.len(), 64);
+        assert_eq!(Some(id), s.key(ID).unwrap().key_material_id());
+        // A seed key with a key_spec whose material does not match it.
+        let bad: SeedFile = serde_json::from_value(serde_json::json!({"keys": [{
+            "key_id": ID, "key_spec": "ECC_NIST_P384",
+            "material": STANDARD.encode(ec.private_pkcs8())
+        }]}))
+        .unwrap();
+        assert!(Store::new("r", "a").apply_seed(&bad, 0.0).is_err());
     }
 
     #[test]
