@@ -5,8 +5,9 @@
 //!
 //! Shown: a data key written to files and recovered from them with
 //! `decrypt`, JSON output with base64 blobs, every key pair spec the mock
-//! supports, `generate-random`, `attestation` with a nonce (verified against
-//! the mock CA), and the distinct exit codes.
+//! supports, `generate-random`, `derive-shared-secret` against `openssl`,
+//! `attestation` with a nonce (verified against the mock CA), and the
+//! distinct exit codes.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -306,6 +307,145 @@ async fn key_pairs_random_bytes_and_attestation() {
         v["Pcrs"]["PCR0"],
         hex::encode(default_pcr0_for(Path::new(LAUNCHER)).unwrap())
     );
+}
+
+/// `derive-shared-secret` with keys made by `openssl`: the shared secret the
+/// enclave gets equals `openssl pkeyutl -derive` of the caller's private key
+/// with the KMS key's public key (from `GetPublicKey`), for a PEM and a DER
+/// public key, and `--shared-secret-file` writes it (mode 0600) instead of
+/// printing it.
+#[tokio::test(flavor = "multi_thread")]
+async fn derive_shared_secret_matches_openssl() {
+    use keybroker_harness::local::enclave_key_policy;
+    use keybroker_harness::mock_kms::DEFAULT_ACCOUNT_ID;
+    let cli = Cli::start().await;
+    let pcr0 = hex::encode(default_pcr0_for(Path::new(LAUNCHER)).unwrap());
+    let sdk = &cli.stack.sdk;
+    let arn = sdk
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP384)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::KeyAgreement)
+        .policy(enclave_key_policy(DEFAULT_ACCOUNT_ID, &pcr0).to_string())
+        .send()
+        .await
+        .unwrap()
+        .key_metadata()
+        .unwrap()
+        .arn()
+        .unwrap()
+        .to_owned();
+    let kms_public = sdk.get_public_key().key_id(&arn).send().await.unwrap();
+    let kms_der = cli.path("kms.der");
+    std::fs::write(&kms_der, kms_public.public_key().unwrap().as_ref()).unwrap();
+
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed (.ci/run)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        out.stdout
+    };
+    let (key, pem, der, kms_pem) = (
+        cli.path("mine.pem"),
+        cli.path("mine.pub.pem"),
+        cli.path("mine.pub.der"),
+        cli.path("kms.pem"),
+    );
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    openssl(&[
+        "ecparam",
+        "-name",
+        "secp384r1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &path(&key),
+    ]);
+    openssl(&["pkey", "-in", &path(&key), "-pubout", "-out", &path(&pem)]);
+    openssl(&[
+        "pkey",
+        "-in",
+        &path(&key),
+        "-pubout",
+        "-outform",
+        "DER",
+        "-out",
+        &path(&der),
+    ]);
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-inform",
+        "DER",
+        "-in",
+        &path(&kms_der),
+        "-out",
+        &path(&kms_pem),
+    ]);
+    let expected = openssl(&[
+        "pkeyutl",
+        "-derive",
+        "-inkey",
+        &path(&key),
+        "-peerkey",
+        &path(&kms_pem),
+    ]);
+    assert_eq!(expected.len(), 48);
+
+    let v = json(
+        &cli.run(
+            "derive-shared-secret",
+            &["--key-id", &arn, "--public-key-file", &path(&pem)],
+        )
+        .await,
+    );
+    assert_eq!(b64(&v["SharedSecret"]), expected);
+    assert_eq!(v["KeyId"], arn.as_str());
+    assert_eq!(v["KeyAgreementAlgorithm"], "ECDH");
+
+    let secret_file = cli.path("shared.bin");
+    let v = json(
+        &cli.run(
+            "derive-shared-secret",
+            &[
+                "--key-id",
+                &arn,
+                "--public-key-file",
+                &path(&der),
+                "--shared-secret-file",
+                &path(&secret_file),
+            ],
+        )
+        .await,
+    );
+    assert!(v.get("SharedSecret").is_none(), "{v}");
+    assert_eq!(std::fs::read(&secret_file).unwrap(), expected);
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A public key on another curve than the KMS key's is KMS's error.
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &path(&key),
+    ]);
+    openssl(&["pkey", "-in", &path(&key), "-pubout", "-out", &path(&pem)]);
+    let out = cli
+        .run(
+            "derive-shared-secret",
+            &["--key-id", &arn, "--public-key-file", &path(&pem)],
+        )
+        .await;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
