@@ -707,3 +707,67 @@ async fn broker_mode_a_delayed_answer_ends_at_the_deadline() {
     assert!(client.generate_data_key(gdk(&stack.key_arn)).await.is_err());
     assert!(started.elapsed() < DEADLINE + Duration::from_secs(1));
 }
+
+/// The same substitution for key agreement (issue 14): a broker-mode parent
+/// answers `DeriveSharedSecret` itself with a secret of its choosing,
+/// encrypted to the enclave's attested public key, without asking KMS. The
+/// enclave cannot tell (the README says so: choose e2e mode when that
+/// matters); e2e mode refuses any answer that is not TLS from the endpoint,
+/// as the data-key attacks above show.
+#[tokio::test(flavor = "multi_thread")]
+async fn broker_mode_accepts_a_substituted_shared_secret() {
+    use aws_lc_rs::agreement::{ECDH_P256, PrivateKey};
+    use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+    use keybroker_common::kms::{
+        DeriveSharedSecretRequest, DeriveSharedSecretResponse, KeyAgreementAlgorithm,
+    };
+
+    let stack = InProcessStack::builder().start().await.unwrap();
+    // The P-256 secret the parent wants the enclave to use (32 bytes, the
+    // curve's length, so the enclave's length check passes).
+    let chosen = [0x5au8; 32];
+    let key_arn = stack.key_arn.clone();
+    let answered = Arc::new(Mutex::new(0usize));
+    let counter = answered.clone();
+    let backend = FnBackend(move |request: KmsRequest| {
+        let key_arn = key_arn.clone();
+        let counter = counter.clone();
+        async move {
+            let KmsRequest::DeriveSharedSecret(r) = request else {
+                panic!("unexpected request {request:?}");
+            };
+            let doc = r.recipient.expect("the enclave attaches its Recipient");
+            let parsed = UnverifiedAttestation::parse(&doc.attestation_document.0).unwrap();
+            let spki = parsed.document().public_key.clone().unwrap();
+            let forged = encrypt_for_recipient(&spki, &chosen, &SystemRandom::new()).unwrap();
+            *counter.lock().unwrap() += 1;
+            Ok(KmsResponse::DeriveSharedSecret(
+                DeriveSharedSecretResponse {
+                    key_id: Some(key_arn),
+                    shared_secret: None,
+                    ciphertext_for_recipient: Some(Blob(forged)),
+                    key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+                    key_origin: Some("AWS_KMS".to_owned()),
+                },
+            ))
+        }
+    });
+    let (client, _proxy) = broker_client_behind(&stack, backend).await;
+    let peer = PrivateKey::generate(&ECDH_P256).unwrap();
+    let peer_der: PublicKeyX509Der<'_> = peer.compute_public_key().unwrap().as_der().unwrap();
+    let got = client
+        .derive_shared_secret(DeriveSharedSecretRequest {
+            key_id: Some(stack.key_arn.clone()),
+            key_agreement_algorithm: Some(KeyAgreementAlgorithm::Ecdh),
+            public_key: Some(Blob(peer_der.as_ref().to_vec())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(*answered.lock().unwrap(), 1, "the parent answered, not KMS");
+    assert_eq!(
+        got.shared_secret.expose(),
+        chosen,
+        "broker mode took the parent's shared secret"
+    );
+}
