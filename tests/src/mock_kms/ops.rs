@@ -28,8 +28,8 @@ use keybroker_common::kms::{
     GenerateDataKeyPairResponse, GenerateDataKeyPairWithoutPlaintextRequest,
     GenerateDataKeyPairWithoutPlaintextResponse, GenerateDataKeyRequest, GenerateDataKeyResponse,
     GenerateDataKeyWithoutPlaintextRequest, GenerateDataKeyWithoutPlaintextResponse,
-    GenerateRandomRequest, GenerateRandomResponse, KeyMetadata, KmsError, ReEncryptRequest,
-    ReEncryptResponse, RecipientInfo,
+    GenerateRandomRequest, GenerateRandomResponse, KeyMetadata, KmsError, KmsErrorCode,
+    ReEncryptRequest, ReEncryptResponse, RecipientInfo,
 };
 use keybroker_common::secret::SecretBytes;
 use serde::Deserialize;
@@ -114,12 +114,14 @@ pub struct Engine {
     recipient: RecipientVerifier,
 }
 
-fn err(code: &str, message: impl Into<String>) -> KmsError {
+/// A KMS error of type `code`, with the HTTP status and retryability of
+/// [`KmsErrorCode`]'s table.
+fn err(code: KmsErrorCode, message: impl Into<String>) -> KmsError {
     KmsError::new(code, message)
 }
 
 fn internal(message: impl Into<String>) -> KmsError {
-    err("KMSInternalException", message)
+    err(KmsErrorCode::KmsInternal, message)
 }
 
 fn now_ms() -> u64 {
@@ -135,7 +137,7 @@ fn now_secs() -> f64 {
 
 fn dry_run_error() -> KmsError {
     err(
-        "DryRunOperationException",
+        KmsErrorCode::DryRunOperation,
         "The request would have succeeded, but the DryRun option is set.",
     )
 }
@@ -143,7 +145,7 @@ fn dry_run_error() -> KmsError {
 fn typed<T: DeserializeOwned>(raw: &Map<String, Value>) -> Result<T, KmsError> {
     serde_json::from_value(Value::Object(raw.clone())).map_err(|e| {
         err(
-            "SerializationException",
+            KmsErrorCode::Serialization,
             format!("Cannot deserialize the request: {e}"),
         )
     })
@@ -205,14 +207,14 @@ impl Engine {
         } else {
             serde_json::from_slice(body).map_err(|e| {
                 err(
-                    "SerializationException",
+                    KmsErrorCode::Serialization,
                     format!("The request body is not valid JSON: {e}"),
                 )
             })?
         };
         let Value::Object(raw) = raw else {
             return Err(err(
-                "SerializationException",
+                KmsErrorCode::Serialization,
                 "The request body must be a JSON object.",
             ));
         };
@@ -240,7 +242,7 @@ impl Engine {
             "PutKeyPolicy" => self.put_key_policy(&raw),
             "GetKeyPolicy" => self.get_key_policy(&raw),
             other => Err(err(
-                "UnknownOperationException",
+                KmsErrorCode::UnknownOperation,
                 format!(
                     "Unknown operation TrentService.{other} (keybroker-mock-kms does not implement it)"
                 ),
@@ -293,7 +295,7 @@ impl Engine {
                     "AccessDeniedException: explicit Deny in the key policy"
                 );
                 Err(err(
-                    "AccessDeniedException",
+                    KmsErrorCode::AccessDenied,
                     format!(
                         "User: {principal} is not authorized to perform: {action} on resource: {arn} with an explicit deny in a resource-based policy"
                     ),
@@ -319,7 +321,7 @@ impl Engine {
                     );
                 }
                 Err(err(
-                    "AccessDeniedException",
+                    KmsErrorCode::AccessDenied,
                     format!(
                         "User: {principal} is not authorized to perform: {action} on resource: {arn} because no resource-based policy allows the {action} action"
                     ),
@@ -332,9 +334,9 @@ impl Engine {
         let arn = store.key_arn(&key.key_id);
         match key.state {
             KeyState::Enabled => Ok(()),
-            KeyState::Disabled => Err(err("DisabledException", format!("{arn} is disabled."))),
+            KeyState::Disabled => Err(err(KmsErrorCode::Disabled, format!("{arn} is disabled."))),
             KeyState::PendingDeletion => Err(err(
-                "KMSInvalidStateException",
+                KmsErrorCode::KmsInvalidState,
                 format!("{arn} is pending deletion."),
             )),
         }
@@ -343,7 +345,7 @@ impl Engine {
     fn lookup<'s>(store: &'s Store, key_id: &str) -> Result<&'s KeyRecord, KmsError> {
         store.key(key_id).ok_or_else(|| {
             err(
-                "NotFoundException",
+                KmsErrorCode::NotFound,
                 format!("Key '{}' does not exist", store.key_arn(key_id)),
             )
         })
