@@ -12,7 +12,7 @@
 //!   with a `ValidationException` before parsing;
 //! - responses are `application/x-amz-json-1.1` with an
 //!   `x-amzn-RequestId`; errors are `{"__type": ..., "message": ...}` with
-//!   the status KMS uses ([`KmsError::new`]). An unknown or missing target is
+//!   the status KMS uses ([`KmsErrorCode::http_status`]). An unknown or missing target is
 //!   `UnknownOperationException` (400, as AWS JSON services answer);
 //! - every response carries an RFC 7231 `Date` from the mock's clock (the
 //!   system clock shifted by `clock_offset_secs`), from which clients
