@@ -18,6 +18,7 @@ use serde::de::{self, DeserializeSeed, EnumAccess, Unexpected, VariantAccess, Vi
 /// - the enum (`Clone, Copy, Debug, PartialEq, Eq, Hash`);
 /// - `ALL`, every variant in declaration order (an array, so it iterates by
 ///   value and indexes with `.get(i)`);
+/// - `NAMES`, the spellings of `ALL` in the same order;
 /// - `const fn as_str(self) -> &'static str`, the KMS spelling;
 /// - `FromStr` with the exact spelling ([`UnknownKmsValue`] otherwise) and
 ///   `Display` writing the spelling;
@@ -45,8 +46,9 @@ macro_rules! kms_enum {
             /// Every value, in declaration order.
             pub const ALL: [Self; [$($s),+].len()] = [$(Self::$v),+];
 
-            /// The spellings of [`Self::ALL`], index for index.
-            const NAMES: &'static [&'static str] = &[$($s),+];
+            /// The spellings of [`Self::ALL`], index for index (the enum
+            /// value set of the KMS API reference, for validation messages).
+            pub const NAMES: &'static [&'static str] = &[$($s),+];
 
             /// The KMS API spelling of this value.
             pub const fn as_str(self) -> &'static str {

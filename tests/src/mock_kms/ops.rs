@@ -23,13 +23,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keybroker_common::UnixMillis;
 use keybroker_common::kms::{
-    Blob, DataKeyPairSpec, DecryptRequest, DecryptResponse, DescribeKeyResponse, EncryptRequest,
-    EncryptResponse, EncryptionAlgorithm, EncryptionContext, GenerateDataKeyPairRequest,
-    GenerateDataKeyPairResponse, GenerateDataKeyPairWithoutPlaintextRequest,
-    GenerateDataKeyPairWithoutPlaintextResponse, GenerateDataKeyRequest, GenerateDataKeyResponse,
-    GenerateDataKeyWithoutPlaintextRequest, GenerateDataKeyWithoutPlaintextResponse,
-    GenerateRandomRequest, GenerateRandomResponse, KeyMetadata, KmsError, KmsErrorCode,
-    ReEncryptRequest, ReEncryptResponse, RecipientInfo,
+    Blob, DataKeyPairSpec, DataKeySpec, DecryptRequest, DecryptResponse, DescribeKeyResponse,
+    DryRunModifier, EncryptRequest, EncryptResponse, EncryptionAlgorithm, EncryptionContext,
+    GenerateDataKeyPairRequest, GenerateDataKeyPairResponse,
+    GenerateDataKeyPairWithoutPlaintextRequest, GenerateDataKeyPairWithoutPlaintextResponse,
+    GenerateDataKeyRequest, GenerateDataKeyResponse, GenerateDataKeyWithoutPlaintextRequest,
+    GenerateDataKeyWithoutPlaintextResponse, GenerateRandomRequest, GenerateRandomResponse,
+    KeyEncryptionAlgorithm, KeyMetadata, KmsError, KmsErrorCode, ReEncryptRequest,
+    ReEncryptResponse, RecipientInfo,
 };
 use keybroker_common::secret::SecretBytes;
 use serde::Deserialize;
@@ -72,25 +73,11 @@ mod limits {
     pub const PENDING_WINDOW: (i64, i64) = (1, 365);
 }
 
-const KEY_SPECS: &[&str] = &["AES_256", "AES_128"];
-const KEY_PAIR_SPECS: &[&str] = &[
-    "RSA_2048",
-    "RSA_3072",
-    "RSA_4096",
-    "ECC_NIST_P256",
-    "ECC_NIST_P384",
-    "ECC_NIST_P521",
-    "ECC_SECG_P256K1",
-    "SM2",
-    "ECC_NIST_EDWARDS25519",
-];
-const ENCRYPTION_ALGORITHMS: &[&str] = &[
-    "SYMMETRIC_DEFAULT",
-    "RSAES_OAEP_SHA_1",
-    "RSAES_OAEP_SHA_256",
-    "SM2PKE",
-];
-const KEY_ENCRYPTION_ALGORITHMS: &[&str] = &["RSAES_OAEP_SHA_256"];
+// The enum value sets KMS validates against, spelled once in common.
+const KEY_SPECS: &[&str] = DataKeySpec::NAMES;
+const KEY_PAIR_SPECS: &[&str] = DataKeyPairSpec::NAMES;
+const ENCRYPTION_ALGORITHMS: &[&str] = EncryptionAlgorithm::NAMES;
+const KEY_ENCRYPTION_ALGORITHMS: &[&str] = KeyEncryptionAlgorithm::NAMES;
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone)]

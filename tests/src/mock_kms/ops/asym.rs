@@ -221,7 +221,7 @@ impl Engine {
             .enumeration(
                 &["KeyAgreementAlgorithm"],
                 "keyAgreementAlgorithm",
-                &["ECDH"],
+                KeyAgreementAlgorithm::NAMES,
             )
             .required(&["PublicKey"], "publicKey")
             .blob_len(&["PublicKey"], "publicKey", (1, PUBLIC_KEY_MAX))

@@ -253,7 +253,10 @@ impl Engine {
             && raw
                 .get("DryRunModifiers")
                 .and_then(Value::as_array)
-                .is_some_and(|m| m.iter().any(|v| v == "IGNORE_CIPHERTEXT"));
+                .is_some_and(|m| {
+                    m.iter()
+                        .any(|v| v == DryRunModifier::IgnoreCiphertext.as_str())
+                });
         let mut check = Check::new(raw);
         if !ignore_ciphertext {
             check.required(&["CiphertextBlob"], "ciphertextBlob");
