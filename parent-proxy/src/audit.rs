@@ -292,7 +292,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keybroker_common::kms::KmsError;
+    use keybroker_common::kms::{KmsError, KmsErrorCode};
 
     #[test]
     fn outcomes_are_named() {
@@ -300,7 +300,7 @@ mod tests {
             Outcome::of(&Ok(KmsResponse::DescribeKey(Default::default()))).to_string(),
             "ok"
         );
-        let kms = WireError::kms(KmsError::new("NotFoundException", "no such key"));
+        let kms = WireError::kms(KmsError::new(KmsErrorCode::NotFound, "no such key"));
         assert_eq!(Outcome::of(&Err(kms)).to_string(), "kms:NotFoundException");
         let t = WireError::new(ErrorCode::Timeout, "late");
         assert_eq!(Outcome::of(&Err(t)).to_string(), "error:Timeout");

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use keybroker_common::cms::RecipientPrivateKey;
-use keybroker_common::kms::RecipientInfo;
+use keybroker_common::kms::{KmsErrorCode, RecipientInfo};
 use keybroker_enclave::e2e::Mode;
 use keybroker_enclave::mock_nsm::default_pcr0_for;
 use keybroker_enclave::nsm::Nsm as _;
@@ -772,7 +772,7 @@ where
         Err(e) => {
             use aws_sdk_kms::error::ProvideErrorMetadata as _;
             let code = e.code().unwrap_or("?");
-            if code == "AccessDeniedException" {
+            if code == KmsErrorCode::AccessDenied.as_str() {
                 Ok(format!("{code}: {}", e.message().unwrap_or("")))
             } else {
                 Err(Error::Io(format!(

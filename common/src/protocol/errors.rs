@@ -350,6 +350,7 @@ impl TryFrom<WireErrorRepr> for WireError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kms::KmsErrorCode;
     use crate::{AttestationError, CmsError};
 
     #[test]
@@ -365,12 +366,12 @@ mod tests {
     fn crate_errors_map_to_codes() {
         let cases: Vec<(Error, ErrorCode, bool)> = vec![
             (
-                Error::Kms(KmsError::new("ThrottlingException", "slow down")),
+                Error::Kms(KmsError::new(KmsErrorCode::Throttling, "slow down")),
                 ErrorCode::Kms,
                 true,
             ),
             (
-                Error::Kms(KmsError::new("AccessDeniedException", "no")),
+                Error::Kms(KmsError::new(KmsErrorCode::AccessDenied, "no")),
                 ErrorCode::Kms,
                 false,
             ),
@@ -423,7 +424,7 @@ mod tests {
 
     #[test]
     fn kms_errors_survive_the_round_trip_to_crate_error() {
-        let k = KmsError::new("KMSInternalException", "boom");
+        let k = KmsError::new(KmsErrorCode::KmsInternal, "boom");
         let back = Error::from(WireError::from(&Error::Kms(k.clone())));
         assert_eq!(back, Error::Kms(k));
     }

@@ -403,7 +403,7 @@ mod tests {
             Message::Response {
                 id: u64::MAX,
                 result: Err(WireError::kms(KmsError::new(
-                    "NotFoundException",
+                    KmsErrorCode::NotFound,
                     "Key 'alias/x' does not exist",
                 ))),
             },

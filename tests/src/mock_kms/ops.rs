@@ -23,12 +23,13 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use keybroker_common::UnixMillis;
 use keybroker_common::kms::{
-    Blob, DataKeyPairSpec, DecryptRequest, DecryptResponse, DescribeKeyResponse, EncryptRequest,
-    EncryptResponse, EncryptionAlgorithm, EncryptionContext, GenerateDataKeyPairRequest,
-    GenerateDataKeyPairResponse, GenerateDataKeyPairWithoutPlaintextRequest,
-    GenerateDataKeyPairWithoutPlaintextResponse, GenerateDataKeyRequest, GenerateDataKeyResponse,
-    GenerateDataKeyWithoutPlaintextRequest, GenerateDataKeyWithoutPlaintextResponse,
-    GenerateRandomRequest, GenerateRandomResponse, KeyMetadata, KmsError, ReEncryptRequest,
+    Blob, DataKeyPairSpec, DataKeySpec, DecryptRequest, DecryptResponse, DescribeKeyResponse,
+    DryRunModifier, EncryptRequest, EncryptResponse, EncryptionAlgorithm, EncryptionContext,
+    GenerateDataKeyPairRequest, GenerateDataKeyPairResponse,
+    GenerateDataKeyPairWithoutPlaintextRequest, GenerateDataKeyPairWithoutPlaintextResponse,
+    GenerateDataKeyRequest, GenerateDataKeyResponse, GenerateDataKeyWithoutPlaintextRequest,
+    GenerateDataKeyWithoutPlaintextResponse, GenerateRandomRequest, GenerateRandomResponse,
+    KeyEncryptionAlgorithm, KeyMetadata, KmsError, KmsErrorCode, ReEncryptRequest,
     ReEncryptResponse, RecipientInfo,
 };
 use keybroker_common::secret::SecretBytes;
@@ -72,25 +73,11 @@ mod limits {
     pub const PENDING_WINDOW: (i64, i64) = (1, 365);
 }
 
-const KEY_SPECS: &[&str] = &["AES_256", "AES_128"];
-const KEY_PAIR_SPECS: &[&str] = &[
-    "RSA_2048",
-    "RSA_3072",
-    "RSA_4096",
-    "ECC_NIST_P256",
-    "ECC_NIST_P384",
-    "ECC_NIST_P521",
-    "ECC_SECG_P256K1",
-    "SM2",
-    "ECC_NIST_EDWARDS25519",
-];
-const ENCRYPTION_ALGORITHMS: &[&str] = &[
-    "SYMMETRIC_DEFAULT",
-    "RSAES_OAEP_SHA_1",
-    "RSAES_OAEP_SHA_256",
-    "SM2PKE",
-];
-const KEY_ENCRYPTION_ALGORITHMS: &[&str] = &["RSAES_OAEP_SHA_256"];
+// The enum value sets KMS validates against, spelled once in common.
+const KEY_SPECS: &[&str] = DataKeySpec::NAMES;
+const KEY_PAIR_SPECS: &[&str] = DataKeyPairSpec::NAMES;
+const ENCRYPTION_ALGORITHMS: &[&str] = EncryptionAlgorithm::NAMES;
+const KEY_ENCRYPTION_ALGORITHMS: &[&str] = KeyEncryptionAlgorithm::NAMES;
 
 /// What the engine needs from the configuration.
 #[derive(Debug, Clone)]
@@ -114,12 +101,14 @@ pub struct Engine {
     recipient: RecipientVerifier,
 }
 
-fn err(code: &str, message: impl Into<String>) -> KmsError {
+/// A KMS error of type `code`, with the HTTP status and retryability of
+/// [`KmsErrorCode`]'s table.
+fn err(code: KmsErrorCode, message: impl Into<String>) -> KmsError {
     KmsError::new(code, message)
 }
 
 fn internal(message: impl Into<String>) -> KmsError {
-    err("KMSInternalException", message)
+    err(KmsErrorCode::KmsInternal, message)
 }
 
 fn now_ms() -> u64 {
@@ -135,7 +124,7 @@ fn now_secs() -> f64 {
 
 fn dry_run_error() -> KmsError {
     err(
-        "DryRunOperationException",
+        KmsErrorCode::DryRunOperation,
         "The request would have succeeded, but the DryRun option is set.",
     )
 }
@@ -143,7 +132,7 @@ fn dry_run_error() -> KmsError {
 fn typed<T: DeserializeOwned>(raw: &Map<String, Value>) -> Result<T, KmsError> {
     serde_json::from_value(Value::Object(raw.clone())).map_err(|e| {
         err(
-            "SerializationException",
+            KmsErrorCode::Serialization,
             format!("Cannot deserialize the request: {e}"),
         )
     })
@@ -205,14 +194,14 @@ impl Engine {
         } else {
             serde_json::from_slice(body).map_err(|e| {
                 err(
-                    "SerializationException",
+                    KmsErrorCode::Serialization,
                     format!("The request body is not valid JSON: {e}"),
                 )
             })?
         };
         let Value::Object(raw) = raw else {
             return Err(err(
-                "SerializationException",
+                KmsErrorCode::Serialization,
                 "The request body must be a JSON object.",
             ));
         };
@@ -240,7 +229,7 @@ impl Engine {
             "PutKeyPolicy" => self.put_key_policy(&raw),
             "GetKeyPolicy" => self.get_key_policy(&raw),
             other => Err(err(
-                "UnknownOperationException",
+                KmsErrorCode::UnknownOperation,
                 format!(
                     "Unknown operation TrentService.{other} (keybroker-mock-kms does not implement it)"
                 ),
@@ -293,7 +282,7 @@ impl Engine {
                     "AccessDeniedException: explicit Deny in the key policy"
                 );
                 Err(err(
-                    "AccessDeniedException",
+                    KmsErrorCode::AccessDenied,
                     format!(
                         "User: {principal} is not authorized to perform: {action} on resource: {arn} with an explicit deny in a resource-based policy"
                     ),
@@ -319,7 +308,7 @@ impl Engine {
                     );
                 }
                 Err(err(
-                    "AccessDeniedException",
+                    KmsErrorCode::AccessDenied,
                     format!(
                         "User: {principal} is not authorized to perform: {action} on resource: {arn} because no resource-based policy allows the {action} action"
                     ),
@@ -332,9 +321,9 @@ impl Engine {
         let arn = store.key_arn(&key.key_id);
         match key.state {
             KeyState::Enabled => Ok(()),
-            KeyState::Disabled => Err(err("DisabledException", format!("{arn} is disabled."))),
+            KeyState::Disabled => Err(err(KmsErrorCode::Disabled, format!("{arn} is disabled."))),
             KeyState::PendingDeletion => Err(err(
-                "KMSInvalidStateException",
+                KmsErrorCode::KmsInvalidState,
                 format!("{arn} is pending deletion."),
             )),
         }
@@ -343,7 +332,7 @@ impl Engine {
     fn lookup<'s>(store: &'s Store, key_id: &str) -> Result<&'s KeyRecord, KmsError> {
         store.key(key_id).ok_or_else(|| {
             err(
-                "NotFoundException",
+                KmsErrorCode::NotFound,
                 format!("Key '{}' does not exist", store.key_arn(key_id)),
             )
         })

@@ -35,7 +35,7 @@ use aws_lc_rs::rand::SecureRandom;
 use aws_lc_rs::rsa::PublicEncryptingKey;
 use keybroker_common::UnixMillis;
 use keybroker_common::attestation::{VerificationCache, Verifier, check_document_age};
-use keybroker_common::kms::KmsError;
+use keybroker_common::kms::{KmsError, KmsErrorCode};
 
 /// What the mock keeps of a verified attestation document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub struct RecipientVerifier {
 
 fn invalid(msg: impl std::fmt::Display) -> KmsError {
     KmsError::new(
-        "ValidationException",
+        KmsErrorCode::Validation,
         format!("The attestation document in the Recipient parameter is not valid: {msg}"),
     )
 }
@@ -132,7 +132,7 @@ pub fn encrypt_for(
     keybroker_common::cms::encrypt_for_recipient(&recipient.public_key_spki, plaintext, rng)
         .map_err(|e| {
             KmsError::new(
-                "KMSInternalException",
+                KmsErrorCode::KmsInternal,
                 format!("CiphertextForRecipient: {e}"),
             )
         })

@@ -12,7 +12,7 @@
 //!   with a `ValidationException` before parsing;
 //! - responses are `application/x-amz-json-1.1` with an
 //!   `x-amzn-RequestId`; errors are `{"__type": ..., "message": ...}` with
-//!   the status KMS uses ([`KmsError::new`]). An unknown or missing target is
+//!   the status KMS uses ([`KmsErrorCode::http_status`]). An unknown or missing target is
 //!   `UnknownOperationException` (400, as AWS JSON services answer);
 //! - every response carries an RFC 7231 `Date` from the mock's clock (the
 //!   system clock shifted by `clock_offset_secs`), from which clients
@@ -25,7 +25,7 @@ use axum::body::{Body, to_bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use keybroker_common::kms::{KmsError, aws_json};
+use keybroker_common::kms::{KmsError, KmsErrorCode, aws_json};
 use serde_json::Value;
 
 use super::ops::Engine;
@@ -134,7 +134,7 @@ async fn dispatch(
     let unknown = |msg: String| {
         (
             String::new(),
-            KmsError::new("UnknownOperationException", msg),
+            KmsError::new(KmsErrorCode::UnknownOperation, msg),
         )
     };
     if method != Method::POST || uri.path() != "/" {
@@ -168,7 +168,7 @@ async fn dispatch(
     }
     let bytes = to_bytes(body, state.max_body_bytes).await.map_err(|_| {
         fail(KmsError::new(
-            "ValidationException",
+            KmsErrorCode::Validation,
             format!(
                 "The request body is larger than keybroker-mock-kms's limit of {} bytes.",
                 state.max_body_bytes
@@ -186,7 +186,7 @@ async fn dispatch(
         .await
         .map_err(|_| {
             fail(KmsError::new(
-                "KMSInternalException",
+                KmsErrorCode::KmsInternal,
                 "the request handler failed",
             ))
         })?;

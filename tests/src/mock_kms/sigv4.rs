@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{digest, hmac};
 use axum::http::{HeaderMap, Method, Uri, header};
-use keybroker_common::kms::KmsError;
+use keybroker_common::kms::{KmsError, KmsErrorCode};
 use zeroize::Zeroizing;
 
 /// The only algorithm KMS accepts.
@@ -87,16 +87,16 @@ impl std::fmt::Debug for MockKmsCredentials {
 }
 
 fn incomplete(msg: impl Into<String>) -> KmsError {
-    KmsError::new("IncompleteSignatureException", msg)
+    KmsError::new(KmsErrorCode::IncompleteSignature, msg)
 }
 
 fn invalid(msg: impl Into<String>) -> KmsError {
-    KmsError::new("InvalidSignatureException", msg)
+    KmsError::new(KmsErrorCode::InvalidSignature, msg)
 }
 
 fn unrecognized() -> KmsError {
     KmsError::new(
-        "UnrecognizedClientException",
+        KmsErrorCode::UnrecognizedClient,
         "The security token included in the request is invalid.",
     )
 }
@@ -108,7 +108,7 @@ const MISMATCH: &str = "The request signature we calculated does not match the s
 /// `Authorization`.
 pub(crate) fn missing_authentication() -> KmsError {
     KmsError::new(
-        "MissingAuthenticationTokenException",
+        KmsErrorCode::MissingAuthenticationToken,
         "Request is missing Authentication Token",
     )
 }

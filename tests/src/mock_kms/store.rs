@@ -52,7 +52,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use keybroker_common::kms::KmsError;
+use keybroker_common::kms::{KmsError, KmsErrorCode};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -270,7 +270,7 @@ impl Store {
     pub fn resolve(&self, key_ref: &str) -> Result<String, KmsError> {
         let not_found_key = |id: &str| {
             KmsError::new(
-                "NotFoundException",
+                KmsErrorCode::NotFound,
                 format!("Key '{}' does not exist", self.key_arn(id)),
             )
         };
@@ -281,7 +281,7 @@ impl Store {
                     Some(rest) => (rest, true),
                     None => {
                         return Err(KmsError::new(
-                            "NotFoundException",
+                            KmsErrorCode::NotFound,
                             format!("Invalid arn {key_ref}"),
                         ));
                     }
@@ -297,7 +297,7 @@ impl Store {
                 .map(|a| a.target_key_id.clone())
                 .ok_or_else(|| {
                     KmsError::new(
-                        "NotFoundException",
+                        KmsErrorCode::NotFound,
                         format!("Alias {} is not found.", self.alias_arn(&alias)),
                     )
                 });
@@ -306,7 +306,7 @@ impl Store {
             (true, Some(id)) => id,
             (true, None) => {
                 return Err(KmsError::new(
-                    "NotFoundException",
+                    KmsErrorCode::NotFound,
                     format!("Invalid arn {key_ref}"),
                 ));
             }
@@ -314,7 +314,7 @@ impl Store {
         };
         if !is_key_id(id) {
             return Err(KmsError::new(
-                "NotFoundException",
+                KmsErrorCode::NotFound,
                 format!("Invalid keyId '{key_ref}'"),
             ));
         }

@@ -13,7 +13,7 @@
 use keybroker_common::kms::{
     DecryptRequest, DecryptResponse, DeriveSharedSecretRequest, DeriveSharedSecretResponse,
     EcdhCurve, EncryptRequest, EncryptResponse, EncryptionAlgorithm, GetPublicKeyResponse,
-    KeyAgreementAlgorithm, PUBLIC_KEY_MAX,
+    KeyAgreementAlgorithm, KmsErrorCode, PUBLIC_KEY_MAX,
 };
 use keybroker_common::secret::SecretBytes;
 use serde_json::{Map, Value};
@@ -40,21 +40,18 @@ pub(super) fn wrong_usage(store: &super::Store, key: &super::KeyRecord, action: 
 fn wrong_usage_of(arn: &str, spec: &str, usage: &str, action: &str) -> KmsError {
     let op = action.strip_prefix("kms:").unwrap_or(action);
     err(
-        "InvalidKeyUsageException",
+        KmsErrorCode::InvalidKeyUsage,
         format!("{arn} has KeyUsage {usage} and KeySpec {spec}, which do not support {op}."),
     )
 }
 
 /// "Algorithm X is incompatible with key spec Y." (KMS's wording).
 fn incompatible_algorithm(alg: EncryptionAlgorithm, spec: AsymmetricSpec) -> KmsError {
-    let name = serde_json::to_value(alg)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
     err(
-        "InvalidKeyUsageException",
+        KmsErrorCode::InvalidKeyUsage,
         format!(
-            "Algorithm {name} is incompatible with key spec {}.",
+            "Algorithm {} is incompatible with key spec {}.",
+            alg.as_str(),
             spec.as_str()
         ),
     )
@@ -95,7 +92,7 @@ pub(super) fn create_key_spec(
 ) -> Result<Option<AsymmetricSpec>, KmsError> {
     if key_spec.is_some() && customer_master_key_spec.is_some() {
         return Err(err(
-            "ValidationException",
+            KmsErrorCode::Validation,
             "You cannot specify both KeySpec and CustomerMasterKeySpec; CustomerMasterKeySpec is deprecated, use KeySpec.",
         ));
     }
@@ -109,7 +106,7 @@ pub(super) fn create_key_spec(
         None if spec == "SYMMETRIC_DEFAULT" => "ENCRYPT_DECRYPT",
         None => {
             return Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!("KeyUsage is required for a KMS key with KeySpec {spec}."),
             ));
         }
@@ -126,7 +123,7 @@ pub(super) fn create_key_spec(
     };
     if !valid.contains(&usage) {
         return Err(err(
-            "ValidationException",
+            KmsErrorCode::Validation,
             format!(
                 "KeyUsage {usage} is not compatible with KeySpec {spec}; valid KeyUsage values for {spec}: {}.",
                 valid.join(", ")
@@ -195,7 +192,7 @@ impl Engine {
             let arn = store.key_arn(&id);
             let pair = key.asymmetric().cloned().ok_or_else(|| {
                 err(
-                    "UnsupportedOperationException",
+                    KmsErrorCode::UnsupportedOperation,
                     format!("{arn} is a symmetric encryption KMS key (KeySpec SYMMETRIC_DEFAULT): it has no public key."),
                 )
             })?;
@@ -224,7 +221,7 @@ impl Engine {
             .enumeration(
                 &["KeyAgreementAlgorithm"],
                 "keyAgreementAlgorithm",
-                &["ECDH"],
+                KeyAgreementAlgorithm::NAMES,
             )
             .required(&["PublicKey"], "publicKey")
             .blob_len(&["PublicKey"], "publicKey", (1, PUBLIC_KEY_MAX))
@@ -258,11 +255,11 @@ impl Engine {
             .unwrap_or_default();
         let secret = pair.derive_shared_secret(peer).map_err(|e| match e {
             AgreementError::Malformed(why) => err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!("PublicKey is not a valid DER SubjectPublicKeyInfo of an elliptic-curve public key on {}: {why}", curve.as_str()),
             ),
             AgreementError::WrongCurve { expected, found } => err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!("PublicKey is on the curve {found}, but the KMS key {arn} has KeySpec {expected}: both must use the same curve."),
             ),
             AgreementError::Internal(why) => internal(format!("DeriveSharedSecret: {why}")),
@@ -307,7 +304,7 @@ impl Engine {
         }
         if context.is_some_and(|c| !c.is_empty()) {
             return Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 "EncryptionContext is not supported when encrypting/decrypting with asymmetric CMKs.",
             ));
         }
@@ -346,14 +343,11 @@ impl Engine {
             .ok_or_else(|| internal("no plaintext bound for an RSA algorithm"))?;
         if plaintext.len() > max {
             return Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!(
                     "Plaintext is {} bytes long; {} under a {} key encrypts at most {max} bytes.",
                     plaintext.len(),
-                    serde_json::to_value(alg)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    alg.as_str(),
                     pair.spec().as_str()
                 ),
             ));
@@ -474,7 +468,7 @@ impl Engine {
 
 fn ignore_ciphertext_needs_key_id() -> KmsError {
     err(
-        "ValidationException",
+        KmsErrorCode::Validation,
         "A dry run with DryRunModifiers IGNORE_CIPHERTEXT does not read the ciphertext: specify the KMS key in KeyId.",
     )
 }

@@ -153,7 +153,7 @@ impl Engine {
         let policy = match req.policy {
             Some(p) => {
                 Policy::parse(&p)
-                    .map_err(|e| err("MalformedPolicyDocumentException", e.to_string()))?;
+                    .map_err(|e| err(KmsErrorCode::MalformedPolicyDocument, e.to_string()))?;
                 p
             }
             None => default_key_policy(&self.cfg.account_id),
@@ -218,7 +218,7 @@ impl Engine {
                 .parse::<usize>()
                 .ok()
                 .filter(|s| *s <= items.len())
-                .ok_or_else(|| err("InvalidMarkerException", "The marker is not valid."))?,
+                .ok_or_else(|| err(KmsErrorCode::InvalidMarker, "The marker is not valid."))?,
         };
         let limit = usize::try_from(limit.unwrap_or(100)).unwrap_or(100);
         let end = start.saturating_add(limit).min(items.len());
@@ -286,7 +286,7 @@ impl Engine {
         let target = required_str(&req.target_key_id, "targetKeyId")?;
         if name.starts_with("alias/aws/") {
             return Err(err(
-                "NotAuthorizedException",
+                KmsErrorCode::NotAuthorized,
                 format!(
                     "Alias {name} cannot be created: the alias/aws/ prefix is reserved for AWS managed keys."
                 ),
@@ -294,7 +294,7 @@ impl Engine {
         }
         if !valid_alias_name(name) {
             return Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!(
                     "Alias {name} must start with the prefix \"alias/\" followed by 1 to 250 characters of [a-zA-Z0-9/_-]."
                 ),
@@ -302,7 +302,7 @@ impl Engine {
         }
         if target.starts_with("alias/") || target.contains(":alias/") {
             return Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 "TargetKeyId must be a key ID or key ARN, not an alias.",
             ));
         }
@@ -310,7 +310,7 @@ impl Engine {
         let id = store.resolve(target)?;
         if store.alias(name).is_some() {
             return Err(err(
-                "AlreadyExistsException",
+                KmsErrorCode::AlreadyExists,
                 format!(
                     "An alias with the name {} already exists",
                     store.alias_arn(name)
@@ -321,7 +321,7 @@ impl Engine {
         self.authorize(&store, key, "kms:CreateAlias", PolicyInputs::default())?;
         if key.state == KeyState::PendingDeletion {
             return Err(err(
-                "KMSInvalidStateException",
+                KmsErrorCode::KmsInvalidState,
                 format!("{} is pending deletion.", store.key_arn(&id)),
             ));
         }
@@ -349,7 +349,7 @@ impl Engine {
             .map(|a| a.target_key_id.clone())
             .ok_or_else(|| {
                 err(
-                    "NotFoundException",
+                    KmsErrorCode::NotFound,
                     format!("Alias {} is not found.", store.alias_arn(name)),
                 )
             })?;
@@ -379,7 +379,7 @@ impl Engine {
         self.authorize(&store, key, action, PolicyInputs::default())?;
         if key.state == KeyState::PendingDeletion {
             return Err(err(
-                "KMSInvalidStateException",
+                KmsErrorCode::KmsInvalidState,
                 format!("{arn} is pending deletion."),
             ));
         }
@@ -411,7 +411,7 @@ impl Engine {
         let days = req.pending_window_in_days.unwrap_or(30);
         if !(7..=30).contains(&days) {
             return Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!("PendingWindowInDays must be between 7 and 30 days; {days} was given."),
             ));
         }
@@ -427,7 +427,7 @@ impl Engine {
         )?;
         if key.state == KeyState::PendingDeletion {
             return Err(err(
-                "KMSInvalidStateException",
+                KmsErrorCode::KmsInvalidState,
                 format!("{arn} is pending deletion."),
             ));
         }
@@ -461,7 +461,7 @@ impl Engine {
         )?;
         if key.state != KeyState::PendingDeletion {
             return Err(err(
-                "KMSInvalidStateException",
+                KmsErrorCode::KmsInvalidState,
                 format!("{arn} is not pending deletion."),
             ));
         }
@@ -478,7 +478,7 @@ impl Engine {
         match name {
             None | Some("default") => Ok(()),
             Some(other) => Err(err(
-                "NotFoundException",
+                KmsErrorCode::NotFound,
                 format!("Policy {other} does not exist: the only key policy name is \"default\"."),
             )),
         }
@@ -495,14 +495,14 @@ impl Engine {
         Self::check_policy_name(req.policy_name.as_deref())?;
         let policy = required_str(&req.policy, "policy")?;
         Policy::parse(policy)
-            .map_err(|e| err("MalformedPolicyDocumentException", e.to_string()))?;
+            .map_err(|e| err(KmsErrorCode::MalformedPolicyDocument, e.to_string()))?;
         let mut store = self.lock()?;
         let id = store.resolve(req.key_id.as_deref().unwrap_or_default())?;
         let key = Self::lookup(&store, &id)?;
         self.authorize(&store, key, "kms:PutKeyPolicy", PolicyInputs::default())?;
         if key.state == KeyState::PendingDeletion {
             return Err(err(
-                "KMSInvalidStateException",
+                KmsErrorCode::KmsInvalidState,
                 format!("{} is pending deletion.", store.key_arn(&id)),
             ));
         }

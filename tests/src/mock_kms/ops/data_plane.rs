@@ -220,7 +220,7 @@ impl Engine {
             let named = store.resolve(r)?;
             if named != embedded {
                 return Err(err(
-                    "IncorrectKeyException",
+                    KmsErrorCode::IncorrectKey,
                     "The key ID in the request does not identify a CMK that can perform this operation.",
                 ));
             }
@@ -253,7 +253,10 @@ impl Engine {
             && raw
                 .get("DryRunModifiers")
                 .and_then(Value::as_array)
-                .is_some_and(|m| m.iter().any(|v| v == "IGNORE_CIPHERTEXT"));
+                .is_some_and(|m| {
+                    m.iter()
+                        .any(|v| v == DryRunModifier::IgnoreCiphertext.as_str())
+                });
         let mut check = Check::new(raw);
         if !ignore_ciphertext {
             check.required(&["CiphertextBlob"], "ciphertextBlob");
@@ -406,7 +409,7 @@ impl Engine {
         let req: GenerateRandomRequest = typed(raw)?;
         if let Some(id) = &req.custom_key_store_id {
             return Err(err(
-                "CustomKeyStoreNotFoundException",
+                KmsErrorCode::CustomKeyStoreNotFound,
                 format!(
                     "Custom key store {id} does not exist (keybroker-mock-kms has no custom key stores)."
                 ),
@@ -414,7 +417,7 @@ impl Engine {
         }
         let n = req.number_of_bytes.ok_or_else(|| {
             err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 "Please specify either number of bytes or key spec.",
             )
         })?;

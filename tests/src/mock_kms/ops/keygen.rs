@@ -46,7 +46,7 @@ pub(super) fn generate_key_pair(
             ))
         }
         DataKeyPairSpec::Sm2 => Err(err(
-            "UnsupportedOperationException",
+            KmsErrorCode::UnsupportedOperation,
             "KeyPairSpec SM2 is not supported by keybroker-mock-kms (KMS offers SM2 only in China Regions).",
         )),
     }

@@ -171,11 +171,11 @@ impl<'a> Check<'a> {
         match self.errors.len() {
             0 => Ok(()),
             1 => Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!("1 validation error detected: {}", self.errors.join("; ")),
             )),
             n => Err(err(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!("{n} validation errors detected: {}", self.errors.join("; ")),
             )),
         }
@@ -191,7 +191,7 @@ pub(super) fn data_key_len(
         (Some(s), None) => Ok(s.byte_len()),
         (None, Some(n)) => usize::try_from(n).map_err(|_| internal("NumberOfBytes overflow")),
         _ => Err(err(
-            "ValidationException",
+            KmsErrorCode::Validation,
             "Please specify either number of bytes or key spec.",
         )),
     }
@@ -201,13 +201,10 @@ pub(super) fn symmetric_only(alg: Option<EncryptionAlgorithm>) -> Result<(), Kms
     match alg {
         None | Some(EncryptionAlgorithm::SymmetricDefault) => Ok(()),
         Some(other) => Err(err(
-            "InvalidKeyUsageException",
+            KmsErrorCode::InvalidKeyUsage,
             format!(
                 "The KMS key's KeySpec SYMMETRIC_DEFAULT does not support the encryption algorithm {}.",
-                serde_json::to_value(other)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
+                other.as_str()
             ),
         )),
     }
@@ -215,7 +212,7 @@ pub(super) fn symmetric_only(alg: Option<EncryptionAlgorithm>) -> Result<(), Kms
 
 pub(super) fn unsupported(what: &str) -> KmsError {
     err(
-        "UnsupportedOperationException",
+        KmsErrorCode::UnsupportedOperation,
         format!(
             "{what} is not supported by keybroker-mock-kms (it emulates SYMMETRIC_DEFAULT keys, ECC KEY_AGREEMENT keys and RSA ENCRYPT_DECRYPT keys)."
         ),
@@ -225,7 +222,7 @@ pub(super) fn unsupported(what: &str) -> KmsError {
 pub(super) fn required_str<'a>(v: &'a Option<String>, member: &str) -> Result<&'a str, KmsError> {
     v.as_deref().ok_or_else(|| {
         err(
-            "ValidationException",
+            KmsErrorCode::Validation,
             format!("1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"),
         )
     })
@@ -233,5 +230,5 @@ pub(super) fn required_str<'a>(v: &'a Option<String>, member: &str) -> Result<&'
 
 pub(super) fn invalid_ciphertext() -> KmsError {
     // Real KMS sends this error without a message.
-    err("InvalidCiphertextException", "")
+    err(KmsErrorCode::InvalidCiphertext, "")
 }
