@@ -20,6 +20,7 @@
 
 pub mod address;
 pub mod attestation;
+mod blob_serde;
 pub mod cms;
 pub mod envelope;
 mod error;

@@ -155,7 +155,7 @@ impl std::io::Write for FixedVec<'_> {
 
 impl<'de> serde::Deserialize<'de> for SecretBytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        crate::kms::blob_serde::deserialize(d).map(Self::new)
+        crate::blob_serde::deserialize(d).map(Self::new)
     }
 }
 
