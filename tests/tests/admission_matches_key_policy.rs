@@ -24,7 +24,13 @@
 //! description still disagree: [`PENDING_PROXY_SWITCH`] lists them, and the
 //! test fails when one of them starts to agree, so that it is then removed
 //! from the list and checked like the rest. Once the proxy parses with
-//! `keybroker_common::measurements`, the list is empty.
+//! `keybroker_common::measurements`, the list is empty. The same cases also
+//! go through those shared parsers and `ImageMeasurements::matches`
+//! directly, which agree with the key policy on every kind already.
+//!
+//! The proxy's API appears only in the `use` lines and in `proxy_images` /
+//! `proxy_admits`: when `keybroker_proxy::policy` becomes `admission`, only
+//! those change.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
