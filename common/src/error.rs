@@ -15,6 +15,7 @@ use crate::attestation::AttestationError;
 use crate::cms::CmsError;
 use crate::envelope::EnvelopeError;
 use crate::kms::KmsError;
+use crate::measurements::MeasurementError;
 use crate::protocol::ProtocolError;
 
 /// Everything that can go wrong in `keybroker-common`.
@@ -45,6 +46,10 @@ pub enum Error {
     /// Local misuse: the caller passed an argument this API cannot accept.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// Local input: a PCR index or value, or an enclave image description,
+    /// is invalid (see [`crate::measurements`]).
+    #[error("image measurements: {0}")]
+    Measurement(#[from] MeasurementError),
     /// Environment: the cryptographic backend failed (randomness, key
     /// generation). Not caused by input data.
     #[error("cryptographic backend failure: {0}")]
@@ -81,7 +86,7 @@ impl Error {
             Error::Attestation(_) | Error::Cms(_) | Error::Protocol(_) | Error::Envelope(_) => {
                 Cause::Peer
             }
-            Error::InvalidArgument(_) => Cause::Local,
+            Error::InvalidArgument(_) | Error::Measurement(_) => Cause::Local,
             Error::Kms(_) | Error::Crypto(_) => Cause::Environment,
         }
     }
@@ -113,6 +118,10 @@ mod tests {
         );
         assert_eq!(remote(false).cause(), Cause::Peer);
         assert_eq!(Error::InvalidArgument("x".into()).cause(), Cause::Local);
+        assert_eq!(
+            Error::Measurement(MeasurementError::MissingImageSha384).cause(),
+            Cause::Local
+        );
         assert_eq!(Error::Crypto("rng").cause(), Cause::Environment);
         assert_eq!(
             Error::Envelope(EnvelopeError::HeaderAuthentication).cause(),

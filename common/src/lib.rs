@@ -15,6 +15,8 @@
 //! - [`envelope`]: the envelope-encryption message format (AES-256-GCM
 //!   frames under a KMS data key), sealed and opened frame by frame.
 //! - [`key_allowlist`]: the KMS keys an enclave in end-to-end mode may use.
+//! - [`measurements`]: PCRs and enclave image measurements, the one set of
+//!   rules for the key policy, the proxy's admission and the KMS condition keys.
 //! - [`secret`]: zeroizing containers for plaintext key material and credentials.
 #![forbid(unsafe_code)]
 
@@ -27,6 +29,7 @@ mod error;
 pub mod imds;
 pub mod key_allowlist;
 pub mod kms;
+pub mod measurements;
 pub mod protocol;
 pub mod secret;
 
@@ -34,6 +37,7 @@ pub use attestation::AttestationError;
 pub use cms::CmsError;
 pub use envelope::EnvelopeError;
 pub use error::{Cause, Error};
+pub use measurements::MeasurementError;
 pub use protocol::ProtocolError;
 
 /// Result type of this crate.

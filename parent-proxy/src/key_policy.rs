@@ -74,27 +74,33 @@
 //! so all-zero PCR values are refused ([`Error::KeyPolicy`]). There is no
 //! switch to allow them: for development use the mock KMS, or a separate
 //! key with a hand-written policy.
+//!
+//! These PCR rules (48-byte SHA-384 values, indices `0..=31`, lower-case
+//! hex, no all-zero value) and the condition keys have one home,
+//! [`keybroker_common::measurements`], which the proxy's admission policy
+//! and the mock KMS use as well: what the proxy admits is what this policy
+//! admits.
 
 use std::collections::BTreeMap;
 
+use keybroker_common::measurements::{self, MeasurementError, PcrIndex, PcrValue};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Length of a SHA-384 PCR value in bytes (Nitro Enclaves PCRs).
-pub const PCR_LEN: usize = 48;
+/// Length of a SHA-384 PCR value in bytes (Nitro Enclaves PCRs); the one
+/// definition is [`keybroker_common::measurements::PCR_LEN`].
+pub const PCR_LEN: usize = measurements::PCR_LEN;
 
-/// Largest nitro-cli JSON text accepted by
-/// [`ImageMeasurements::from_nitro_cli_json`], in bytes (`describe-eif`
-/// output with build metadata is a few KiB).
-pub const MAX_NITRO_CLI_JSON_LEN: usize = 1 << 20;
+pub use keybroker_common::measurements::MAX_NITRO_CLI_JSON_LEN;
 
 /// Largest ARN accepted (the IAM limit for an ARN in a policy).
 pub const MAX_ARN_LEN: usize = 2048;
 
 /// The condition key for PCR0 (the enclave image file's SHA-384), as the KMS
-/// Developer Guide names it.
-pub const IMAGE_SHA384_KEY: &str = "kms:RecipientAttestation:ImageSha384";
+/// Developer Guide names it; the one definition is
+/// [`keybroker_common::measurements::IMAGE_SHA384_CONDITION_KEY`].
+pub const IMAGE_SHA384_KEY: &str = measurements::IMAGE_SHA384_CONDITION_KEY;
 
 /// Operations that return plaintext key material unless the request has a
 /// `Recipient`: the three on symmetric keys and `kms:DeriveSharedSecret` on
@@ -147,165 +153,77 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::KeyPolicy(msg.into())
 }
 
-/// One PCR value: 48 bytes, kept as lower-case hex (the form KMS puts in
-/// the `kms:RecipientAttestation:*` condition keys).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pcr(String);
-
-impl Pcr {
-    /// Parses PCR `index`'s value: 96 hex digits (either case, surrounding
-    /// whitespace ignored), not all zero (a debug-mode enclave's value).
-    pub fn parse(index: u8, hex_value: &str) -> Result<Self> {
-        let v = hex_value.trim();
-        let bytes = hex::decode(v).map_err(|e| invalid(format!("PCR{index} is not hex: {e}")))?;
-        if bytes.len() != PCR_LEN {
-            return Err(invalid(format!(
-                "PCR{index} is {} bytes; Nitro Enclaves PCRs are SHA-384 values of {PCR_LEN} bytes ({} hex digits)",
-                bytes.len(),
-                PCR_LEN * 2
-            )));
-        }
-        if bytes.iter().all(|b| *b == 0) {
-            return Err(invalid(format!(
-                "PCR{index} is all zeros, the value every debug-mode enclave attests: a policy \
-                 with it would give the key to anyone who can start an enclave on the parent"
-            )));
-        }
-        Ok(Pcr(hex::encode(bytes)))
-    }
-
-    /// The lower-case hex value.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+fn measurement(e: MeasurementError) -> Error {
+    invalid(e.to_string())
 }
 
 /// The measurements of one enclave image (EIF): PCR0 and optionally other
-/// PCRs. Nitro Enclaves define PCR0 (image file), PCR1 (kernel and
-/// bootstrap), PCR2 (application), PCR3 (parent's IAM role), PCR4 (parent's
-/// instance id) and PCR8 (EIF signing certificate).
+/// PCRs, as the generator takes them.
+///
+/// A thin wrapper over
+/// [`keybroker_common::measurements::ImageMeasurements`], which holds the
+/// rules (48-byte SHA-384 values, no all-zero debug-mode value, indices
+/// `0..=31`, lower-case hex); this type keeps the generator's hex-string
+/// API and its [`Error::KeyPolicy`] errors for the CLI.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageMeasurements {
-    pcr0: Pcr,
-    others: BTreeMap<u8, Pcr>,
-}
+pub struct ImageMeasurements(measurements::ImageMeasurements);
 
 impl ImageMeasurements {
-    /// An image identified by its PCR0 (hex).
+    /// An image identified by its PCR0 (hex, either case).
     pub fn new(pcr0_hex: &str) -> Result<Self> {
-        Ok(ImageMeasurements {
-            pcr0: Pcr::parse(0, pcr0_hex)?,
-            others: BTreeMap::new(),
-        })
+        let pcr0 = PcrValue::parse(PcrIndex::IMAGE, pcr0_hex).map_err(measurement)?;
+        Ok(ImageMeasurements(measurements::ImageMeasurements::new(
+            pcr0,
+        )))
     }
 
     /// Also requires PCR `index` (1..=31; use [`ImageMeasurements::new`]
-    /// for PCR0) to equal `hex_value`.
-    pub fn with_pcr(mut self, index: u8, hex_value: &str) -> Result<Self> {
-        if index == 0 || index > 31 {
-            return Err(invalid(format!(
-                "PCR index {index}: expected 1..=31 (PCR0 is the image itself)"
-            )));
+    /// for PCR0) to equal `hex_value`. A PCR given twice is an error.
+    pub fn with_pcr(self, index: u8, hex_value: &str) -> Result<Self> {
+        let index = PcrIndex::new(index).map_err(measurement)?;
+        if index == PcrIndex::IMAGE {
+            return Err(invalid(
+                "PCR index 0: expected 1..=31 (PCR0 is the image itself)",
+            ));
         }
-        self.others.insert(index, Pcr::parse(index, hex_value)?);
-        Ok(self)
+        let value = PcrValue::parse(index, hex_value).map_err(measurement)?;
+        self.0
+            .with_pcr(index, value)
+            .map(ImageMeasurements)
+            .map_err(measurement)
     }
 
     /// PCR0, lower-case hex.
     pub fn pcr0(&self) -> &str {
-        self.pcr0.as_str()
+        self.0.image_sha384().as_hex()
     }
 
     /// Every PCR of the image (PCR0 first), lower-case hex.
     pub fn pcrs(&self) -> impl Iterator<Item = (u8, &str)> {
-        std::iter::once((0, self.pcr0.as_str()))
-            .chain(self.others.iter().map(|(i, p)| (*i, p.as_str())))
+        self.0.pcrs().map(|(i, v)| (i.get(), v.as_hex()))
+    }
+
+    /// The shared measurement type (for matching documents and building
+    /// the proxy's allowed images from the same values).
+    pub fn measurements(&self) -> &measurements::ImageMeasurements {
+        &self.0
     }
 
     /// Reads the measurements from the JSON that `nitro-cli build-enclave`,
-    /// `nitro-cli describe-eif` and `nitro-cli sign-eif` print:
-    ///
-    /// ```json
-    /// {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": "...", "PCR1": "...", "PCR2": "..."}}
-    /// ```
-    ///
-    /// (`PCR8` as well for a signed image; `describe-eif` adds `EifVersion`,
-    /// `IsSigned`, `CheckCRC`, `SignatureCheck`, `ImageName`, ... beside
-    /// `Measurements`). Also accepted: the `Measurements` object alone, and
-    /// text with progress lines before the JSON (as when both output streams
-    /// of `build-enclave` were captured). Every `PCR<n>` entry is taken; a
-    /// `HashAlgorithm` other than SHA-384, `"CheckCRC": false` or
-    /// `"SignatureCheck": false` is an error.
+    /// `nitro-cli describe-eif` and `nitro-cli sign-eif` print; see
+    /// [`keybroker_common::measurements::ImageMeasurements::from_nitro_cli_json`]
+    /// for the accepted forms and checks.
     pub fn from_nitro_cli_json(text: &str) -> Result<Self> {
-        if text.len() > MAX_NITRO_CLI_JSON_LEN {
-            return Err(invalid(format!(
-                "nitro-cli JSON is larger than {MAX_NITRO_CLI_JSON_LEN} bytes"
-            )));
-        }
-        let json =
-            json_start(text).ok_or_else(|| invalid("no JSON object in the nitro-cli output"))?;
-        let doc: serde_json::Value = serde_json::from_str(json)
-            .map_err(|e| invalid(format!("nitro-cli output is not valid JSON: {e}")))?;
-        let top = doc
-            .as_object()
-            .ok_or_else(|| invalid("nitro-cli output is not a JSON object"))?;
-        for (flag, what) in [
-            ("CheckCRC", "the EIF's CRC check failed (corrupt image)"),
-            ("SignatureCheck", "the EIF's signature check failed"),
-        ] {
-            if top.get(flag) == Some(&serde_json::Value::Bool(false)) {
-                return Err(invalid(format!("nitro-cli reports {flag}: false: {what}")));
-            }
-        }
-        let measurements = match top.get("Measurements") {
-            Some(m) => m
-                .as_object()
-                .ok_or_else(|| invalid("`Measurements` is not a JSON object"))?,
-            None => top,
-        };
-        if let Some(alg) = measurements.get("HashAlgorithm") {
-            let alg = alg.as_str().unwrap_or_default();
-            if !alg.starts_with("Sha384") {
-                return Err(invalid(format!(
-                    "HashAlgorithm {alg:?}: expected Sha384 (Nitro Enclaves PCRs)"
-                )));
-            }
-        }
-        let mut pcr0 = None;
-        let mut others = BTreeMap::new();
-        for (name, value) in measurements {
-            let Some(digits) = name.strip_prefix("PCR") else {
-                continue;
-            };
-            let index: u8 = digits
-                .parse()
-                .ok()
-                .filter(|i| *i <= 31)
-                .ok_or_else(|| invalid(format!("unknown measurement {name:?}")))?;
-            let hex_value = value
-                .as_str()
-                .ok_or_else(|| invalid(format!("{name} is not a string")))?;
-            let pcr = Pcr::parse(index, hex_value)?;
-            if index == 0 {
-                pcr0 = Some(pcr);
-            } else {
-                others.insert(index, pcr);
-            }
-        }
-        let pcr0 = pcr0.ok_or_else(|| invalid("the nitro-cli output has no PCR0"))?;
-        Ok(ImageMeasurements { pcr0, others })
+        measurements::ImageMeasurements::from_nitro_cli_json(text)
+            .map(ImageMeasurements)
+            .map_err(measurement)
     }
 }
 
-/// The JSON part of nitro-cli output: the text from the first line that
-/// starts with `{`.
-fn json_start(text: &str) -> Option<&str> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') {
-        return Some(trimmed);
+impl From<measurements::ImageMeasurements> for ImageMeasurements {
+    fn from(m: measurements::ImageMeasurements) -> Self {
+        ImageMeasurements(m)
     }
-    let at = text.find("\n{")?;
-    text.get(at + 1..)
 }
 
 /// A validated IAM principal ARN: `arn:PARTITION:iam::ACCOUNT:root`,
@@ -536,8 +454,9 @@ impl EnclaveKeyPolicy {
         ];
         for (n, image) in self.images.iter().enumerate() {
             let keys: BTreeMap<String, OneOrMany> = image
-                .pcrs()
-                .map(|(i, v)| (condition_key(i), OneOrMany::One(v.to_owned())))
+                .measurements()
+                .condition_values()
+                .map(|(key, v)| (key, OneOrMany::One(v.to_owned())))
                 .collect();
             statements.push(PolicyStatement {
                 sid: format!("PlaintextOnlyToAttestedEnclaveImage{}", n + 1),
@@ -585,12 +504,12 @@ impl EnclaveKeyPolicy {
 }
 
 /// The condition key for PCR `index`: [`IMAGE_SHA384_KEY`] for PCR0, else
-/// `kms:RecipientAttestation:PCR<index>`.
+/// `kms:RecipientAttestation:PCR<index>` (one definition:
+/// [`keybroker_common::measurements::PcrIndex::condition_key`]).
 pub fn condition_key(index: u8) -> String {
-    if index == 0 {
-        IMAGE_SHA384_KEY.to_owned()
-    } else {
-        format!("kms:RecipientAttestation:PCR{index}")
+    match PcrIndex::new(index) {
+        Ok(index) => index.condition_key(),
+        Err(_) => format!("{}{index}", measurements::PCR_CONDITION_KEY_PREFIX),
     }
 }
 
@@ -773,16 +692,28 @@ mod tests {
     fn pcr_values_are_validated_and_lower_cased() {
         let upper = pcr(0xab).to_uppercase();
         assert_eq!(
-            Pcr::parse(0, &format!("  {upper}\n")).unwrap().as_str(),
+            ImageMeasurements::new(&format!("  {upper}\n"))
+                .unwrap()
+                .pcr0(),
             pcr(0xab)
         );
-        let e = Pcr::parse(1, &"ab".repeat(32)).unwrap_err().to_string();
+        let base = || ImageMeasurements::new(&pcr(0x77)).unwrap();
+        let e = base()
+            .with_pcr(1, &"ab".repeat(32))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PCR1 is 32 bytes"), "{e}");
-        let e = Pcr::parse(2, &"zz".repeat(48)).unwrap_err().to_string();
+        let e = base()
+            .with_pcr(2, &"zz".repeat(48))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("PCR2 is not hex"), "{e}");
-        let e = Pcr::parse(0, &pcr(0)).unwrap_err().to_string();
+        let e = ImageMeasurements::new(&pcr(0)).unwrap_err().to_string();
         assert!(e.contains("debug-mode"), "{e}");
-        assert!(matches!(Pcr::parse(0, ""), Err(Error::KeyPolicy(_))));
+        assert!(matches!(
+            ImageMeasurements::new(""),
+            Err(Error::KeyPolicy(_))
+        ));
         let m = ImageMeasurements::new(&pcr(1)).unwrap();
         assert!(m.clone().with_pcr(0, &pcr(2)).is_err());
         assert!(m.clone().with_pcr(32, &pcr(2)).is_err());

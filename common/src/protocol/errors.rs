@@ -147,7 +147,9 @@ impl From<&Error> for ErrorCode {
             Error::Attestation(_) => ErrorCode::PolicyDenied,
             // An envelope message is the caller's input; it never crosses
             // the wire, but if it did its rejection is the request's fault.
-            Error::InvalidArgument(_) | Error::Envelope(_) => ErrorCode::BadRequest,
+            Error::InvalidArgument(_) | Error::Envelope(_) | Error::Measurement(_) => {
+                ErrorCode::BadRequest
+            }
             // The proxy does not decrypt CMS; a CMS failure there means its own
             // processing (or an upstream response it checked) went wrong.
             Error::Cms(_) | Error::Crypto(_) => ErrorCode::Internal,

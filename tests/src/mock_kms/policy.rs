@@ -42,6 +42,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use keybroker_common::attestation::VerifiedAttestation;
+use keybroker_common::measurements;
 use serde_json::Value;
 
 /// The policy KMS attaches when `CreateKey` has no `Policy`: the account's
@@ -410,20 +412,25 @@ impl RequestContext {
         self
     }
 
-    /// Adds `kms:RecipientAttestation:PCR<n>` (lower-case hex) for each PCR
-    /// and `kms:RecipientAttestation:ImageSha384` (= PCR0).
+    /// Adds the `kms:RecipientAttestation:*` condition keys of a verified
+    /// attestation document with these PCRs: `kms:RecipientAttestation:PCR<n>`
+    /// for each PCR and `kms:RecipientAttestation:ImageSha384` (= PCR0),
+    /// lower-case hex. The keys and values come from the one definition,
+    /// [`keybroker_common::measurements::attested_condition_values`], which
+    /// the key policy generator and the proxy's admission share.
     pub fn with_attestation_pcrs<'a>(
         mut self,
         pcrs: impl IntoIterator<Item = (u8, &'a [u8])>,
     ) -> Self {
-        for (i, v) in pcrs {
-            let hex = hex::encode(v);
-            if i == 0 {
-                self.insert("kms:RecipientAttestation:ImageSha384", hex.clone());
-            }
-            self.insert(&format!("kms:RecipientAttestation:PCR{i}"), hex);
+        for (key, value) in measurements::attested_condition_values(pcrs) {
+            self.insert(&key, value);
         }
         self
+    }
+
+    /// [`RequestContext::with_attestation_pcrs`] for a verified document.
+    pub fn with_attestation(self, document: &VerifiedAttestation) -> Self {
+        self.with_attestation_pcrs(document.pcrs().iter().map(|(i, v)| (*i, v.as_slice())))
     }
 
     /// The values of a condition key, if present.
