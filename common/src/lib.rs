@@ -26,6 +26,7 @@ mod error;
 pub mod imds;
 pub mod key_allowlist;
 pub mod kms;
+pub mod pem;
 pub mod protocol;
 pub mod secret;
 
