@@ -1,6 +1,23 @@
 //! Unit tests of the admission policy.
 
 use super::*;
+use crate::measurements::AllowedImage;
+use crate::refusal::Refusal;
+use crate::text::short;
+use keybroker_common::protocol::{ErrorCode, WireError};
+use std::collections::BTreeMap;
+
+/// What the enclave receives for a denial (the one mapping, in
+/// [`Refusal`]).
+trait ToWire {
+    fn to_wire(&self) -> WireError;
+}
+
+impl ToWire for Denial {
+    fn to_wire(&self) -> WireError {
+        WireError::from(Refusal::Denied(self.clone()))
+    }
+}
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
 use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
