@@ -164,7 +164,10 @@ fn main() {
     let p_hit = median(101, 20, || {
         black_box(cached.evaluate(black_box(&request), 100, f.at));
     });
-    println!("2. AdmissionPolicy::evaluate of a GenerateDataKey with {}", f.name);
+    println!(
+        "2. AdmissionPolicy::evaluate of a GenerateDataKey with {}",
+        f.name
+    );
     println!("   cache off {:>8.1} us", us(p_cold));
     println!("   cache on  {:>8.1} us", us(p_hit));
 

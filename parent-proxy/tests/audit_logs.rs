@@ -21,8 +21,8 @@ mod support;
 
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message, WireError};
-use keybroker_proxy::backend::FnBackend;
 use keybroker_proxy::audit::LogFormat;
+use keybroker_proxy::backend::FnBackend;
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig};
 use support::{Client, Logs, describe, described};
@@ -175,8 +175,13 @@ async fn attack(format: LogFormat) -> String {
     let root = Root::new();
     let mut config = ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap());
     config.admission.allowed_keys = Some(["alias/app".to_owned()].into());
-    config.admission.allowed_images = vec![AllowedImage::new([(0, vec![0xAA; 48])].into()).unwrap()];
-    config.admission.verifier.add_trusted_root(&root.der).unwrap();
+    config.admission.allowed_images =
+        vec![AllowedImage::new([(0, vec![0xAA; 48])].into()).unwrap()];
+    config
+        .admission
+        .verifier
+        .add_trusted_root(&root.der)
+        .unwrap();
     let backend = FnBackend(|req: KmsRequest| async move {
         Ok::<_, WireError>(described(req.key_id().unwrap_or_default()))
     });
