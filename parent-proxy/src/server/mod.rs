@@ -11,7 +11,7 @@
 //!
 //! 1. The enclave must send `Hello` within
 //!    [`ServerLimits::handshake_timeout`]; the proxy answers `HelloAck` with
-//!    [`negotiate`]'s version, or `Error{UnsupportedVersion}` and closes.
+//!    [`negotiate`](keybroker_common::protocol::negotiate)'s version, or `Error{UnsupportedVersion}` and closes.
 //! 2. Each `Request` runs in its own task (policy, then the backend under the
 //!    request's deadline); one writer task per connection sends the
 //!    `Response`s in completion order, matched by request id. More than

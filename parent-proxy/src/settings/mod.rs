@@ -4,7 +4,7 @@
 //! the KMS client ([`KmsSettings`]) take. No command-line parsing here: the
 //! CLI fills [`Overrides`].
 //!
-//! - [`file`]: the TOML file as written and its checks;
+//! - [`file`](mod@file): the TOML file as written and its checks;
 //! - this module: the typed settings and [`ServeSettings::resolve`], which
 //!   merges the file and the overrides.
 
