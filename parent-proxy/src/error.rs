@@ -37,6 +37,15 @@ pub enum Error {
         /// The limit, in bytes.
         max: usize,
     },
+    /// Local: a certificate file (PEM or DER) does not hold usable
+    /// certificates, e.g. an attestation root that is not a CA.
+    #[error("{}: {reason}", path.display())]
+    Certificates {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Environment: the listening socket cannot be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {

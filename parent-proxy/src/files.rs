@@ -5,7 +5,12 @@
 use std::io::Read;
 use std::path::Path;
 
+use keybroker_common::attestation::Verifier;
+
 use crate::error::{Error, Result};
+
+/// Largest attestation root file (PEM or DER) read, in bytes.
+pub const MAX_ROOT_FILE_LEN: usize = keybroker_common::pem::MAX_PEM_LEN;
 
 /// How [`read_input`] names standard input in errors.
 pub const STDIN_NAME: &str = "standard input";
@@ -28,6 +33,25 @@ pub fn read_input(path: &Path, stdin: &mut dyn Read, max: usize) -> Result<Vec<u
     } else {
         read_file(path, max)
     }
+}
+
+/// Trusts every certificate of the PEM (or DER) file at `path` as an
+/// attestation root of `verifier` ([`Error::Certificates`] if one is not
+/// usable, or none is there).
+pub fn add_roots(verifier: &mut Verifier, path: &Path) -> Result<()> {
+    let unusable = |reason: String| Error::Certificates {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = read_file(path, MAX_ROOT_FILE_LEN)?;
+    let certs = keybroker_common::pem::parse_certificates(&bytes, MAX_ROOT_FILE_LEN)
+        .map_err(|e| unusable(e.to_string()))?;
+    for der in certs {
+        verifier
+            .add_trusted_root(&der)
+            .map_err(|e| unusable(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Reads `r` to its end, at most `max` bytes; errors name `name`.

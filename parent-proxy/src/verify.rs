@@ -16,14 +16,11 @@ use keybroker_common::attestation::{
 use serde::Serialize;
 
 use crate::exit;
-use crate::files::{read_file, read_input};
+use crate::files::{add_roots, read_input};
 
 /// Largest input file read, in bytes: a maximal document as base64 with
 /// line breaks fits with room to spare.
 pub const MAX_INPUT_LEN: usize = 4 * MAX_DOCUMENT_LEN;
-
-/// Largest `--root` file read, in bytes.
-pub const MAX_ROOT_FILE_LEN: usize = 1 << 20;
 
 /// Why `attestation verify` did not print a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,15 +113,7 @@ pub fn verify(
     let usage = |e: crate::Error| VerifyError::Usage(e.to_string());
     let mut verifier = Verifier::aws_nitro();
     for path in roots {
-        let in_file = |e: String| VerifyError::Usage(format!("{}: {e}", path.display()));
-        let bytes = read_file(path, MAX_ROOT_FILE_LEN).map_err(usage)?;
-        let certs = keybroker_common::pem::parse_certificates(&bytes, MAX_ROOT_FILE_LEN)
-            .map_err(|e| in_file(e.to_string()))?;
-        for der in certs {
-            verifier
-                .add_trusted_root(&der)
-                .map_err(|e| in_file(e.to_string()))?;
-        }
+        add_roots(&mut verifier, path).map_err(usage)?;
     }
     let input = read_input(file, stdin, MAX_INPUT_LEN).map_err(usage)?;
     let document = decode_document(&input).map_err(VerifyError::Invalid)?;

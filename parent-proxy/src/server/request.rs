@@ -11,9 +11,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::admission::{Rule, check_response};
+use crate::admission::{Admitted, Denial, Rule, check_response};
 use crate::audit::{AuditRecord, Outcome, peer};
-
 use crate::refusal::Refusal;
 
 /// Runs one request: admission, backend under the deadline, response check,
@@ -44,75 +43,33 @@ pub(super) async fn handle_request(
         // Chain and signature verification (ECDSA P-384): off the async
         // workers.
         let policy_owner = shared.clone();
-        let evaluated = tokio::task::spawn_blocking(move || {
-            policy_owner.config.admission.admit(request, len, now)
-        })
-        .await;
-        match evaluated {
-            Ok(decision) => decision,
-            Err(e) => {
-                let result = Err(Refusal::AdmissionFailed {
-                    reason: e.to_string(),
-                }
-                .into());
-                finish(
-                    &tx,
-                    conn,
-                    id,
-                    operation,
-                    key_id.as_deref(),
-                    None,
-                    false,
-                    result,
-                    None,
-                    started,
-                )
-                .await;
-                return id;
-            }
-        }
+        tokio::task::spawn_blocking(move || policy_owner.config.admission.admit(request, len, now))
+            .await
+            .map_err(|e| Refusal::AdmissionFailed {
+                reason: e.to_string(),
+            })
     } else {
-        admission.admit(request, len, now)
+        Ok(admission.admit(request, len, now))
     };
 
-    let mut denied = None;
-    let result = match decision.verdict {
-        Err(denial) => {
-            // The audit line names only the rule; this says why (e.g. which
-            // images a PcrMismatch was checked against).
-            tracing::info!(conn, id, reason = peer(&denial), "request denied by policy");
-            denied = Some(denial.rule);
-            Err(Refusal::Denied(denial).into())
+    let (caller_pcr0, attestation_verified, result, denied) = match decision {
+        Err(refusal) => (None, false, Err(refusal.into()), None),
+        Ok(decision) => {
+            let call = Call {
+                conn,
+                id,
+                operation,
+                deadline,
+                budget,
+            };
+            let (result, denied) = call.forward(&shared, decision.verdict).await;
+            (
+                decision.caller_pcr0,
+                decision.attestation_verified,
+                result,
+                denied,
+            )
         }
-        // The permit is held until KMS answers or the deadline passes (the
-        // call is then dropped), or until this task is aborted.
-        Ok(admitted) => match shared.kms_slots.try_acquire() {
-            Err(_) => Err(Refusal::KmsBusy {
-                limit: limits.max_kms_in_flight,
-            }
-            .into()),
-            Ok(_permit) => {
-                match tokio::time::timeout_at(deadline, shared.backend.forward(admitted)).await {
-                    Err(_) => Err(Refusal::KmsTimeout { budget }.into()),
-                    Ok(Ok(response)) => match check_response(&response) {
-                        Ok(()) => Ok(response),
-                        Err(denial) => {
-                            // `response` (with its SecretBytes) is dropped,
-                            // and so zeroized, here.
-                            tracing::error!(
-                                conn,
-                                id,
-                                operation = operation.as_str(),
-                                "KMS returned plaintext key material; discarded"
-                            );
-                            denied = Some(denial.rule);
-                            Err(Refusal::Denied(denial).into())
-                        }
-                    },
-                    Ok(Err(e)) => Err(e),
-                }
-            }
-        },
     };
     finish(
         &tx,
@@ -120,14 +77,78 @@ pub(super) async fn handle_request(
         id,
         operation,
         key_id.as_deref(),
-        decision.caller_pcr0.as_deref(),
-        decision.attestation_verified,
+        caller_pcr0.as_deref(),
+        attestation_verified,
         result,
         denied,
         started,
     )
     .await;
     id
+}
+
+/// One request's identity and time budget, for the call to KMS.
+#[derive(Clone, Copy)]
+struct Call {
+    conn: u64,
+    id: u64,
+    operation: Operation,
+    deadline: Instant,
+    budget: Duration,
+}
+
+impl Call {
+    /// Forwards an admitted request within the KMS call limit and the
+    /// deadline, and checks the response; returns it (or the error to send)
+    /// and the rule that refused it, if one did.
+    async fn forward(
+        &self,
+        shared: &Shared,
+        verdict: Result<Admitted, Denial>,
+    ) -> (Result<KmsResponse, WireError>, Option<Rule>) {
+        let Call {
+            conn,
+            id,
+            operation,
+            deadline,
+            budget,
+        } = *self;
+        let admitted = match verdict {
+            Ok(admitted) => admitted,
+            Err(denial) => {
+                // The audit line names only the rule; this says why (e.g.
+                // which images a PcrMismatch was checked against).
+                tracing::info!(conn, id, reason = peer(&denial), "request denied by policy");
+                let rule = denial.rule;
+                return (Err(Refusal::Denied(denial).into()), Some(rule));
+            }
+        };
+        // The permit is held until KMS answers or the deadline passes (the
+        // call is then dropped), or until this task is aborted.
+        let Ok(_permit) = shared.kms_slots.try_acquire() else {
+            let limit = shared.config.limits.max_kms_in_flight;
+            return (Err(Refusal::KmsBusy { limit }.into()), None);
+        };
+        match tokio::time::timeout_at(deadline, shared.backend.forward(admitted)).await {
+            Err(_) => (Err(Refusal::KmsTimeout { budget }.into()), None),
+            Ok(Ok(response)) => match check_response(&response) {
+                Ok(()) => (Ok(response), None),
+                Err(denial) => {
+                    // `response` (with its SecretBytes) is dropped, and so
+                    // zeroized, here.
+                    tracing::error!(
+                        conn,
+                        id,
+                        operation = operation.as_str(),
+                        "KMS returned plaintext key material; discarded"
+                    );
+                    let rule = denial.rule;
+                    (Err(Refusal::Denied(denial).into()), Some(rule))
+                }
+            },
+            Ok(Err(e)) => (Err(e), None),
+        }
+    }
 }
 
 /// Emits the audit line and queues the response.

@@ -15,11 +15,11 @@ use keybroker_common::kms::Operation;
 use keybroker_common::protocol::MAX_FRAME_LEN;
 use serde::Deserialize;
 
-use super::{DEFAULT_LISTEN, KmsSettings, MAX_CONFIG_FILE_LEN, MAX_ROOT_FILE_LEN, ServerLimits};
+use super::{DEFAULT_LISTEN, KmsSettings, MAX_CONFIG_FILE_LEN, ServerLimits};
 use crate::admission::{AdmissionPolicy, DEFAULT_MAX_DOCUMENT_AGE};
 use crate::audit::LogFormat;
 use crate::error::{Error, Result};
-use crate::files::read_file;
+use crate::files::{add_roots, read_file};
 use crate::key_policy::{ImageMeasurements, MAX_NITRO_CLI_JSON_LEN};
 use crate::measurements::{AllowedImage, parse_image_table, parse_pcr};
 use crate::tunnel::{TunnelSettings, TunnelTarget};
@@ -372,20 +372,6 @@ pub fn check_images(images: &[AllowedImage]) -> Result<()> {
                 "two allowed images are named {name:?}"
             )));
         }
-    }
-    Ok(())
-}
-
-/// Adds every certificate of a PEM (or DER) file to `verifier`.
-pub fn add_roots(verifier: &mut Verifier, path: &Path) -> Result<()> {
-    let in_file = |e: String| Error::config(e).within(path.display().to_string());
-    let bytes = read_file(path, MAX_ROOT_FILE_LEN)?;
-    let certs = keybroker_common::pem::parse_certificates(&bytes, MAX_ROOT_FILE_LEN)
-        .map_err(|e| in_file(e.to_string()))?;
-    for der in certs {
-        verifier
-            .add_trusted_root(&der)
-            .map_err(|e| in_file(e.to_string()))?;
     }
     Ok(())
 }

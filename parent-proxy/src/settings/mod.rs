@@ -18,6 +18,7 @@ use keybroker_common::protocol::MAX_FRAME_LEN;
 use crate::admission::AdmissionPolicy;
 use crate::audit::LogFormat;
 use crate::error::{Error, Result};
+use crate::files::add_roots;
 use crate::measurements::AllowedImage;
 use crate::tunnel::{TunnelSettings, TunnelTarget};
 
@@ -25,7 +26,7 @@ pub mod file;
 #[cfg(test)]
 mod tests;
 
-pub use file::{FileConfig, add_roots, check_images, load_image_json, parse_operation};
+pub use file::{FileConfig, check_images, load_image_json, parse_operation};
 
 /// The default listening address: vsock, any CID (`VMADDR_CID_ANY`,
 /// 0xFFFFFFFF, so the parent accepts from every enclave it runs), port 5000.
@@ -40,9 +41,6 @@ pub const DEFAULT_MAX_KMS_IN_FLIGHT: usize = 512;
 
 /// Largest configuration file read, in bytes.
 pub const MAX_CONFIG_FILE_LEN: usize = 1 << 20;
-
-/// Largest attestation root PEM file read, in bytes.
-pub const MAX_ROOT_FILE_LEN: usize = 1 << 20;
 
 /// Resource limits of the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
