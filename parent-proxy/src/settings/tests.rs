@@ -3,7 +3,7 @@
 use super::file::*;
 use super::*;
 use crate::audit::LogFormat;
-use crate::measurements::{AllowedImage, parse_image_flag, parse_pcr, parse_pcr_flag};
+use crate::measurements::AllowedImage;
 use keybroker_common::kms::Operation;
 use std::path::{Path, PathBuf};
 
@@ -96,23 +96,6 @@ fn unknown_keys_and_bad_values_are_errors() {
     assert!(matches!(c.admission(), Err(Error::File { .. })));
     let c = FileConfig::parse("listen = \"http://x:1\"\n").unwrap();
     assert!(c.listen_address().is_err());
-}
-
-#[test]
-fn pcr_values_parse() {
-    let hex48 = "ab".repeat(48);
-    assert_eq!(parse_pcr("0", &hex48).unwrap(), (0, vec![0xab; 48]));
-    assert_eq!(parse_pcr("PCR8", &hex48).unwrap().0, 8);
-    assert_eq!(parse_pcr("pcr31", &hex48).unwrap().0, 31);
-    assert_eq!(parse_pcr_flag(&format!("2={hex48}")).unwrap().0, 2);
-    assert!(parse_pcr_flag(&hex48).is_err());
-    assert!(parse_pcr("x", &hex48).is_err());
-    assert!(parse_pcr("32", &hex48).is_err());
-    // A debug-mode enclave's value is refused, in the file and the flag.
-    let zeros = "00".repeat(48);
-    assert!(parse_pcr("0", &zeros).is_err());
-    let err = parse_pcr_flag(&format!("0={zeros}")).unwrap_err();
-    assert!(err.contains("debug-mode"), "{err}");
 }
 
 const A0: &str = "a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0";
@@ -211,36 +194,6 @@ fn bad_allowed_images_are_errors() {
     ))
     .unwrap_err();
     assert!(err.to_string().contains("not both"), "{err}");
-}
-
-#[test]
-fn allow_image_flag_parses() {
-    let image = parse_image_flag(&format!("pcr0={A0}, pcr2={A2},name=v1.2")).unwrap();
-    assert_eq!(image.name(), Some("v1.2"));
-    assert_eq!(
-        image.pcrs(),
-        &[(0, vec![0xa0; 48]), (2, vec![0xa2; 48])].into()
-    );
-    assert_eq!(
-        parse_image_flag(&format!("PCR0={B0}")).unwrap().name(),
-        None
-    );
-    assert!(
-        parse_image_flag(&format!("pcr2={A2}"))
-            .unwrap_err()
-            .contains("pcr0")
-    );
-    assert!(parse_image_flag(A0).unwrap_err().contains("KEY=VALUE"));
-    assert!(
-        parse_image_flag(&format!("pcr0={A0},pcr0={B0}"))
-            .unwrap_err()
-            .contains("twice")
-    );
-    assert!(
-        parse_image_flag(&format!("pcr0={}", "00".repeat(48)))
-            .unwrap_err()
-            .contains("debug-mode")
-    );
 }
 
 #[test]
