@@ -22,11 +22,15 @@ use crate::files::{add_roots, read_input};
 /// line breaks fits with room to spare.
 pub const MAX_INPUT_LEN: usize = 4 * MAX_DOCUMENT_LEN;
 
-/// Why `attestation verify` did not print a summary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why `attestation verify` did not print a summary: the two outcomes
+/// that have their own exit code (the causes are the crate's [`Error`] and
+/// [`AttestationError`]).
+///
+/// [`Error`]: crate::Error
+#[derive(Debug)]
 pub enum VerifyError {
-    /// Usage or I/O problem (exit 2).
-    Usage(String),
+    /// A root or the document cannot be read or used (exit 2).
+    Usage(crate::Error),
     /// The document does not verify (exit 1).
     Invalid(AttestationError),
 }
@@ -44,7 +48,7 @@ impl VerifyError {
 impl std::fmt::Display for VerifyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VerifyError::Usage(msg) => write!(f, "error: {msg}"),
+            VerifyError::Usage(e) => write!(f, "error: {e}"),
             VerifyError::Invalid(e) => write!(f, "invalid: {e}"),
         }
     }
@@ -110,12 +114,11 @@ pub fn verify(
     stdin: &mut dyn Read,
     at: UnixMillis,
 ) -> Result<Summary, VerifyError> {
-    let usage = |e: crate::Error| VerifyError::Usage(e.to_string());
     let mut verifier = Verifier::aws_nitro();
     for path in roots {
-        add_roots(&mut verifier, path).map_err(usage)?;
+        add_roots(&mut verifier, path).map_err(VerifyError::Usage)?;
     }
-    let input = read_input(file, stdin, MAX_INPUT_LEN).map_err(usage)?;
+    let input = read_input(file, stdin, MAX_INPUT_LEN).map_err(VerifyError::Usage)?;
     let document = decode_document(&input).map_err(VerifyError::Invalid)?;
     let verified = verifier
         .verify(&document, at)
