@@ -40,3 +40,16 @@ pub fn now() -> UnixMillis {
         .unwrap_or_default();
     UnixMillis(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_read_their_time() {
+        let fixed: &dyn Clock = &FixedClock(UnixMillis(1_717_200_000_000));
+        assert_eq!(fixed.now(), UnixMillis(1_717_200_000_000));
+        // After 2024-06-01, whenever these tests run.
+        assert!(SystemClock.now() > fixed.now());
+    }
+}
