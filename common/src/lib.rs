@@ -30,6 +30,7 @@ pub mod imds;
 pub mod key_allowlist;
 pub mod kms;
 pub mod measurements;
+pub mod pem;
 pub mod protocol;
 pub mod secret;
 

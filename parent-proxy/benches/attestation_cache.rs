@@ -5,7 +5,7 @@
 //!
 //! 1. `Verifier::verify` (parse, X.509 chain of four certificates, five
 //!    P-384 checks) against `VerificationCache::verify` hits, per document;
-//! 2. the proxy's `Policy::evaluate` of a `GenerateDataKey` whose document is
+//! 2. the proxy's `AdmissionPolicy::evaluate` of a `GenerateDataKey` whose document is
 //!    verified and matched against an allowed image, with the cache disabled
 //!    (capacity 0) and enabled: the admission cost of one request.
 //!
@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use keybroker_common::UnixMillis;
 use keybroker_common::attestation::{VerificationCache, Verifier};
 use keybroker_common::kms::{DataKeySpec, GenerateDataKeyRequest, KmsRequest, RecipientInfo};
-use keybroker_proxy::policy::{AllowedImage, Policy};
+use keybroker_proxy::admission::AdmissionPolicy;
+use keybroker_proxy::measurements::AllowedImage;
 
 /// Median time of one call of `f`, over `samples` samples of `batch` calls
 /// each, after a short warm-up.
@@ -146,10 +147,10 @@ fn main() {
         recipient: Some(RecipientInfo::new(f.bytes.clone())),
         ..Default::default()
     });
-    let policy = |capacity: usize| Policy {
+    let policy = |capacity: usize| AdmissionPolicy {
         allowed_images: vec![image.clone()],
         verification_cache: Arc::new(VerificationCache::new(capacity)),
-        ..Policy::default()
+        ..AdmissionPolicy::default()
     };
     let (uncached, cached) = (policy(0), policy(VerificationCache::DEFAULT_CAPACITY));
     for p in [&uncached, &cached] {
@@ -163,7 +164,10 @@ fn main() {
     let p_hit = median(101, 20, || {
         black_box(cached.evaluate(black_box(&request), 100, f.at));
     });
-    println!("2. Policy::evaluate of a GenerateDataKey with {}", f.name);
+    println!(
+        "2. AdmissionPolicy::evaluate of a GenerateDataKey with {}",
+        f.name
+    );
     println!("   cache off {:>8.1} us", us(p_cold));
     println!("   cache on  {:>8.1} us", us(p_hit));
 
@@ -173,7 +177,7 @@ fn main() {
         cold.as_secs_f64() / hit.as_secs_f64()
     );
     println!(
-        "   proxy admission (Policy::evaluate): {:.0}x",
+        "   proxy admission (AdmissionPolicy::evaluate): {:.0}x",
         p_cold.as_secs_f64() / p_hit.as_secs_f64()
     );
 }

@@ -31,9 +31,39 @@ use std::time::Duration;
 use keybroker_common::kms::{KmsResponse, Operation};
 use keybroker_common::protocol::{ErrorCode, WireError};
 
-use crate::config::LogFormat;
+use crate::admission::Rule;
 use crate::error::{Error, Result};
-use crate::policy::{Rule, short};
+use crate::text::short;
+
+/// Log line format (`--log-format`, `log_format` in the file).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// Every format, by name (`text`, `json`), for the command line.
+    pub const NAMES: [&str; 2] = ["text", "json"];
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> core::result::Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?}: expected text or json"
+            )),
+        }
+    }
+}
 
 /// Renders a string a peer controls (see the [module docs](self)) for a log
 /// field, as Rust's `{:?}` escapes but stricter: printable ASCII
@@ -265,7 +295,7 @@ pub fn init_logging(format: LogFormat) -> Result<()> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     subscriber(format, filter, ansi, std::io::stderr)
         .try_init()
-        .map_err(|e| Error::Config(format!("logging: {e}")))
+        .map_err(|e| Error::config(format!("logging: {e}")))
 }
 
 /// The subscriber [`init_logging`] installs, writing to `writer` (tests

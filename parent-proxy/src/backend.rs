@@ -28,7 +28,8 @@ use keybroker_common::secret::SecretBytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::config::KmsSettings;
+use crate::admission::Admitted;
+use crate::settings::KmsSettings;
 
 /// The future a [`KmsBackend`] returns.
 pub type BackendFuture<'a> =
@@ -37,11 +38,21 @@ pub type BackendFuture<'a> =
 /// Performs one KMS call. Implementations: [`SdkKmsBackend`] (AWS KMS or the
 /// mock KMS over HTTP), fakes in tests ([`FnBackend`]).
 ///
-/// The server applies the request's deadline around `call` (dropping the
-/// future on timeout), so implementations need no timeout of their own.
+/// The server forwards only what the admission policy admitted, through
+/// [`KmsBackend::forward`], which takes the [`Admitted`] proof; `call` is
+/// what implementations provide (and what a wrapping backend calls on the
+/// backend it wraps). The server applies the request's deadline around the
+/// call (dropping the future on timeout), so implementations need no
+/// timeout of their own.
 pub trait KmsBackend: Send + Sync + 'static {
     /// Sends `request` and returns KMS's response, or the error to relay.
     fn call(&self, request: KmsRequest) -> BackendFuture<'_>;
+
+    /// Forwards a request the admission policy admitted (the server's only
+    /// way to reach KMS).
+    fn forward(&self, admitted: Admitted) -> BackendFuture<'_> {
+        self.call(admitted.into_request())
+    }
 }
 
 /// A shared backend (tests keep a clone to inspect it).

@@ -47,7 +47,7 @@ impl Listener {
                 if !allow_non_loopback
                     && let Some(open) = addrs.iter().find(|a| !a.ip().to_canonical().is_loopback())
                 {
-                    return Err(Error::Config(format!(
+                    return Err(Error::config(format!(
                         "refusing to listen on non-loopback address {open} ({address}): whoever \
                          reaches it can use this instance's KMS access and AWS credentials; \
                          listen on vsock, a Unix socket or 127.0.0.1, or pass \

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         &mut std::io::stdin(),
         &mut std::io::stdout(),
         &mut std::io::stderr(),
-        keybroker_proxy::cli::now(),
+        keybroker_proxy::clock::now(),
     );
     ExitCode::from(code)
 }

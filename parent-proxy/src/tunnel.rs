@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use keybroker_common::protocol::{
-    ErrorCode, Message, ProtocolError, WireError, check_tunnel_host, check_tunnel_port, encode,
+    Message, ProtocolError, WireError, check_tunnel_host, check_tunnel_port, encode,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::audit::{TunnelOutcome, TunnelRecord, peer};
 use crate::listener::Io;
+use crate::refusal::Refusal;
 
 /// An allowed tunnel target: a host name (stored lower-case) or IP literal,
 /// and a port.
@@ -190,27 +191,16 @@ pub(crate) async fn serve(
         duration: Duration::ZERO,
         outcome: TunnelOutcome::Closed,
     };
-    let refuse = |code: ErrorCode, message: String| (code, message);
     let opened = if *ctx.stop.borrow() {
-        Err(refuse(
-            ErrorCode::Shutdown,
-            "the proxy is shutting down; retry on a new connection".into(),
-        ))
+        Err(Refusal::Draining)
     } else if !ctx.settings.allows(&host, port) {
         tracing::info!(conn, host = peer(&host), port, "tunnel target not allowed");
-        Err(refuse(
-            ErrorCode::PolicyDenied,
-            "this tunnel target is not allowed by the proxy (see --tunnel)".into(),
-        ))
+        Err(Refusal::TunnelNotAllowed)
     } else {
         match ctx.slots.clone().try_acquire_owned() {
-            Err(_) => Err(refuse(
-                ErrorCode::Busy,
-                format!(
-                    "{} tunnels open; retry after a back-off",
-                    ctx.settings.max_tunnels
-                ),
-            )),
+            Err(_) => Err(Refusal::TunnelLimit {
+                max: ctx.settings.max_tunnels,
+            }),
             Ok(permit) => match connect(&host, port, ctx.settings.connect_timeout).await {
                 Ok(target) => Ok((permit, target)),
                 Err(message) => {
@@ -221,21 +211,17 @@ pub(crate) async fn serve(
                         error = peer(&message),
                         "tunnel connect failed"
                     );
-                    Err(refuse(ErrorCode::Unavailable, message))
+                    Err(Refusal::TunnelUnreachable { reason: message })
                 }
             },
         }
     };
     let (permit, target) = match opened {
         Ok(pair) => pair,
-        Err((code, message)) => {
-            send_and_close(
-                &mut io,
-                &Message::Error {
-                    error: WireError::new(code, message),
-                },
-            )
-            .await;
+        Err(refusal) => {
+            let error = WireError::from(refusal);
+            let code = error.code();
+            send_and_close(&mut io, &Message::Error { error }).await;
             record.outcome = TunnelOutcome::Refused(code);
             record.duration = started.elapsed();
             record.emit();

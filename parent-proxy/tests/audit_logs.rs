@@ -21,9 +21,9 @@ mod support;
 
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message, WireError};
+use keybroker_proxy::audit::LogFormat;
 use keybroker_proxy::backend::FnBackend;
-use keybroker_proxy::config::LogFormat;
-use keybroker_proxy::policy::AllowedImage;
+use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig};
 use support::{Client, Logs, describe, described};
 
@@ -96,7 +96,7 @@ impl Root {
         let doc = AttestationDocument {
             module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
             digest: Digest::Sha384,
-            timestamp: keybroker_proxy::cli::now(),
+            timestamp: keybroker_proxy::clock::now(),
             pcrs: (0u8..16).map(|i| (i, vec![0xAA; 48])).collect(),
             certificate: leaf.der().to_vec(),
             cabundle: vec![self.der.clone()],
@@ -174,9 +174,14 @@ async fn attack(format: LogFormat) -> String {
     let guard = logs.install_format(format);
     let root = Root::new();
     let mut config = ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap());
-    config.policy.allowed_keys = Some(["alias/app".to_owned()].into());
-    config.policy.allowed_images = vec![AllowedImage::new([(0, vec![0xAA; 48])].into()).unwrap()];
-    config.policy.verifier.add_trusted_root(&root.der).unwrap();
+    config.admission.allowed_keys = Some(["alias/app".to_owned()].into());
+    config.admission.allowed_images =
+        vec![AllowedImage::new([(0, vec![0xAA; 48])].into()).unwrap()];
+    config
+        .admission
+        .verifier
+        .add_trusted_root(&root.der)
+        .unwrap();
     let backend = FnBackend(|req: KmsRequest| async move {
         Ok::<_, WireError>(described(req.key_id().unwrap_or_default()))
     });

@@ -132,7 +132,7 @@ fn the_unit_command_line_builds_a_production_setup_from_the_example() {
     assert!(!settings.proxy.allow_non_loopback);
     assert_eq!(settings.kms.region.as_deref(), Some("us-east-1"));
     assert_eq!(settings.kms.endpoint, None, "production talks to real KMS");
-    let policy = &settings.proxy.policy;
+    let policy = &settings.proxy.admission;
     assert!(!policy.dangerous_forward_without_recipient);
     assert!(policy.verifies_attestation());
     assert_eq!(policy.allowed_images.len(), 1);

@@ -313,3 +313,42 @@ fn usage_and_invalid_input_exit_2_and_write_nothing() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/dir/policy.json"));
 }
+
+/// The command is `key-policy`; `policy`, its old name (README, deploy
+/// guides), is an alias: both write the same document.
+#[test]
+fn key_policy_and_policy_are_one_command() {
+    let good = pcr(0xA0);
+    let args = |command: &'static str| -> Vec<String> {
+        [
+            command,
+            "--principal",
+            ROLE,
+            "--pcr0",
+            &good,
+            "--key-admin",
+            ADMIN,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+    let new = args("key-policy");
+    let old = args("policy");
+    let new = run(&new.iter().map(String::as_str).collect::<Vec<_>>(), b"");
+    let old = run(&old.iter().map(String::as_str).collect::<Vec<_>>(), b"");
+    assert_eq!(
+        new.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&new.stderr)
+    );
+    assert_eq!(
+        old.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    assert!(!new.stdout.is_empty());
+    assert_eq!(new.stdout, old.stdout);
+}

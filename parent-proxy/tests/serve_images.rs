@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use keybroker_proxy::cli::{Cli, Command, ServeArgs, serve_settings};
-use keybroker_proxy::policy::AllowedImage;
+use keybroker_proxy::measurements::AllowedImage;
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/proxy.toml");
 
@@ -38,7 +38,7 @@ fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
 /// The images `serve` would admit with these flags.
 fn images(args: &[&str]) -> keybroker_proxy::Result<Vec<AllowedImage>> {
     let args = parse(args).unwrap();
-    serve_settings(&args).map(|s| s.proxy.policy.allowed_images)
+    serve_settings(&args).map(|s| s.proxy.admission.allowed_images)
 }
 
 /// A scratch directory for configuration and nitro-cli files.
@@ -244,7 +244,7 @@ fn tunnel_and_credential_flags() {
 fn max_document_age_flag_and_file_key() {
     use std::time::Duration;
     let age = |args: &[&str]| {
-        serve_settings(&parse(args).unwrap()).map(|s| s.proxy.policy.max_document_age)
+        serve_settings(&parse(args).unwrap()).map(|s| s.proxy.admission.max_document_age)
     };
     assert_eq!(age(&[]).unwrap(), Duration::from_secs(300));
     assert_eq!(

@@ -21,7 +21,7 @@ use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message, VersionRange, WireError};
 use keybroker_common::secret::SecretBytes;
 use keybroker_proxy::backend::{BackendFuture, KmsBackend};
-use keybroker_proxy::policy::AllowedImage;
+use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
 use support::{Client, Nsm, describe, described, echoed};
 use tokio::sync::Semaphore;
@@ -662,8 +662,8 @@ fn random(doc: Vec<u8>) -> KmsRequest {
 async fn allowed_images_are_checked_before_forwarding() {
     let nsm = Nsm::new();
     let mut cfg = config();
-    cfg.policy.allowed_images = vec![image("v1", 0xAA, 0xA2)];
-    cfg.policy.verifier.add_trusted_root(&nsm.root).unwrap();
+    cfg.admission.allowed_images = vec![image("v1", 0xAA, 0xA2)];
+    cfg.admission.verifier.add_trusted_root(&nsm.root).unwrap();
     let (proxy, fake) = start(cfg).await;
     let mut c = Client::handshake(proxy.local_addr()).await;
     // Matching PCRs, trusted chain: forwarded.
@@ -703,7 +703,7 @@ async fn recipient_documents_are_checked_before_anything_reaches_kms() {
     let nsm = Nsm::new();
     let (proxy, fake) = start(config()).await;
     let mut c = Client::handshake(proxy.local_addr()).await;
-    let now = keybroker_proxy::cli::now().0;
+    let now = keybroker_proxy::clock::now().0;
     let made_at = |ms: u64| {
         nsm.build(&AttestationDocument {
             timestamp: UnixMillis(ms),
@@ -750,8 +750,8 @@ async fn a_second_allowed_image_is_admitted_during_a_rollout() {
     let doc_b = || nsm.document(0xBB, 0xB2);
     let proxy_for = |images: Vec<AllowedImage>| {
         let mut cfg = config();
-        cfg.policy.allowed_images = images;
-        cfg.policy.verifier.add_trusted_root(&nsm.root).unwrap();
+        cfg.admission.allowed_images = images;
+        cfg.admission.verifier.add_trusted_root(&nsm.root).unwrap();
         start(cfg)
     };
 

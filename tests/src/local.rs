@@ -65,7 +65,7 @@ pub fn run_component(args: Vec<OsString>) -> ExitCode {
                 &mut std::io::stdin(),
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
-                keybroker_proxy::cli::now(),
+                keybroker_proxy::clock::now(),
             );
             ExitCode::from(code)
         }

@@ -6,31 +6,25 @@
 //! the text the operator gives each tool for the same image:
 //!
 //! - the proxy: `--allow-image pcr0=HEX,pcrN=HEX` (or, for one image, the
-//!   `--pcr N=HEX` flags), through today's parsers
-//!   (`keybroker_proxy::config::parse_image_flag` / `parse_pcr_flag`, into
-//!   `keybroker_proxy::policy::AllowedImage`);
+//!   `--pcr N=HEX` flags), through the proxy's parsers
+//!   (`keybroker_proxy::measurements::parse_image_flag` / `parse_pcr_flag`,
+//!   into `AllowedImage`);
 //! - the key policy generator: the nitro-cli JSON (`policy --pcrs-json`),
 //!   through `keybroker_proxy::key_policy`.
 //!
 //! Then (1) both accept the description or both refuse it, and (2) for
 //! documents made by the harness's mock NSM (exact images, one byte off, a
 //! value at the wrong index, extra PCRs, PCRs mixed from two images,
-//! debug-mode all zeros, random), the proxy's `Policy::evaluate` forwards
+//! debug-mode all zeros, random), the proxy's `AdmissionPolicy::evaluate` forwards
 //! a `GenerateDataKey` with that `Recipient` exactly when the mock KMS's
 //! policy engine allows `kms:GenerateDataKey` under the generated policy.
 //!
-//! Today's proxy parses PCRs with its own rules (32, 48 or 64 bytes; no
-//! PCR0 needed in the `--pcr` form; `pcr01` read as PCR1), so some kinds of
-//! description still disagree: [`PENDING_PROXY_SWITCH`] lists them, and the
-//! test fails when one of them starts to agree, so that it is then removed
-//! from the list and checked like the rest. Once the proxy parses with
-//! `keybroker_common::measurements`, the list is empty. The same cases also
-//! go through those shared parsers and `ImageMeasurements::matches`
-//! directly, which agree with the key policy on every kind already.
-//!
-//! The proxy's API appears only in the `use` lines and in `proxy_images` /
-//! `proxy_admits`: when `keybroker_proxy::policy` becomes `admission`, only
-//! those change.
+//! Before both used `keybroker_common::measurements`, the proxy parsed PCRs
+//! with its own rules (32, 48 or 64 bytes; no PCR0 needed in the `--pcr`
+//! form; `pcr01` read as PCR1) and admitted images the key policy denied:
+//! the kinds `OtherLength`, `NoPcr0` and `NonCanonicalIndex` cover those.
+//! The same cases also go through the shared parsers and
+//! `ImageMeasurements::matches` directly.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -47,9 +41,9 @@ use keybroker_common::kms::{DataKeySpec, GenerateDataKeyRequest, KmsRequest, Rec
 use keybroker_common::measurements::{self, ImageSpec};
 use keybroker_enclave::{MockCa, MockNsm, MockNsmConfig, Nsm};
 use keybroker_harness::mock_kms::policy::{Policy as KeyPolicy, RequestContext, evaluate};
-use keybroker_proxy::config::{parse_image_flag, parse_pcr_flag};
+use keybroker_proxy::admission::AdmissionPolicy as Admission;
 use keybroker_proxy::key_policy::{EnclaveKeyPolicy, ImageMeasurements};
-use keybroker_proxy::policy::{AllowedImage, Policy as Admission};
+use keybroker_proxy::measurements::{AllowedImage, parse_image_flag, parse_pcr_flag};
 
 const PARENT: &str = "arn:aws:iam::111122223333:role/keybroker-parent";
 const ADMIN: &str = "arn:aws:iam::111122223333:role/KeyAdmins";
@@ -71,20 +65,15 @@ enum Kind {
     AllZero,
     /// An index 32, `pcrx`, or a value that is not hex: refused by both.
     Malformed,
-    /// One value of 32 or 64 bytes (not zero). Today's proxy accepts it.
+    /// One value of 32 or 64 bytes (not zero). The proxy once accepted it.
     OtherLength,
-    /// One image without PCR0, in the proxy's `--pcr N=HEX` form. Today's
-    /// proxy accepts it and admits any PCR0.
+    /// One image without PCR0, in the proxy's `--pcr N=HEX` form. The
+    /// proxy once accepted it and admitted any PCR0.
     NoPcr0,
-    /// An index spelled with a leading zero (`pcr01`). Today's proxy
-    /// accepts it as PCR1.
+    /// An index spelled with a leading zero (`pcr01`). The proxy once
+    /// read it as PCR1.
     NonCanonicalIndex,
 }
-
-/// The kinds on which today's proxy (its own PCR parsing in `config.rs` /
-/// `policy.rs`) disagrees with the key policy. Empty them once the proxy
-/// parses with `keybroker_common::measurements`.
-const PENDING_PROXY_SWITCH: &[Kind] = &[Kind::OtherLength, Kind::NoPcr0, Kind::NonCanonicalIndex];
 
 /// splitmix64: small, seeded, good enough to spread cases.
 struct Rng(u64);
@@ -259,7 +248,7 @@ impl Image {
     }
 }
 
-/// Today's proxy: the allowed images from the operator's flags, or `None`
+/// The proxy: the allowed images from the operator's flags, or `None`
 /// if it refuses them.
 fn proxy_images(images: &[Image], pcr_form: bool) -> Option<Vec<AllowedImage>> {
     if pcr_form {
@@ -414,7 +403,6 @@ fn kms_admits(policy: Option<&KeyPolicy>, verified: &VerifiedAttestation) -> boo
 #[derive(Default)]
 struct Tally {
     cases: usize,
-    disagreements: usize,
     admitted: usize,
 }
 
@@ -462,17 +450,12 @@ fn proxy_admission_equals_the_generated_key_policy() {
         let what = || format!("seed {seed:#x} case {case} ({kind:?}): {images:#?}");
         let t = tally.entry(kind).or_default();
         t.cases += 1;
-        let pending = PENDING_PROXY_SWITCH.contains(&kind);
-        if proxy.is_some() != policy.is_some() {
-            assert!(
-                pending,
-                "proxy accepts: {}, key policy generator accepts: {}; {}",
-                proxy.is_some(),
-                policy.is_some(),
-                what()
-            );
-            t.disagreements += 1;
-        }
+        assert_eq!(
+            proxy.is_some(),
+            policy.is_some(),
+            "the proxy accepts the description / the key policy generator does; {}",
+            what()
+        );
         if kind == Kind::Valid {
             assert!(policy.is_some(), "{}", what());
         }
@@ -504,24 +487,22 @@ fn proxy_admission_equals_the_generated_key_policy() {
                 .flatten()
                 .any(|image| image.matches(&verified));
             assert_eq!(by_shared, by_kms, "shared types; {}", what());
-            if by_proxy != by_kms {
-                assert!(
-                    pending,
-                    "proxy admits: {by_proxy}, KMS admits: {by_kms}; document PCRs {:?}; {}",
-                    pcrs.iter()
-                        .map(|(i, v)| (i, hex::encode(&v[..4])))
-                        .collect::<Vec<_>>(),
-                    what()
-                );
-                t.disagreements += 1;
-            }
+            assert_eq!(
+                by_proxy,
+                by_kms,
+                "the proxy admits / KMS admits; document PCRs {:?}; {}",
+                pcrs.iter()
+                    .map(|(i, v)| (i, hex::encode(&v[..4])))
+                    .collect::<Vec<_>>(),
+                what()
+            );
             t.admitted += usize::from(by_kms);
         }
     }
     for (kind, t) in &tally {
         eprintln!(
-            "{kind:?}: {} cases, {} documents admitted, {} disagreements",
-            t.cases, t.admitted, t.disagreements
+            "{kind:?}: {} cases, {} documents admitted",
+            t.cases, t.admitted
         );
     }
     // The generator covers every kind, and the exact-image documents are
@@ -530,10 +511,4 @@ fn proxy_admission_equals_the_generated_key_policy() {
         assert!(tally.get(&kind).is_some_and(|t| t.cases > 0), "{kind:?}");
     }
     assert!(tally[&Kind::Valid].admitted > 0);
-    for kind in PENDING_PROXY_SWITCH {
-        assert!(
-            tally[kind].disagreements > 0,
-            "{kind:?} now agrees with the key policy: remove it from PENDING_PROXY_SWITCH"
-        );
-    }
 }

@@ -126,13 +126,13 @@ pub struct Logs(Arc<Mutex<Vec<u8>>>);
 impl Logs {
     /// Captures text logs until the guard is dropped.
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
-        self.install_format(keybroker_proxy::config::LogFormat::Text)
+        self.install_format(keybroker_proxy::audit::LogFormat::Text)
     }
 
     /// Captures logs in `format` until the guard is dropped.
     pub fn install_format(
         &self,
-        format: keybroker_proxy::config::LogFormat,
+        format: keybroker_proxy::audit::LogFormat,
     ) -> tracing::subscriber::DefaultGuard {
         let logs = self.clone();
         let subscriber = keybroker_proxy::audit::subscriber(
@@ -228,7 +228,7 @@ impl Nsm {
         AttestationDocument {
             module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
             digest: Digest::Sha384,
-            timestamp: keybroker_proxy::cli::now(),
+            timestamp: keybroker_proxy::clock::now(),
             pcrs: (0u8..16)
                 .map(|i| {
                     let b = match i {

@@ -1,297 +1,28 @@
-//! The proxy server: accepts enclave connections and relays their requests
-//! to a [`KmsBackend`] under the [`Policy`](crate::policy::Policy).
-//!
-//! Per connection (protocol: [`keybroker_common::protocol`]):
-//!
-//! 1. The enclave must send `Hello` within
-//!    [`ServerLimits::handshake_timeout`]; the proxy answers `HelloAck` with
-//!    [`negotiate`]'s version, or `Error{UnsupportedVersion}` and closes.
-//! 2. Each `Request` runs in its own task (policy, then the backend under the
-//!    request's deadline); one writer task per connection sends the
-//!    `Response`s in completion order, matched by request id. More than
-//!    [`ServerLimits::max_in_flight_per_connection`] requests in flight: the
-//!    extra one is answered `Busy`. A request the policy allows while
-//!    [`ServerLimits::max_kms_in_flight`] KMS calls are already running, on
-//!    all connections together, is answered `Busy` too, without waiting.
-//! 3. A frame that cannot be decoded (oversized, malformed, out of order, a
-//!    duplicate id) is answered with `Error` and the connection closed;
-//!    requests in flight on it are abandoned, as the protocol specifies.
-//! 4. Nothing in flight and no message for [`ServerLimits::idle_timeout`]:
-//!    `Goodbye`, close.
-//! 5. Protocol version 2 only (a version 1 connection that sends them gets
-//!    `Error{BadRequest}`): `GetCredentials` is answered `Credentials` from
-//!    the [`CredentialSource`] given to [`Proxy::with_credentials`] (without
-//!    one: `PolicyDenied`); `OpenTunnel`, as the first message after the
-//!    handshake, turns the connection into a byte tunnel (see
-//!    [`crate::tunnel`]). Broker connections and tunnels share the listener
-//!    and the connection limit.
-//!
-//! Shutdown ([`Proxy::run_until`]'s future completes, or
-//! [`ProxyHandle::shutdown`]): the listener closes, every connection gets
-//! `Goodbye`, requests still arriving are answered `Shutdown`, in-flight
-//! requests finish within [`ServerLimits::drain_timeout`] (the rest are
-//! answered `Shutdown`), tunnels keep relaying until the same deadline, then
-//! the connections close and `run_until` returns.
+//! One enclave connection: the handshake, the request loop (requests run
+//! in their own tasks, see `request`), credentials, the drain on
+//! shutdown, and the hand-over to a tunnel.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use keybroker_common::address::Address;
-use keybroker_common::kms::{KmsRequest, Operation};
+use keybroker_common::kms::Operation;
 use keybroker_common::protocol::{
-    AwsCredentialsWire, Decoded, ErrorCode, LENGTH_PREFIX_LEN, Limits, Message, MessageKind,
-    ProtocolError, WireError, decode_frame, encode_into, negotiate,
+    AwsCredentialsWire, Decoded, LENGTH_PREFIX_LEN, Limits, Message, MessageKind, ProtocolError,
+    WireError, decode_frame, encode_into, negotiate,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::request::handle_request;
+use super::{SERVER_ID, Shared};
 use crate::audit::{AuditRecord, CredentialsRecord, Outcome, peer};
-use crate::backend::KmsBackend;
-pub use crate::config::{ProxyConfig, ServerLimits};
-use crate::credentials::CredentialSource;
-use crate::error::{Error, Result};
-use crate::listener::{Io, Listener};
-use crate::policy::check_response;
-
-/// The software id sent in `HelloAck`.
-pub const SERVER_ID: &str = concat!("keybroker-proxy/", env!("CARGO_PKG_VERSION"));
-
-/// State shared by all connections.
-struct Shared {
-    config: ProxyConfig,
-    backend: Arc<dyn KmsBackend>,
-    next_connection: AtomicU64,
-    /// `None`: `GetCredentials` is answered `PolicyDenied`.
-    credentials: Option<Arc<dyn CredentialSource>>,
-    /// One permit per open tunnel ([`crate::tunnel::TunnelSettings::max_tunnels`]).
-    tunnel_slots: Arc<Semaphore>,
-    /// One permit per KMS call in flight, across all connections
-    /// ([`ServerLimits::max_kms_in_flight`]).
-    kms_slots: Semaphore,
-}
-
-/// A bound, not yet running proxy. [`Proxy::bind`], then
-/// [`Proxy::run_until`] (foreground) or [`Proxy::spawn`] (background task).
-pub struct Proxy {
-    listener: Listener,
-    local_addr: Address,
-    shared: Shared,
-}
-
-impl std::fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("local_addr", &self.local_addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Proxy {
-    /// Binds `config.listen` (`tcp://127.0.0.1:0` picks a free port; a
-    /// stale Unix socket file is replaced). Must run inside a tokio runtime.
-    pub async fn bind(config: ProxyConfig, backend: impl KmsBackend) -> Result<Proxy> {
-        Self::bind_shared(config, Arc::new(backend)).await
-    }
-
-    /// [`Proxy::bind`] with a shared backend.
-    pub async fn bind_shared(config: ProxyConfig, backend: Arc<dyn KmsBackend>) -> Result<Proxy> {
-        let (listener, local_addr) =
-            Listener::bind(&config.listen, config.allow_non_loopback).await?;
-        let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
-        // `Semaphore::new` panics above MAX_PERMITS (2^61 on 64-bit).
-        let kms_slots = Semaphore::new(config.limits.max_kms_in_flight.min(Semaphore::MAX_PERMITS));
-        Ok(Proxy {
-            listener,
-            local_addr,
-            shared: Shared {
-                config,
-                backend,
-                next_connection: AtomicU64::new(1),
-                credentials: None,
-                tunnel_slots,
-                kms_slots,
-            },
-        })
-    }
-
-    /// Answers `GetCredentials` (protocol version 2) with credentials from
-    /// `source`. Without a source the proxy answers `PolicyDenied`.
-    pub fn with_credentials(mut self, source: Arc<dyn CredentialSource>) -> Self {
-        self.shared.credentials = Some(source);
-        self
-    }
-
-    /// The address actually bound (for `tcp://...:0`, with the real port).
-    pub fn local_addr(&self) -> &Address {
-        &self.local_addr
-    }
-
-    /// Serves until `shutdown` completes, then shuts down gracefully (see the
-    /// [module docs](self)) and returns once every connection is closed.
-    pub async fn run_until<F>(self, shutdown: F) -> Result<()>
-    where
-        F: Future<Output = ()> + Send,
-    {
-        let Proxy {
-            listener,
-            local_addr,
-            shared,
-        } = self;
-        let shared = Arc::new(shared);
-        tracing::info!(
-            targets = %shared.config.tunnels.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
-            max_tunnels = shared.config.tunnels.max_tunnels,
-            credentials = shared.credentials.is_some(),
-            "tunnel targets and credentials"
-        );
-        let limits = shared.config.limits.clone();
-        let slots = Arc::new(Semaphore::new(limits.max_connections));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut connections = JoinSet::new();
-        tracing::info!(address = %local_addr, "listening");
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((io, peer)) => {
-                        let conn = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-                        match slots.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                let shared = shared.clone();
-                                let stop = stop_rx.clone();
-                                connections.spawn(async move {
-                                    tracing::debug!(conn, %peer, "connection accepted");
-                                    Connection::new(shared, conn, stop).run(io).await;
-                                    tracing::debug!(conn, "connection closed");
-                                    drop(permit);
-                                });
-                            }
-                            Err(_) => {
-                                tracing::warn!(conn, %peer, max = limits.max_connections, "connection refused: at the connection limit");
-                                connections.spawn(refuse(io));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // EMFILE, ECONNABORTED, ...: keep serving, without
-                        // spinning on a persistent error.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        tracing::info!(
-            connections = connections.len(),
-            drain_timeout_ms = limits.drain_timeout.as_millis(),
-            "shutting down: no new connections, draining"
-        );
-        listener.cleanup();
-        let _ = stop_tx.send(true);
-        // Each connection drains within drain_timeout by itself; this bound
-        // only guards against a connection stuck writing to a peer that does
-        // not read.
-        let all_closed = async { while connections.join_next().await.is_some() {} };
-        let grace = limits.drain_timeout + Duration::from_secs(2);
-        if tokio::time::timeout(grace, all_closed).await.is_err() {
-            tracing::warn!(
-                connections = connections.len(),
-                "connections still open after the drain timeout; closing them"
-            );
-            connections.shutdown().await;
-        }
-        tracing::info!("stopped");
-        Ok(())
-    }
-
-    /// Runs the proxy on a background task.
-    pub fn spawn(self) -> ProxyHandle {
-        let local_addr = self.local_addr.clone();
-        let (tx, mut rx) = watch::channel(false);
-        let task = tokio::spawn(self.run_until(async move {
-            // Err: the handle was dropped, which also means stop.
-            let _ = rx.wait_for(|stop| *stop).await;
-        }));
-        ProxyHandle {
-            local_addr,
-            stop: tx,
-            task,
-        }
-    }
-}
-
-/// A proxy running on a background task ([`Proxy::spawn`]). Dropping the
-/// handle shuts the proxy down too.
-#[derive(Debug)]
-pub struct ProxyHandle {
-    local_addr: Address,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<()>>,
-}
-
-impl ProxyHandle {
-    /// The address the proxy listens on.
-    pub fn local_addr(&self) -> &Address {
-        &self.local_addr
-    }
-
-    /// Starts the graceful shutdown (returns at once; see
-    /// [`ProxyHandle::join`]).
-    pub fn shutdown(&self) {
-        self.stop.send_replace(true);
-    }
-
-    /// Waits until the proxy has stopped.
-    pub async fn join(self) -> Result<()> {
-        let ProxyHandle { stop, task, .. } = self;
-        let result = task.await;
-        drop(stop);
-        result.map_err(|e| Error::Task(e.to_string()))?
-    }
-
-    /// [`ProxyHandle::shutdown`], then [`ProxyHandle::join`].
-    pub async fn shutdown_and_wait(self) -> Result<()> {
-        self.shutdown();
-        self.join().await
-    }
-}
-
-/// Registers SIGINT and SIGTERM handlers and returns a future that completes
-/// on the first of them. Call inside the tokio runtime.
-pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
-    })
-}
-
-/// Answers a connection over the limit with `Error{Busy}` and closes it.
-async fn refuse(mut io: Box<dyn Io>) {
-    let error = WireError::new(
-        ErrorCode::Busy,
-        "the proxy is at its connection limit; retry later",
-    );
-    let mut frame = Vec::new();
-    if encode_into(&Message::Error { error }, &mut frame).is_ok() {
-        let write = async {
-            let _ = io.write_all(&frame).await;
-            let _ = io.shutdown().await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
-    }
-}
+use crate::listener::Io;
+use crate::refusal::Refusal;
+use crate::text::short;
 
 /// Why reading the next message stopped.
 enum ReadError {
@@ -393,10 +124,10 @@ fn push_frame(msg: &Message, out: &mut Vec<u8>) {
         if let Some(id) = msg.request_id() {
             let fallback = Message::Response {
                 id,
-                result: Err(WireError::new(
-                    ErrorCode::Internal,
-                    format!("the proxy could not encode the response: {e}"),
-                )),
+                result: Err(Refusal::Unencodable {
+                    reason: e.to_string(),
+                }
+                .into()),
             };
             let _ = encode_into(&fallback, out);
         }
@@ -475,18 +206,18 @@ impl Requests {
 }
 
 /// One enclave connection.
-struct Connection {
+pub(super) struct Connection {
     shared: Arc<Shared>,
     id: u64,
     stop: watch::Receiver<bool>,
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, id: u64, stop: watch::Receiver<bool>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, id: u64, stop: watch::Receiver<bool>) -> Self {
         Connection { shared, id, stop }
     }
 
-    async fn run(mut self, io: Box<dyn Io>) {
+    pub(super) async fn run(mut self, io: Box<dyn Io>) {
         let limits = self.shared.config.limits.clone();
         let (mut rd, wr) = tokio::io::split(io);
         // Bounded: when the enclave stops reading, the writer blocks, the
@@ -548,21 +279,13 @@ impl Connection {
         match first {
             Err(_) => {
                 tracing::info!(conn, "no Hello within the handshake timeout");
-                let error = WireError::new(
-                    ErrorCode::BadRequest,
-                    format!("no Hello within {} ms", timeout.as_millis()),
-                );
+                let error = Refusal::HandshakeTimeout { timeout }.into();
                 let _ = tx.send(Message::Error { error }).await;
                 None
             }
             Ok(Ok(Some((Message::Hello { versions, client }, _)))) => match negotiate(versions) {
                 Ok(version) => {
-                    tracing::info!(
-                        conn,
-                        client = peer(crate::policy::short(&client)),
-                        version,
-                        "handshake"
-                    );
+                    tracing::info!(conn, client = peer(short(&client)), version, "handshake");
                     let ack = Message::HelloAck {
                         version,
                         server: SERVER_ID.to_owned(),
@@ -629,8 +352,7 @@ impl Connection {
                     if let Some((id, job)) = requests.reap(done) {
                         // The request's task panicked: answer it anyway.
                         tracing::error!(conn, id, "request task failed");
-                        let error = WireError::new(ErrorCode::Internal, "the proxy failed while handling this request");
-                        self.answer_unrun(tx, id, &job, error).await;
+                        self.answer_unrun(tx, id, &job, Refusal::TaskFailed).await;
                     }
                     idle_deadline = Instant::now() + limits.idle_timeout;
                 }
@@ -649,11 +371,9 @@ impl Connection {
                                     return None;
                                 }
                                 let refusal = if draining {
-                                    Some(WireError::new(ErrorCode::Shutdown, "the proxy is shutting down; retry on a new connection"))
+                                    Some(Refusal::Draining)
                                 } else if requests.len() >= limits.max_in_flight_per_connection {
-                                    Some(WireError::new(ErrorCode::Busy, format!(
-                                        "{} requests in flight on this connection; retry after a back-off",
-                                        requests.len())))
+                                    Some(Refusal::ConnectionBusy { in_flight: requests.len() })
                                 } else {
                                     None
                                 };
@@ -663,7 +383,7 @@ impl Connection {
                                     started: Instant::now(),
                                 };
                                 match refusal {
-                                    Some(error) => self.answer_unrun(tx, id, &info, error).await,
+                                    Some(refusal) => self.answer_unrun(tx, id, &info, refusal).await,
                                     None => {
                                         let job = handle_request(self.shared.clone(), conn, id, timeout_ms, request, len, tx.clone());
                                         requests.spawn(id, info, job);
@@ -680,7 +400,7 @@ impl Connection {
                             }
                             Message::GetCredentials { id } => {
                                 let result = if draining {
-                                    Err(WireError::new(ErrorCode::Shutdown, "the proxy is shutting down; retry on a new connection"))
+                                    Err(Refusal::Draining.into())
                                 } else {
                                     self.credentials(id).await
                                 };
@@ -733,9 +453,7 @@ impl Connection {
                     let cancelled = requests.cancel_all().await;
                     tracing::warn!(conn, cancelled = cancelled.len(), "drain timeout: answering the rest with Shutdown");
                     for (id, job) in cancelled {
-                        let error = WireError::new(ErrorCode::Shutdown,
-                            "the proxy shut down before KMS answered; retry on a new connection");
-                        self.answer_unrun(tx, id, &job, error).await;
+                        self.answer_unrun(tx, id, &job, Refusal::DrainTimeout).await;
                     }
                     return None;
                 }
@@ -749,25 +467,18 @@ impl Connection {
     async fn credentials(&self, id: u64) -> Result<AwsCredentialsWire, WireError> {
         let timeout = self.shared.config.limits.default_request_timeout;
         let result = match &self.shared.credentials {
-            None => Err(WireError::new(
-                ErrorCode::PolicyDenied,
-                "this proxy hands out no AWS credentials (started without a credential source \
-                 or with --no-credentials)",
-            )),
+            None => Err(Refusal::NoCredentials.into()),
             Some(source) => match tokio::time::timeout(timeout, source.credentials()).await {
-                Err(_) => Err(WireError::new(
-                    ErrorCode::Timeout,
-                    format!("no AWS credentials within {} ms", timeout.as_millis()),
-                )),
+                Err(_) => Err(Refusal::CredentialsTimeout { timeout }.into()),
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(creds)) => match creds.validate() {
                     Ok(()) => Ok(creds),
                     Err(e) => {
                         tracing::error!(conn = self.id, error = %e, "the credential source gave unusable credentials");
-                        Err(WireError::new(
-                            ErrorCode::Internal,
-                            format!("the proxy's AWS credentials are unusable: {e}"),
-                        ))
+                        Err(Refusal::CredentialsUnusable {
+                            reason: e.to_string(),
+                        }
+                        .into())
                     }
                 },
             },
@@ -789,8 +500,9 @@ impl Connection {
         tx: &mpsc::Sender<Message>,
         id: u64,
         job: &InFlight,
-        error: WireError,
+        refusal: Refusal,
     ) {
+        let error = WireError::from(refusal);
         self.audit_unanswered(id, job, Outcome::Error(error.code()));
         let _ = tx
             .send(Message::Response {
@@ -836,157 +548,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Queues `Error{e}` (code from the one mapping in `keybroker-common`).
-async fn send_fatal(tx: &mpsc::Sender<Message>, e: ProtocolError) {
+pub(super) async fn send_fatal(tx: &mpsc::Sender<Message>, e: ProtocolError) {
     let error = WireError::from(&keybroker_common::Error::Protocol(e));
     let _ = tx.send(Message::Error { error }).await;
-}
-
-/// Runs one request: policy, backend under the deadline, response check,
-/// audit line, response. Returns the request id.
-async fn handle_request(
-    shared: Arc<Shared>,
-    conn: u64,
-    id: u64,
-    timeout_ms: Option<u32>,
-    request: KmsRequest,
-    len: usize,
-    tx: mpsc::Sender<Message>,
-) -> u64 {
-    let started = Instant::now();
-    let limits = &shared.config.limits;
-    let budget = timeout_ms
-        .map_or(limits.default_request_timeout, |ms| {
-            Duration::from_millis(u64::from(ms))
-        })
-        .min(limits.max_request_timeout);
-    let deadline = started + budget;
-    let operation = request.operation();
-    let key_id = request.key_id().map(str::to_owned);
-
-    let now = crate::cli::now();
-    let (decision, request) =
-        if shared.config.policy.verifies_attestation() && request.recipient().is_some() {
-            // Chain and signature verification (ECDSA P-384): off the
-            // async workers.
-            let policy_owner = shared.clone();
-            let evaluated = tokio::task::spawn_blocking(move || {
-                let d = policy_owner.config.policy.evaluate(&request, len, now);
-                (d, request)
-            })
-            .await;
-            match evaluated {
-                Ok(pair) => pair,
-                Err(e) => {
-                    let result = Err(WireError::new(
-                        ErrorCode::Internal,
-                        format!("policy evaluation failed: {e}"),
-                    ));
-                    finish(
-                        &tx,
-                        conn,
-                        id,
-                        operation,
-                        key_id.as_deref(),
-                        None,
-                        false,
-                        result,
-                        None,
-                        started,
-                    )
-                    .await;
-                    return id;
-                }
-            }
-        } else {
-            (shared.config.policy.evaluate(&request, len, now), request)
-        };
-
-    let mut denied = None;
-    let result = match decision.verdict {
-        Err(denial) => {
-            // The audit line names only the rule; this says why (e.g. which
-            // images a PcrMismatch was checked against).
-            tracing::info!(conn, id, reason = peer(&denial), "request denied by policy");
-            denied = Some(denial.rule);
-            Err(denial.to_wire())
-        }
-        // The permit is held until KMS answers or the deadline passes (the
-        // call is then dropped), or until this task is aborted.
-        Ok(()) => match shared.kms_slots.try_acquire() {
-            Err(_) => Err(WireError::new(
-                ErrorCode::Busy,
-                format!(
-                    "{} KMS calls in flight on this proxy (its limit); retry after a back-off",
-                    limits.max_kms_in_flight
-                ),
-            )),
-            Ok(_permit) => {
-                match tokio::time::timeout_at(deadline, shared.backend.call(request)).await {
-                    Err(_) => Err(WireError::new(
-                        ErrorCode::Timeout,
-                        format!("KMS did not answer within {} ms", budget.as_millis()),
-                    )),
-                    Ok(Ok(response)) => match check_response(&response) {
-                        Ok(()) => Ok(response),
-                        Err(denial) => {
-                            // `response` (with its SecretBytes) is dropped,
-                            // and so zeroized, here.
-                            tracing::error!(
-                                conn,
-                                id,
-                                operation = operation.as_str(),
-                                "KMS returned plaintext key material; discarded"
-                            );
-                            denied = Some(denial.rule);
-                            Err(denial.to_wire())
-                        }
-                    },
-                    Ok(Err(e)) => Err(e),
-                }
-            }
-        },
-    };
-    finish(
-        &tx,
-        conn,
-        id,
-        operation,
-        key_id.as_deref(),
-        decision.caller_pcr0.as_deref(),
-        decision.attestation_verified,
-        result,
-        denied,
-        started,
-    )
-    .await;
-    id
-}
-
-/// Emits the audit line and queues the response.
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    tx: &mpsc::Sender<Message>,
-    conn: u64,
-    id: u64,
-    operation: Operation,
-    key_id: Option<&str>,
-    caller_pcr0: Option<&str>,
-    attestation_verified: bool,
-    result: Result<keybroker_common::kms::KmsResponse, WireError>,
-    denied: Option<crate::policy::Rule>,
-    started: Instant,
-) {
-    let outcome = denied.map_or_else(|| Outcome::of(&result), Outcome::Denied);
-    AuditRecord {
-        connection: conn,
-        request_id: id,
-        operation,
-        key_id,
-        caller_pcr0,
-        attestation_verified,
-        outcome,
-        latency: started.elapsed(),
-    }
-    .emit();
-    let _ = tx.send(Message::Response { id, result }).await;
 }

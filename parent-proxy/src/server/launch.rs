@@ -1,0 +1,117 @@
+//! `serve`'s start-up: the AWS configuration (region, credentials), the
+//! KMS backend, the signal handlers, binding, `listening: ADDRESS` on
+//! standard output, then serving until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use super::{Proxy, shutdown_signal};
+use crate::admission::AdmissionPolicy;
+use crate::backend::{SdkKmsBackend, load_sdk_config};
+use crate::credentials::AwsConfigCredentials;
+use crate::error::Result;
+use crate::settings::ServeSettings;
+use crate::tunnel::{TunnelSettings, TunnelTarget};
+
+/// Runs the proxy with `settings` until SIGINT/SIGTERM, printing
+/// `listening: ADDRESS` on `stdout` once bound (the launcher and tests read
+/// the real address from there). Installs the log subscriber first.
+pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Result<()> {
+    // A subscriber may already be installed (tests calling `run` twice).
+    let _ = crate::audit::init_logging(settings.log_format);
+    log_allowed_images(&settings.proxy.admission);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ServeSettings {
+        mut proxy,
+        kms,
+        credentials,
+        ..
+    } = settings;
+    let bound = runtime.block_on(async {
+        let sdk_config = load_sdk_config(&kms).await;
+        add_region_kms_target(&mut proxy.tunnels, &sdk_config);
+        let backend = SdkKmsBackend::from_sdk_config(&sdk_config);
+        let signal = shutdown_signal()?;
+        let mut proxy = Proxy::bind(proxy, backend).await?;
+        if credentials {
+            match AwsConfigCredentials::from_sdk_config(&sdk_config) {
+                Some(source) => proxy = proxy.with_credentials(Arc::new(source)),
+                None => tracing::warn!("no AWS credential provider: GetCredentials is refused"),
+            }
+        }
+        Ok::<_, crate::Error>((proxy, signal))
+    });
+    let (proxy, signal) = bound.inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    writeln!(stdout, "listening: {}", proxy.local_addr())?;
+    stdout.flush()?;
+    runtime
+        .block_on(proxy.run_until(signal))
+        .inspect_err(|e| tracing::error!(error = %e, "server failed"))
+}
+
+/// Allows tunnels to the KMS endpoint of the region the proxy runs in (from
+/// `--region`, `[kms] region` or the AWS chain), if it knows one.
+fn add_region_kms_target(tunnels: &mut TunnelSettings, sdk_config: &aws_config::SdkConfig) {
+    let Some(region) = sdk_config.region() else {
+        tracing::warn!("no AWS region: no default tunnel target (add one with --tunnel)");
+        return;
+    };
+    match TunnelTarget::region_kms(region.as_ref()) {
+        Some(target) => {
+            tunnels.allowed.insert(target);
+        }
+        None => {
+            tracing::warn!(region = ?region.as_ref(), "the AWS region is not a plausible region name: no default tunnel target")
+        }
+    }
+}
+
+/// Logs, at start, which enclave images the proxy admits (one line per
+/// image, with its full PCR values), so that the journal shows what a
+/// `denied:PcrMismatch` was checked against.
+fn log_allowed_images(policy: &AdmissionPolicy) {
+    if policy.allowed_images.is_empty() {
+        tracing::warn!(
+            "no allowed enclave images: the proxy does not check attestation documents \
+             (the KMS key policy alone decides)"
+        );
+    }
+    for image in &policy.allowed_images {
+        let pcrs: Vec<String> = image
+            .pcrs()
+            .iter()
+            .map(|(index, value)| format!("PCR{index}={}", hex::encode(value)))
+            .collect();
+        tracing::info!(
+            image = %image.label(),
+            pcrs = %pcrs.join(" "),
+            "admitting enclave image"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_region_adds_its_kms_endpoint_as_a_tunnel_target() {
+        let mut tunnels = TunnelSettings::default();
+        let none = aws_config::SdkConfig::builder().build();
+        add_region_kms_target(&mut tunnels, &none);
+        assert!(tunnels.allowed.is_empty(), "no region, no default target");
+        let eu = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        add_region_kms_target(&mut tunnels, &eu);
+        assert!(tunnels.allows("kms.eu-west-1.amazonaws.com", 443));
+        assert_eq!(tunnels.allowed.len(), 1);
+        let odd = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1.evil.example"))
+            .build();
+        add_region_kms_target(&mut tunnels, &odd);
+        assert_eq!(tunnels.allowed.len(), 1);
+    }
+}

@@ -1,0 +1,307 @@
+//! The proxy server: accepts enclave connections and relays their requests
+//! to a [`KmsBackend`] under the
+//! [`AdmissionPolicy`](crate::admission::AdmissionPolicy).
+//!
+//! - this module: the listener loop, [`Proxy`] and [`ProxyHandle`];
+//! - `connection`: one enclave connection (handshake, request loop, drain);
+//! - `request`: one request (admission, backend, audit line);
+//! - [`launch`]: `serve`'s start-up (AWS config, signals, `listening:`).
+//!
+//! Per connection (protocol: [`keybroker_common::protocol`]):
+//!
+//! 1. The enclave must send `Hello` within
+//!    [`ServerLimits::handshake_timeout`]; the proxy answers `HelloAck` with
+//!    [`negotiate`](keybroker_common::protocol::negotiate)'s version, or `Error{UnsupportedVersion}` and closes.
+//! 2. Each `Request` runs in its own task (policy, then the backend under the
+//!    request's deadline); one writer task per connection sends the
+//!    `Response`s in completion order, matched by request id. More than
+//!    [`ServerLimits::max_in_flight_per_connection`] requests in flight: the
+//!    extra one is answered `Busy`. A request the policy allows while
+//!    [`ServerLimits::max_kms_in_flight`] KMS calls are already running, on
+//!    all connections together, is answered `Busy` too, without waiting.
+//! 3. A frame that cannot be decoded (oversized, malformed, out of order, a
+//!    duplicate id) is answered with `Error` and the connection closed;
+//!    requests in flight on it are abandoned, as the protocol specifies.
+//! 4. Nothing in flight and no message for [`ServerLimits::idle_timeout`]:
+//!    `Goodbye`, close.
+//! 5. Protocol version 2 only (a version 1 connection that sends them gets
+//!    `Error{BadRequest}`): `GetCredentials` is answered `Credentials` from
+//!    the [`CredentialSource`] given to [`Proxy::with_credentials`] (without
+//!    one: `PolicyDenied`); `OpenTunnel`, as the first message after the
+//!    handshake, turns the connection into a byte tunnel (see
+//!    [`crate::tunnel`]). Broker connections and tunnels share the listener
+//!    and the connection limit.
+//!
+//! Shutdown ([`Proxy::run_until`]'s future completes, or
+//! [`ProxyHandle::shutdown`]): the listener closes, every connection gets
+//! `Goodbye`, requests still arriving are answered `Shutdown`, in-flight
+//! requests finish within [`ServerLimits::drain_timeout`] (the rest are
+//! answered `Shutdown`), tunnels keep relaying until the same deadline, then
+//! the connections close and `run_until` returns.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use keybroker_common::address::Address;
+use keybroker_common::protocol::{Message, WireError, encode_into};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::backend::KmsBackend;
+use crate::clock::{Clock, SystemClock};
+use crate::credentials::CredentialSource;
+use crate::error::{Error, Result};
+use crate::listener::{Io, Listener};
+use crate::refusal::Refusal;
+pub use crate::settings::{ProxyConfig, ServerLimits};
+
+mod connection;
+pub mod launch;
+mod request;
+
+use connection::Connection;
+
+/// The software id sent in `HelloAck`.
+pub const SERVER_ID: &str = concat!("keybroker-proxy/", env!("CARGO_PKG_VERSION"));
+
+/// State shared by all connections.
+struct Shared {
+    config: ProxyConfig,
+    backend: Arc<dyn KmsBackend>,
+    next_connection: AtomicU64,
+    /// `None`: `GetCredentials` is answered `PolicyDenied`.
+    credentials: Option<Arc<dyn CredentialSource>>,
+    /// One permit per open tunnel ([`crate::tunnel::TunnelSettings::max_tunnels`]).
+    tunnel_slots: Arc<Semaphore>,
+    /// One permit per KMS call in flight, across all connections
+    /// ([`ServerLimits::max_kms_in_flight`]).
+    kms_slots: Semaphore,
+    /// The time attestation documents are checked at.
+    clock: Arc<dyn Clock>,
+}
+
+/// A bound, not yet running proxy. [`Proxy::bind`], then
+/// [`Proxy::run_until`] (foreground) or [`Proxy::spawn`] (background task).
+pub struct Proxy {
+    listener: Listener,
+    local_addr: Address,
+    shared: Shared,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Binds `config.listen` (`tcp://127.0.0.1:0` picks a free port; a
+    /// stale Unix socket file is replaced). Must run inside a tokio runtime.
+    pub async fn bind(config: ProxyConfig, backend: impl KmsBackend) -> Result<Proxy> {
+        Self::bind_shared(config, Arc::new(backend)).await
+    }
+
+    /// [`Proxy::bind`] with a shared backend.
+    pub async fn bind_shared(config: ProxyConfig, backend: Arc<dyn KmsBackend>) -> Result<Proxy> {
+        let (listener, local_addr) =
+            Listener::bind(&config.listen, config.allow_non_loopback).await?;
+        let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
+        // `Semaphore::new` panics above MAX_PERMITS (2^61 on 64-bit).
+        let kms_slots = Semaphore::new(config.limits.max_kms_in_flight.min(Semaphore::MAX_PERMITS));
+        Ok(Proxy {
+            listener,
+            local_addr,
+            shared: Shared {
+                config,
+                backend,
+                next_connection: AtomicU64::new(1),
+                credentials: None,
+                tunnel_slots,
+                kms_slots,
+                clock: Arc::new(SystemClock),
+            },
+        })
+    }
+
+    /// Answers `GetCredentials` (protocol version 2) with credentials from
+    /// `source`. Without a source the proxy answers `PolicyDenied`.
+    pub fn with_credentials(mut self, source: Arc<dyn CredentialSource>) -> Self {
+        self.shared.credentials = Some(source);
+        self
+    }
+
+    /// Reads the time from `clock` instead of the system clock (the
+    /// default), e.g. to check attestation documents at a fixed time.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.shared.clock = clock;
+        self
+    }
+
+    /// The address actually bound (for `tcp://...:0`, with the real port).
+    pub fn local_addr(&self) -> &Address {
+        &self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see the
+    /// [module docs](self)) and returns once every connection is closed.
+    pub async fn run_until<F>(self, shutdown: F) -> Result<()>
+    where
+        F: Future<Output = ()> + Send,
+    {
+        let Proxy {
+            listener,
+            local_addr,
+            shared,
+        } = self;
+        let shared = Arc::new(shared);
+        tracing::info!(
+            targets = %shared.config.tunnels.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            max_tunnels = shared.config.tunnels.max_tunnels,
+            credentials = shared.credentials.is_some(),
+            "tunnel targets and credentials"
+        );
+        let limits = shared.config.limits.clone();
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        tracing::info!(address = %local_addr, "listening");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((io, peer)) => {
+                        let conn = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                        match slots.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let shared = shared.clone();
+                                let stop = stop_rx.clone();
+                                connections.spawn(async move {
+                                    tracing::debug!(conn, %peer, "connection accepted");
+                                    Connection::new(shared, conn, stop).run(io).await;
+                                    tracing::debug!(conn, "connection closed");
+                                    drop(permit);
+                                });
+                            }
+                            Err(_) => {
+                                tracing::warn!(conn, %peer, max = limits.max_connections, "connection refused: at the connection limit");
+                                connections.spawn(refuse(io));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // EMFILE, ECONNABORTED, ...: keep serving, without
+                        // spinning on a persistent error.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        tracing::info!(
+            connections = connections.len(),
+            drain_timeout_ms = limits.drain_timeout.as_millis(),
+            "shutting down: no new connections, draining"
+        );
+        listener.cleanup();
+        let _ = stop_tx.send(true);
+        // Each connection drains within drain_timeout by itself; this bound
+        // only guards against a connection stuck writing to a peer that does
+        // not read.
+        let all_closed = async { while connections.join_next().await.is_some() {} };
+        let grace = limits.drain_timeout + Duration::from_secs(2);
+        if tokio::time::timeout(grace, all_closed).await.is_err() {
+            tracing::warn!(
+                connections = connections.len(),
+                "connections still open after the drain timeout; closing them"
+            );
+            connections.shutdown().await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Runs the proxy on a background task.
+    pub fn spawn(self) -> ProxyHandle {
+        let local_addr = self.local_addr.clone();
+        let (tx, mut rx) = watch::channel(false);
+        let task = tokio::spawn(self.run_until(async move {
+            // Err: the handle was dropped, which also means stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }));
+        ProxyHandle {
+            local_addr,
+            stop: tx,
+            task,
+        }
+    }
+}
+
+/// A proxy running on a background task ([`Proxy::spawn`]). Dropping the
+/// handle shuts the proxy down too.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    local_addr: Address,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl ProxyHandle {
+    /// The address the proxy listens on.
+    pub fn local_addr(&self) -> &Address {
+        &self.local_addr
+    }
+
+    /// Starts the graceful shutdown (returns at once; see
+    /// [`ProxyHandle::join`]).
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits until the proxy has stopped.
+    pub async fn join(self) -> Result<()> {
+        let ProxyHandle { stop, task, .. } = self;
+        let result = task.await;
+        drop(stop);
+        result.map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    /// [`ProxyHandle::shutdown`], then [`ProxyHandle::join`].
+    pub async fn shutdown_and_wait(self) -> Result<()> {
+        self.shutdown();
+        self.join().await
+    }
+}
+
+/// Registers SIGINT and SIGTERM handlers and returns a future that completes
+/// on the first of them. Call inside the tokio runtime.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+/// Answers a connection over the limit with `Error{Busy}` and closes it.
+async fn refuse(mut io: Box<dyn Io>) {
+    let error = WireError::from(Refusal::ConnectionLimit);
+    let mut frame = Vec::new();
+    if encode_into(&Message::Error { error }, &mut frame).is_ok() {
+        let write = async {
+            let _ = io.write_all(&frame).await;
+            let _ = io.shutdown().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
+}
