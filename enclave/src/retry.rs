@@ -234,21 +234,4 @@ mod tests {
             Decision::GiveUp
         );
     }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        for attempt in 0..40 {
-            let ideal = Duration::from_millis(100)
-                .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
-                .min(Duration::from_secs(2));
-            let d = b.delay(attempt);
-            assert!(d <= ideal && d >= ideal / 2, "attempt {attempt}: {d:?}");
-        }
-        let samples: std::collections::HashSet<_> = (0..20).map(|_| b.delay(3)).collect();
-        assert!(samples.len() > 1, "jitter varies the delay");
-    }
 }

@@ -59,19 +59,11 @@ pub async fn generate_data_key(args: &GenerateDataKeyArgs) -> Result<SecretOutpu
 /// [`Error::InvalidArgument`] for a ciphertext that is not base64; I/O
 /// errors reading or writing files; as [`Client::decrypt`].
 pub async fn decrypt(args: &DecryptArgs) -> Result<SecretOutput, Error> {
-    let blob = match (&args.ciphertext_blob, &args.ciphertext_file) {
-        (_, Some(path)) => {
-            std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?
-        }
-        (Some(b64), None) => B64
-            .decode(b64.trim())
-            .map_err(|e| Error::InvalidArgument(format!("--ciphertext-blob is not base64: {e}")))?,
-        (None, None) => {
-            return Err(Error::InvalidArgument(
-                "give --ciphertext-blob or --ciphertext-file".into(),
-            ));
-        }
-    };
+    let blob = base64_or_file(
+        ("--ciphertext-blob", args.ciphertext_blob.as_ref()),
+        ("--ciphertext-file", args.ciphertext_file.as_deref()),
+        |path| std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e)),
+    )?;
     let client = connect(&args.broker).await?;
     let request = DecryptRequest {
         ciphertext_blob: Some(Blob(blob)),
@@ -140,17 +132,11 @@ pub async fn generate_random(args: &GenerateRandomArgs) -> Result<SecretOutput, 
 /// [`Error::InvalidArgument`] for a public key that is not base64, DER or
 /// PEM; I/O errors on the files; as [`Client::derive_shared_secret`].
 pub async fn derive_shared_secret(args: &DeriveSharedSecretArgs) -> Result<SecretOutput, Error> {
-    let public_key = match (&args.public_key, &args.public_key_file) {
-        (_, Some(path)) => public_key_file(path)?,
-        (Some(b64), None) => B64
-            .decode(b64.trim())
-            .map_err(|e| Error::InvalidArgument(format!("--public-key is not base64: {e}")))?,
-        (None, None) => {
-            return Err(Error::InvalidArgument(
-                "give --public-key or --public-key-file".into(),
-            ));
-        }
-    };
+    let public_key = base64_or_file(
+        ("--public-key", args.public_key.as_ref()),
+        ("--public-key-file", args.public_key_file.as_deref()),
+        public_key_file,
+    )?;
     let client = connect(&args.broker).await?;
     let d = client
         .derive_shared_secret(DeriveSharedSecretRequest {
@@ -164,6 +150,24 @@ pub async fn derive_shared_secret(args: &DeriveSharedSecretArgs) -> Result<Secre
     let mut r = DeriveSharedSecretResponse::from(d);
     to_file(&mut r.shared_secret, args.shared_secret_file.as_ref())?;
     SecretOutput::of(&r)
+}
+
+/// Bytes given in base64 on the command line (`inline`) or in a file
+/// (`file`, read with `read`; it wins when both are given).
+fn base64_or_file(
+    (inline_flag, inline): (&str, Option<&String>),
+    (file_flag, file): (&str, Option<&Path>),
+    read: impl FnOnce(&Path) -> Result<Vec<u8>, Error>,
+) -> Result<Vec<u8>, Error> {
+    match (inline, file) {
+        (_, Some(path)) => read(path),
+        (Some(b64), None) => B64
+            .decode(b64.trim())
+            .map_err(|e| Error::InvalidArgument(format!("{inline_flag} is not base64: {e}"))),
+        (None, None) => Err(Error::InvalidArgument(format!(
+            "give {inline_flag} or {file_flag}"
+        ))),
+    }
 }
 
 /// A public key file: DER, or PEM with a `PUBLIC KEY` label (RFC 7468

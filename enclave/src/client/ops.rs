@@ -1,6 +1,6 @@
 //! The KMS operations of [`Client`]: the five that carry `Recipient` share
-//! one path ([`Client::with_recipient`] over [`RecipientCall`]); the others
-//! are relayed as they are.
+//! one path (`Client::with_recipient` over `RecipientCall`); the others
+//! are relayed as they are (`Client::relay` over `KmsCall`).
 
 use std::sync::Arc;
 
@@ -203,8 +203,7 @@ impl Client {
         no_recipient(slot.is_some())?;
         let pair = self.inner.keys.acquire();
         *slot = Some(pair.recipient());
-        let response = self.call(request.into_request(), self.timeout).await?;
-        let mut r = R::from_response(response).ok_or_else(|| mismatch(R::OP))?;
+        let mut r = self.relay(request).await?;
         refuse_plaintext(R::OP, R::has_plaintext(&r))?;
         let cfr = R::ciphertext_for_recipient(&mut r);
         let cfr = required(R::OP, cfr, "no CiphertextForRecipient")?;
@@ -220,16 +219,7 @@ impl Client {
         &self,
         request: GenerateDataKeyWithoutPlaintextRequest,
     ) -> Result<GenerateDataKeyWithoutPlaintextResponse, Error> {
-        match self
-            .call(
-                KmsRequest::GenerateDataKeyWithoutPlaintext(request),
-                self.timeout,
-            )
-            .await?
-        {
-            KmsResponse::GenerateDataKeyWithoutPlaintext(r) => Ok(r),
-            _ => Err(mismatch(Operation::GenerateDataKeyWithoutPlaintext)),
-        }
+        self.relay(request).await
     }
 
     /// KMS `GenerateDataKeyPairWithoutPlaintext`, relayed as is.
@@ -240,16 +230,7 @@ impl Client {
         &self,
         request: GenerateDataKeyPairWithoutPlaintextRequest,
     ) -> Result<GenerateDataKeyPairWithoutPlaintextResponse, Error> {
-        match self
-            .call(
-                KmsRequest::GenerateDataKeyPairWithoutPlaintext(request),
-                self.timeout,
-            )
-            .await?
-        {
-            KmsResponse::GenerateDataKeyPairWithoutPlaintext(r) => Ok(r),
-            _ => Err(mismatch(Operation::GenerateDataKeyPairWithoutPlaintext)),
-        }
+        self.relay(request).await
     }
 
     /// KMS `DescribeKey`, relayed as is.
@@ -260,13 +241,14 @@ impl Client {
         &self,
         request: DescribeKeyRequest,
     ) -> Result<DescribeKeyResponse, Error> {
-        match self
-            .call(KmsRequest::DescribeKey(request), self.timeout)
-            .await?
-        {
-            KmsResponse::DescribeKey(r) => Ok(r),
-            _ => Err(mismatch(Operation::DescribeKey)),
-        }
+        self.relay(request).await
+    }
+
+    /// Sends a typed request as it is and returns its typed answer (an
+    /// answer for another operation is [`Error::InvalidResponse`]).
+    async fn relay<R: KmsCall>(&self, request: R) -> Result<R::Response, Error> {
+        let response = self.call(request.into_request(), self.timeout).await?;
+        R::from_response(response).ok_or_else(|| mismatch(R::OP))
     }
 
     /// Sends `request` exactly as given (no `Recipient` attached, nothing
@@ -290,27 +272,20 @@ fn no_recipient(present: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// A KMS request that takes `Recipient` (the five operations that return
-/// plaintext), with the fields of its response that [`Client`]'s one
-/// `Recipient` path needs.
-trait RecipientCall {
+/// A typed KMS request: how it becomes a [`KmsRequest`] and its answer
+/// comes out of a [`KmsResponse`].
+trait KmsCall {
     const OP: Operation;
     type Response;
-    fn recipient_mut(&mut self) -> &mut Option<RecipientInfo>;
     fn into_request(self) -> KmsRequest;
     fn from_response(response: KmsResponse) -> Option<Self::Response>;
-    fn has_plaintext(response: &Self::Response) -> bool;
-    fn ciphertext_for_recipient(response: &mut Self::Response) -> Option<Blob>;
 }
 
-macro_rules! recipient_call {
-    ($($op:ident: $req:ty => $resp:ty, $plaintext:ident;)*) => {$(
-        impl RecipientCall for $req {
+macro_rules! kms_call {
+    ($($op:ident: $req:ty => $resp:ty;)*) => {$(
+        impl KmsCall for $req {
             const OP: Operation = Operation::$op;
             type Response = $resp;
-            fn recipient_mut(&mut self) -> &mut Option<RecipientInfo> {
-                &mut self.recipient
-            }
             fn into_request(self) -> KmsRequest {
                 KmsRequest::$op(self)
             }
@@ -319,6 +294,38 @@ macro_rules! recipient_call {
                     KmsResponse::$op(r) => Some(r),
                     _ => None,
                 }
+            }
+        }
+    )*};
+}
+
+kms_call! {
+    GenerateDataKey: GenerateDataKeyRequest => GenerateDataKeyResponse;
+    Decrypt: DecryptRequest => DecryptResponse;
+    GenerateDataKeyPair: GenerateDataKeyPairRequest => GenerateDataKeyPairResponse;
+    GenerateRandom: GenerateRandomRequest => GenerateRandomResponse;
+    DeriveSharedSecret: DeriveSharedSecretRequest => DeriveSharedSecretResponse;
+    GenerateDataKeyWithoutPlaintext:
+        GenerateDataKeyWithoutPlaintextRequest => GenerateDataKeyWithoutPlaintextResponse;
+    GenerateDataKeyPairWithoutPlaintext:
+        GenerateDataKeyPairWithoutPlaintextRequest => GenerateDataKeyPairWithoutPlaintextResponse;
+    DescribeKey: DescribeKeyRequest => DescribeKeyResponse;
+}
+
+/// A KMS request that takes `Recipient` (the five operations that return
+/// plaintext), with the fields of its response that [`Client`]'s one
+/// `Recipient` path needs.
+trait RecipientCall: KmsCall {
+    fn recipient_mut(&mut self) -> &mut Option<RecipientInfo>;
+    fn has_plaintext(response: &Self::Response) -> bool;
+    fn ciphertext_for_recipient(response: &mut Self::Response) -> Option<Blob>;
+}
+
+macro_rules! recipient_call {
+    ($($req:ty => $resp:ty, $plaintext:ident;)*) => {$(
+        impl RecipientCall for $req {
+            fn recipient_mut(&mut self) -> &mut Option<RecipientInfo> {
+                &mut self.recipient
             }
             fn has_plaintext(response: &$resp) -> bool {
                 response.$plaintext.is_some()
@@ -331,12 +338,11 @@ macro_rules! recipient_call {
 }
 
 recipient_call! {
-    GenerateDataKey: GenerateDataKeyRequest => GenerateDataKeyResponse, plaintext;
-    Decrypt: DecryptRequest => DecryptResponse, plaintext;
-    GenerateDataKeyPair: GenerateDataKeyPairRequest => GenerateDataKeyPairResponse,
-        private_key_plaintext;
-    GenerateRandom: GenerateRandomRequest => GenerateRandomResponse, plaintext;
-    DeriveSharedSecret: DeriveSharedSecretRequest => DeriveSharedSecretResponse, shared_secret;
+    GenerateDataKeyRequest => GenerateDataKeyResponse, plaintext;
+    DecryptRequest => DecryptResponse, plaintext;
+    GenerateDataKeyPairRequest => GenerateDataKeyPairResponse, private_key_plaintext;
+    GenerateRandomRequest => GenerateRandomResponse, plaintext;
+    DeriveSharedSecretRequest => DeriveSharedSecretResponse, shared_secret;
 }
 
 fn refuse_plaintext(operation: Operation, present: bool) -> Result<(), Error> {

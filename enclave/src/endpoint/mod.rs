@@ -221,10 +221,7 @@ impl KmsEndpoint {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::io("serve the KMS endpoint", e))
+        self.serve_on(listener, shutdown).await
     }
 
     /// [`KmsEndpoint::serve_tcp`] on a Unix socket.
@@ -236,6 +233,18 @@ impl KmsEndpoint {
         listener: UnixListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        self.serve_on(listener, shutdown).await
+    }
+
+    async fn serve_on<L>(
+        &self,
+        listener: L,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error>
+    where
+        L: axum::serve::Listener,
+        L::Addr: core::fmt::Debug,
+    {
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
