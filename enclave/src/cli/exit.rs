@@ -1,4 +1,4 @@
-//! The exit codes of `keybroker-enclave`: one table ([`exit_codes!`]) gives
+//! The exit codes of `keybroker-enclave`: one table (the `exit_codes!` macro) gives
 //! the constants, the `--help` text ([`HELP`]) and [`TABLE`]; [`exit_code`]
 //! maps an [`Error`] to its code.
 

@@ -1,6 +1,6 @@
 //! The one-call KMS subcommands (`generate-data-key`, `decrypt`,
 //! `generate-data-key-pair`, `generate-random`, `derive-shared-secret`):
-//! one [`Client`](crate::Client) call each, with `Recipient`, printed as
+//! one [`Client`] call each, with `Recipient`, printed as
 //! the KMS response a call without `Recipient` gets (the client's `From`
 //! conversions), fields given a `--*-file` written there raw instead.
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use super::args::ServeArgs;
 use super::connect::{new_client, open_nsm};
 use crate::endpoint::KmsEndpoint;
+use crate::endpoint::server::termination_signal;
 use crate::{Client, Error, RecipientKeys, RecipientKeysConfig};
 
 /// `serve`: the KMS endpoint until SIGINT/SIGTERM. Prints one
@@ -31,7 +32,6 @@ use crate::{Client, Error, RecipientKeys, RecipientKeysConfig};
 /// NSM and binding failures; a non-loopback address without
 /// `allow_non_loopback`.
 pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
-    use tokio::signal::unix::{SignalKind, signal};
     let listen = match (args.listen, &args.unix) {
         (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8000))),
         (listen, _) => listen,
@@ -59,16 +59,7 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
         println!("listening: unix://{}", path.display());
     }
     let _ = std::io::stdout().flush();
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
-    let result = server
-        .run_until(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        })
-        .await;
+    let result = server.run_until(termination_signal()?).await;
     readiness.abort();
     result
 }

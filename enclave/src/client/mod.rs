@@ -19,9 +19,9 @@
 //! pass through), attaches a `Recipient` from [`RecipientKeys`] (the current
 //! attestation document), sends it, and decrypts the `CiphertextForRecipient`
 //! of the answer with the matching private key (`keybroker_common::cms`).
-//! The plaintext is returned as [`SecretBytes`]. A response that carries a
+//! The plaintext is returned as [`SecretBytes`](keybroker_common::secret::SecretBytes). A response that carries a
 //! `Plaintext`/`PrivateKeyPlaintext` field is refused: the frame decoder
-//! rejects it ([`ProtocolError::PlaintextOnWire`]) and, since framing cannot
+//! rejects it ([`ProtocolError::PlaintextOnWire`](keybroker_common::protocol::ProtocolError::PlaintextOnWire)) and, since framing cannot
 //! resynchronise, the connection is dropped and every request in flight on it
 //! fails with that error.
 //!
@@ -55,7 +55,7 @@
 //!
 //! # Connection
 //!
-//! One connection carries every request ([`connection`]): each gets a fresh
+//! One connection carries every request (module `connection`): each gets a fresh
 //! id, a writer task sends frames, a reader task dispatches responses (in
 //! any order) to the waiting callers. A supervisor task connects, performs
 //! the `Hello` handshake (`keybroker_common::protocol`), and reconnects when

@@ -4,7 +4,7 @@
 //! directory, when it makes it) to the user, then drops to it for good.
 //!
 //! Ownership is changed through an `O_PATH | O_NOFOLLOW` descriptor of the
-//! very file checked ([`chown_no_follow`]), never by name, so a symbolic
+//! very file checked (`chown_no_follow`), never by name, so a symbolic
 //! link put in the socket's place is refused rather than followed.
 
 use std::path::Path;

@@ -10,7 +10,7 @@
 //!    allowed);
 //! 3. the Unix socket's directory is created (owned by the user) when it
 //!    does not exist, the socket is bound ([`super::bind_unix`]) and given
-//!    to the user ([`privileges`](super::privileges));
+//!    to the user ([`privileges`]);
 //! 4. privileges are dropped to the user.
 //!
 //! [`BoundServer::run_until`] then serves every listener until the shutdown
@@ -133,6 +133,26 @@ impl ServerBuilder {
             unix,
         })
     }
+}
+
+/// A future that completes at the first SIGTERM or SIGINT (what stops an
+/// enclave's service), for [`BoundServer::run_until`]. The handlers are
+/// installed now, so a signal that arrives before the future is polled is
+/// not lost.
+///
+/// # Errors
+/// [`Error::Io`] if a handler cannot be installed (outside a tokio runtime
+/// with signals enabled).
+pub fn termination_signal() -> Result<impl Future<Output = ()> + Send, Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::io("SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::io("SIGINT handler", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Listeners bound (and privileges dropped), not yet serving.
