@@ -413,7 +413,7 @@ impl E2eTransport {
         let body = Bytes::from(
             request
                 .to_json()
-                .map_err(|e| Error::InvalidArgument(format!("request body: {e}")))?,
+                .map_err(|e| Error::Internal(format!("request body: {e}")))?,
         );
         let mut clock_retried = false;
         let mut token_retried = false;

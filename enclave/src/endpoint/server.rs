@@ -232,3 +232,73 @@ impl BoundServer {
         result
     }
 }
+
+#[cfg(all(test, feature = "mock-nsm"))]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+    use crate::{Client, ClientConfig, RecipientKeys, RecipientKeysConfig};
+
+    async fn endpoint() -> KmsEndpoint {
+        let ca = crate::MockCa::generate().unwrap();
+        let nsm = crate::MockNsm::new(&ca, crate::MockNsmConfig::default()).unwrap();
+        let keys = RecipientKeys::new(Arc::new(nsm), RecipientKeysConfig::default())
+            .await
+            .unwrap();
+        // No proxy behind it: only the HTTP layer answers here.
+        let config = ClientConfig::new("tcp://127.0.0.1:1".parse().unwrap());
+        KmsEndpoint::new(Client::new(config, keys).unwrap())
+    }
+
+    #[tokio::test]
+    async fn serves_tcp_and_unix_until_shutdown_then_removes_the_socket() {
+        let endpoint = endpoint().await;
+        assert!(matches!(
+            endpoint.server().bind().await,
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            endpoint
+                .server()
+                .tcp("0.0.0.0:0".parse().unwrap())
+                .bind()
+                .await,
+            Err(Error::InvalidArgument(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        // The socket's directory does not exist yet (a fresh /run).
+        let socket = dir.path().join("keybroker/kms.sock");
+        let server = endpoint
+            .server()
+            .tcp("127.0.0.1:0".parse().unwrap())
+            .unix(&socket)
+            .bind()
+            .await
+            .unwrap();
+        let addr = server.local_addr().unwrap().unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(server.unix_path(), Some(socket.as_path()));
+        assert!(socket.exists());
+
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains("UnknownOperationException"), "{answer}");
+        assert!(tokio::net::UnixStream::connect(&socket).await.is_ok());
+
+        stop.send(()).unwrap();
+        running.await.unwrap().unwrap();
+        assert!(!socket.exists(), "the socket is removed after shutdown");
+    }
+}
