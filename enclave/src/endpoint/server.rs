@@ -233,7 +233,8 @@ impl BoundServer {
     }
 }
 
-#[cfg(all(test, feature = "mock-nsm"))]
+#[cfg(test)]
+#[cfg(feature = "mock-nsm")]
 mod tests {
     use std::sync::Arc;
 
