@@ -5,7 +5,9 @@
 //! own errors and protocol violations; [`Error::InvalidResponse`]), what the
 //! connection did ([`Error::ConnectionLost`], [`Error::Unavailable`],
 //! [`Error::Timeout`], [`Error::Io`]), what the NSM did ([`Error::Nsm`]) and
-//! what the local caller got wrong ([`Error::InvalidArgument`]).
+//! what the local caller got wrong ([`Error::InvalidArgument`]), and what
+//! failed inside this program through no fault of the caller
+//! ([`Error::Internal`]).
 //!
 //! No variant carries key material: details are operation names, codes,
 //! lengths and fixed text.
@@ -85,6 +87,12 @@ pub enum Error {
     /// request that already carries a `Recipient`).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A failure that is not the caller's fault and not a remote one: the
+    /// program itself or its environment (an output that cannot be encoded,
+    /// a server task that panicked, privileges that could not be dropped for
+    /// good). Not retryable; `KMSInternalException` at the endpoint.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The client or the key rotation was shut down.
     #[error("shut down")]
     Shutdown,
@@ -119,6 +127,7 @@ impl Error {
             Error::Nsm { .. }
             | Error::InvalidResponse { .. }
             | Error::InvalidArgument(_)
+            | Error::Internal(_)
             | Error::Shutdown
             | Error::KeyNotAllowed(_)
             | Error::Tls { .. } => false,
@@ -147,7 +156,7 @@ impl Error {
     }
 
     /// This error as KMS would report it, for the in-enclave KMS endpoint
-    /// ([`crate::endpoint`]): the one place enclave errors become AWS JSON
+    /// (`crate::endpoint`): the one place enclave errors become AWS JSON
     /// `__type` codes and HTTP statuses.
     ///
     /// - a KMS error relayed by the proxy keeps its code, message and status,

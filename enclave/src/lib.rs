@@ -16,8 +16,12 @@
 //!   mode;
 //! - [`e2e`]: end-to-end mode: HTTPS with SigV4 to KMS over parent tunnels,
 //!   key pinning, clock-skew correction ([`E2eConfig`], [`ParentLink`]);
-//! - [`endpoint`]: [`KmsEndpoint`], a KMS-compatible HTTP endpoint (AWS JSON
-//!   1.1) so unmodified AWS SDKs inside the enclave get attested KMS;
+//! - [`retry`]: when a request may be sent again, and the back-off (both
+//!   modes);
+//! - `endpoint` (cargo feature `endpoint`, default): `KmsEndpoint`, a
+//!   KMS-compatible HTTP endpoint (AWS JSON 1.1) so unmodified AWS SDKs
+//!   inside the enclave get attested KMS, and its server (TCP, Unix socket,
+//!   `--user`, until shutdown);
 //! - [`envelope`]: [`Envelope`], envelope encryption (`seal`/`open`,
 //!   streaming) with KMS data keys and a [`DataKeyCache`] with the AWS
 //!   Encryption SDK's limits;
@@ -25,7 +29,12 @@
 //!   ([`parent::fetch_credentials`]) and byte tunnels
 //!   ([`parent::open_tunnel`]) for end-to-end mode;
 //! - [`transport`]: `vsock://`, `tcp://` and `unix://` connections;
-//! - [`cli`]: the `keybroker-enclave` command line (`demo`, `mock-nsm`).
+//! - `loopback` (feature `endpoint`): brings the enclave's `lo` up;
+//! - `cli` (cargo feature `cli`, default): the `keybroker-enclave` command
+//!   line.
+//!
+//! A library user of [`Client`] alone depends on this crate with
+//! `default-features = false`: no clap, no axum.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), keybroker_enclave::Error> {
@@ -48,24 +57,29 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 pub mod e2e;
+#[cfg(feature = "endpoint")]
 pub mod endpoint;
 pub mod envelope;
 mod error;
 pub mod keys;
+#[cfg(feature = "endpoint")]
 pub mod loopback;
 #[cfg(feature = "mock-nsm")]
 pub mod mock_nsm;
 pub mod nsm;
 pub mod parent;
+pub mod retry;
 pub mod transport;
 
 pub use client::{
     Client, ClientConfig, ClientStats, DataKey, DataKeyPair, Decrypted, SharedSecret,
 };
 pub use e2e::{AwsCredentials, E2eConfig, KmsUrl, Mode, ParentLink, TrustRoots};
+#[cfg(feature = "endpoint")]
 pub use endpoint::KmsEndpoint;
 pub use envelope::{CachingConfig, DataKeyCache, DataKeySource, Envelope};
 pub use error::Error;

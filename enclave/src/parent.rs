@@ -12,17 +12,17 @@
 //! account's keys useless), and the tunnel only carries TLS that the
 //! enclave verifies. Frames are bounded by [`MAX_REPLY_LEN`].
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keybroker_common::address::Address;
 use keybroker_common::protocol::{
     self, AwsCredentialsWire, LENGTH_PREFIX_LEN, Message, ProtocolError, VersionRange,
 };
+use keybroker_common::secret::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
 use crate::Error;
-pub use crate::e2e::AwsCredentials;
 use crate::transport::{self, BoxStream};
 
 /// The first protocol version with credentials and tunnels.
@@ -37,6 +37,35 @@ const CLIENT_ID: &str = concat!("keybroker-enclave/", env!("CARGO_PKG_VERSION"))
 
 /// The request id of the one `GetCredentials` on a connection.
 const CREDENTIALS_ID: u64 = 1;
+
+/// AWS credentials as handed over by the parent (untrusted: they only decide
+/// whose account signs; key pinning in e2e mode makes another account's keys
+/// useless). `Debug` redacts the secret parts.
+#[derive(Clone)]
+pub struct AwsCredentials {
+    /// The access key id (not secret; it names the credentials in logs).
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: SecretString,
+    /// The session token of temporary credentials (instance role, STS).
+    pub session_token: Option<SecretString>,
+    /// When temporary credentials expire.
+    pub expiration: Option<SystemTime>,
+}
+
+impl core::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"[REDACTED]")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("expiration", &self.expiration)
+            .finish()
+    }
+}
 
 impl From<AwsCredentialsWire> for AwsCredentials {
     fn from(w: AwsCredentialsWire) -> Self {

@@ -11,40 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_smithy_runtime_api::client::identity::Identity;
-use keybroker_common::secret::SecretString;
 use tokio::time::Instant;
 
 use super::link::ParentLink;
 use crate::Error;
-
-/// AWS credentials as handed over by the parent (untrusted: they only decide
-/// whose account signs; key pinning in e2e mode makes another account's keys
-/// useless). `Debug` redacts the secret parts.
-#[derive(Clone)]
-pub struct AwsCredentials {
-    /// The access key id (not secret; it names the credentials in logs).
-    pub access_key_id: String,
-    /// The secret access key.
-    pub secret_access_key: SecretString,
-    /// The session token of temporary credentials (instance role, STS).
-    pub session_token: Option<SecretString>,
-    /// When temporary credentials expire.
-    pub expiration: Option<SystemTime>,
-}
-
-impl core::fmt::Debug for AwsCredentials {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("AwsCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"[REDACTED]")
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "[REDACTED]"),
-            )
-            .field("expiration", &self.expiration)
-            .finish()
-    }
-}
+pub use crate::parent::AwsCredentials;
 
 impl AwsCredentials {
     /// The SigV4 signing identity (the secrets are copied into
@@ -164,6 +135,7 @@ impl CredentialCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keybroker_common::secret::SecretString;
 
     #[test]
     fn debug_redacts_secrets() {

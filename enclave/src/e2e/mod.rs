@@ -84,7 +84,7 @@ pub use tls::TrustRoots;
 pub use vsock_proxy::VsockProxyLink;
 
 use crate::Error;
-use crate::client::{ClientConfig, retry_safe};
+use crate::retry::{self, Attempts, Decision, Failure, Policy};
 use credentials::CredentialCache;
 use http::{Pool, SendFailure};
 
@@ -98,7 +98,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 256;
 
 /// How the enclave reaches KMS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The parent proxy relays typed requests (trusts the parent with
@@ -405,14 +406,14 @@ impl E2eTransport {
         mut request: KmsRequest,
         deadline: Instant,
         timeout: Duration,
-        client: &ClientConfig,
+        client: &Policy,
     ) -> Result<KmsResponse, Error> {
         let op = request.operation();
         let sent = self.pin_request(&mut request)?;
         let body = Bytes::from(
             request
                 .to_json()
-                .map_err(|e| Error::InvalidArgument(format!("request body: {e}")))?,
+                .map_err(|e| Error::Internal(format!("request body: {e}")))?,
         );
         let mut clock_retried = false;
         let mut token_retried = false;
@@ -453,7 +454,11 @@ impl E2eTransport {
                     tokio::time::sleep(pause).await;
                 }
                 Attempt::Lost(e) => {
-                    if lost_retried || !retry_safe(op) {
+                    let attempts = Attempts {
+                        retried: lost_retried,
+                        busy_answers: 0,
+                    };
+                    if retry::decide(attempts, Failure::Lost, op) == Decision::GiveUp {
                         tracing::debug!(operation = op.as_str(), error = %e, "KMS connection lost");
                         return Err(Error::ConnectionLost { operation: op });
                     }
@@ -469,7 +474,7 @@ impl E2eTransport {
         op: Operation,
         body: &Bytes,
         sent: Option<&str>,
-        client: &ClientConfig,
+        client: &Policy,
         clock_retried: &mut bool,
         token_retried: &mut bool,
     ) -> Attempt {

@@ -30,7 +30,10 @@
 //! The endpoint listens on loopback TCP (a non-loopback address is refused
 //! unless explicitly allowed, [`bind_tcp`]) or on a Unix socket
 //! ([`bind_unix`]). Inside a Nitro Enclave the loopback interface starts
-//! down; bring it up (`ip link set lo up`) or use the Unix socket.
+//! down; bring it up (`ip link set lo up`, or [`ServerBuilder::loopback_up`])
+//! or use the Unix socket. [`KmsEndpoint::server`] builds a server with
+//! both, run as another user ([`RunAs`]) until a shutdown signal
+//! ([`server`]).
 //!
 //! Response bodies that carry plaintext are built in zeroizing buffers
 //! allocated once at their final size (their base64 fields too), and wiped
@@ -47,13 +50,19 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keybroker_common::kms::{
     DecryptResponse, DeriveSharedSecretResponse, GenerateDataKeyPairResponse,
-    GenerateDataKeyResponse, GenerateRandomResponse, KmsError, KmsRequest, Operation, aws_json,
+    GenerateDataKeyResponse, KmsError, KmsRequest, Operation, aws_json,
 };
 use serde::Serialize;
 use tokio::net::{TcpListener, UnixListener};
 use zeroize::Zeroizing;
 
 use crate::{Client, Error};
+
+pub mod privileges;
+pub mod server;
+
+pub use privileges::RunAs;
+pub use server::{BoundServer, ServerBuilder};
 
 /// Default limit on a request body. The largest legitimate KMS request the
 /// endpoint relays is one carrying an app's own `Recipient` (an attestation
@@ -155,52 +164,23 @@ impl KmsEndpoint {
         match request {
             KmsRequest::GenerateDataKey(req) => {
                 let k = client.generate_data_key(req).await.map_err(kms)?;
-                to_json(&GenerateDataKeyResponse {
-                    ciphertext_blob: Some(k.ciphertext_blob),
-                    plaintext: Some(k.plaintext),
-                    key_id: k.key_id,
-                    key_material_id: k.key_material_id,
-                    ciphertext_for_recipient: None,
-                })
+                to_json(&GenerateDataKeyResponse::from(k))
             }
             KmsRequest::Decrypt(req) => {
                 let d = client.decrypt(req).await.map_err(kms)?;
-                to_json(&DecryptResponse {
-                    key_id: d.key_id,
-                    plaintext: Some(d.plaintext),
-                    encryption_algorithm: d.encryption_algorithm,
-                    key_material_id: d.key_material_id,
-                    ciphertext_for_recipient: None,
-                })
+                to_json(&DecryptResponse::from(d))
             }
             KmsRequest::GenerateDataKeyPair(req) => {
                 let p = client.generate_data_key_pair(req).await.map_err(kms)?;
-                to_json(&GenerateDataKeyPairResponse {
-                    private_key_ciphertext_blob: Some(p.private_key_ciphertext_blob),
-                    private_key_plaintext: Some(p.private_key_plaintext),
-                    public_key: p.public_key,
-                    key_id: p.key_id,
-                    key_pair_spec: p.key_pair_spec,
-                    key_material_id: p.key_material_id,
-                    ciphertext_for_recipient: None,
-                })
+                to_json(&GenerateDataKeyPairResponse::from(p))
             }
             KmsRequest::GenerateRandom(req) => {
                 let bytes = client.generate_random(req).await.map_err(kms)?;
-                to_json(&GenerateRandomResponse {
-                    plaintext: Some(bytes),
-                    ciphertext_for_recipient: None,
-                })
+                to_json(&crate::client::random_response(bytes))
             }
             KmsRequest::DeriveSharedSecret(req) => {
                 let d = client.derive_shared_secret(req).await.map_err(kms)?;
-                to_json(&DeriveSharedSecretResponse {
-                    key_id: d.key_id,
-                    shared_secret: Some(d.shared_secret),
-                    ciphertext_for_recipient: None,
-                    key_agreement_algorithm: d.key_agreement_algorithm,
-                    key_origin: d.key_origin,
-                })
+                to_json(&DeriveSharedSecretResponse::from(d))
             }
             // `returns_plaintext` holds for exactly the five above.
             other => self.relay(other).await,
@@ -216,6 +196,11 @@ impl KmsEndpoint {
             .await
             .map_err(|e| e.to_kms_error())?;
         response.to_json().map_err(|_| serialize_error())
+    }
+
+    /// A server for this endpoint: listeners, user, shutdown ([`server`]).
+    pub fn server(&self) -> ServerBuilder {
+        ServerBuilder::new(self.clone())
     }
 
     /// The axum router: every path and method goes to one handler, which
@@ -236,10 +221,7 @@ impl KmsEndpoint {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| Error::io("serve the KMS endpoint", e))
+        self.serve_on(listener, shutdown).await
     }
 
     /// [`KmsEndpoint::serve_tcp`] on a Unix socket.
@@ -251,6 +233,18 @@ impl KmsEndpoint {
         listener: UnixListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        self.serve_on(listener, shutdown).await
+    }
+
+    async fn serve_on<L>(
+        &self,
+        listener: L,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error>
+    where
+        L: axum::serve::Listener,
+        L::Addr: core::fmt::Debug,
+    {
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown)
             .await
