@@ -43,11 +43,7 @@ fn tls_dir() -> tempfile::TempDir {
 }
 
 async fn start(config: MockKmsConfig) -> RunningMockKms {
-    MockKms::new(config)
-        .unwrap()
-        .spawn("127.0.0.1:0")
-        .await
-        .unwrap()
+    support::spawn(config).await
 }
 
 /// A verifying mock, over HTTPS if `tls` is given.
@@ -105,11 +101,7 @@ fn sdk(
 fn code<T: std::fmt::Debug, E: aws_sdk_kms::error::ProvideErrorMetadata + std::fmt::Debug>(
     r: Result<T, E>,
 ) -> (String, String) {
-    let e = r.expect_err("expected an error");
-    (
-        e.code().unwrap_or("<no code>").to_owned(),
-        e.message().unwrap_or("").to_owned(),
-    )
+    support::code_of(&r.expect_err("expected an error"))
 }
 
 /// A KMS request signed by `aws-sigv4` at `time` for `addr`: the request
@@ -236,14 +228,7 @@ async fn sdk_over_https_trusting_the_test_ca_with_the_right_credentials_gets_dat
     );
 
     let c = sdk(&kms.endpoint(), Some(&ca), KEY_ID, SECRET, None);
-    let key = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key = support::created(c.create_key()).await.key_id;
     let r = c
         .generate_data_key()
         .key_id(&key)

@@ -20,7 +20,9 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
 use keybroker_common::cms::{RecipientPrivateKey, decrypt as cms_decrypt};
 use keybroker_harness::mock_kms::MockKms;
-use support::{TestPki, attestation, config_trusting, expect_code, now_ms, pcrs, start, test_pki};
+use support::{
+    TestPki, attestation, config_trusting, created, expect_code, now_ms, pcrs, start, test_pki,
+};
 
 const PCR0: [u8; 48] = [0xA5; 48];
 
@@ -64,15 +66,7 @@ struct Fixture {
 async fn fixture(policy: String) -> Fixture {
     let pki = test_pki();
     let (kms, c) = start(config_trusting(&pki)).await;
-    let key_id = c
-        .create_key()
-        .policy(policy)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key_id = created(c.create_key().policy(policy)).await.key_id;
     Fixture {
         _kms: kms,
         c,
@@ -471,14 +465,8 @@ async fn ciphertext_for_recipient_decrypts_with_openssl_cms() {
 
     let pki = test_pki();
     let (_kms, c) = start(config_trusting(&pki)).await;
-    let key_id = c
-        .create_key()
-        .policy(enclave_policy(&PCR0))
-        .send()
+    let key_id = created(c.create_key().policy(enclave_policy(&PCR0)))
         .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
         .key_id;
     let doc = attestation(&pki, pcrs(PCR0), Some(key.public_key_spki_der()), now_ms());
     let r = c

@@ -13,17 +13,10 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
 use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kms::error::ProvideErrorMetadata;
 use keybroker_common::UnixMillis;
-use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
 use keybroker_harness::mock_kms::{MockKms, MockKmsConfig, RunningMockKms};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P384_SHA384,
-};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 pub const ACCOUNT: &str = "111122223333";
@@ -47,13 +40,18 @@ pub fn client(endpoint: &str) -> aws_sdk_kms::Client {
     aws_sdk_kms::Client::from_conf(conf)
 }
 
-/// Starts a mock on 127.0.0.1:0 and returns it with a client.
-pub async fn start(config: MockKmsConfig) -> (RunningMockKms, aws_sdk_kms::Client) {
-    let running = MockKms::new(config)
+/// Starts a mock on 127.0.0.1:0.
+pub async fn spawn(config: MockKmsConfig) -> RunningMockKms {
+    MockKms::new(config)
         .unwrap()
         .spawn("127.0.0.1:0")
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts a mock on 127.0.0.1:0 and returns it with a client.
+pub async fn start(config: MockKmsConfig) -> (RunningMockKms, aws_sdk_kms::Client) {
+    let running = spawn(config).await;
     let c = client(&running.endpoint());
     (running, c)
 }
@@ -64,6 +62,14 @@ pub fn code_of<E: ProvideErrorMetadata>(e: &E) -> (String, String) {
         e.code().unwrap_or("<no code>").to_owned(),
         e.message().unwrap_or("").to_owned(),
     )
+}
+
+/// Sends a CreateKey (`c.create_key()` with the caller's settings) and
+/// returns the new key's metadata.
+pub async fn created(
+    request: aws_sdk_kms::operation::create_key::builders::CreateKeyFluentBuilder,
+) -> aws_sdk_kms::types::KeyMetadata {
+    request.send().await.unwrap().key_metadata.unwrap()
 }
 
 /// Asserts the error code of a failed SDK call and returns its message.
@@ -92,91 +98,23 @@ pub fn now_ms() -> u64 {
     .unwrap()
 }
 
-/// A test attestation PKI: root -> intermediate -> leaf, P-384, like the
-/// Nitro PKI (without its short leaf lifetime: rcgen's default validity).
-pub struct TestPki {
-    pub root_der: Vec<u8>,
-    pub root_pem: String,
-    pub inter_der: Vec<u8>,
-    pub leaf_der: Vec<u8>,
-    pub leaf_key: EcdsaKeyPair,
-}
+/// The test attestation PKI (root -> intermediate -> leaf, P-384), from
+/// its one home in `keybroker-test-support`.
+pub use keybroker_test_support::pki::{TestPki, pcrs};
 
-fn params(cn: &str, is_ca: IsCa) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name
-        .push(DnType::OrganizationName, "Keybroker harness test");
-    p.key_usages = if matches!(is_ca, IsCa::Ca(_)) {
-        vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ]
-    } else {
-        vec![KeyUsagePurpose::DigitalSignature]
-    };
-    p.is_ca = is_ca;
-    p
-}
-
+/// A new test PKI.
 pub fn test_pki() -> TestPki {
-    let gen_key = || KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
-    let root_key = gen_key();
-    let root_params = params(
-        "harness test root",
-        IsCa::Ca(BasicConstraints::Unconstrained),
-    );
-    let root = root_params.self_signed(&root_key).unwrap();
-    let root_issuer = Issuer::new(root_params, root_key);
-    let inter_key = gen_key();
-    let inter_params = params(
-        "harness test intermediate",
-        IsCa::Ca(BasicConstraints::Constrained(0)),
-    );
-    let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
-    let inter_issuer = Issuer::new(inter_params, inter_key);
-    let leaf_key = gen_key();
-    let leaf = params("harness test leaf", IsCa::ExplicitNoCa)
-        .signed_by(&leaf_key, &inter_issuer)
-        .unwrap();
-    let leaf_key =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &leaf_key.serialize_der())
-            .unwrap();
-    TestPki {
-        root_der: root.der().to_vec(),
-        root_pem: root.pem(),
-        inter_der: inter.der().to_vec(),
-        leaf_der: leaf.der().to_vec(),
-        leaf_key,
-    }
+    TestPki::new()
 }
 
-/// 16 PCRs of 48 bytes; PCR0 = `pcr0`, PCRi = [i; 48] otherwise.
-pub fn pcrs(pcr0: [u8; 48]) -> BTreeMap<u8, Vec<u8>> {
-    let mut m: BTreeMap<u8, Vec<u8>> = (0u8..16).map(|i| (i, vec![i; 48])).collect();
-    m.insert(0, pcr0.to_vec());
-    m
-}
-
-/// A signed attestation document carrying `public_key`.
+/// A signed attestation document from `pki` carrying `public_key`.
 pub fn attestation(
     pki: &TestPki,
     pcrs: BTreeMap<u8, Vec<u8>>,
     public_key: Option<Vec<u8>>,
     timestamp_ms: u64,
 ) -> Vec<u8> {
-    let doc = AttestationDocument {
-        module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
-        digest: Digest::Sha384,
-        timestamp: UnixMillis(timestamp_ms),
-        pcrs,
-        certificate: pki.leaf_der.clone(),
-        cabundle: vec![pki.root_der.clone(), pki.inter_der.clone()],
-        public_key,
-        user_data: None,
-        nonce: None,
-    };
-    build_signed_document(&doc, &pki.leaf_key, &SystemRandom::new()).unwrap()
+    pki.document(pcrs, public_key, UnixMillis(timestamp_ms))
 }
 
 /// A config trusting `pki`'s root (through the PEM path, as the CLI does).
