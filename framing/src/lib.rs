@@ -159,6 +159,17 @@ pub struct Frame {
     pub body_len: usize,
 }
 
+/// What the buffer of a [`FramedReader`] holds.
+// Short-lived and matched at once: boxing the frame would cost an
+// allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Buffered {
+    /// A whole frame, now taken from the buffer.
+    Frame(Frame),
+    /// The start of a frame: at least this many more bytes are needed.
+    Needs(usize),
+}
+
 /// Reads messages from the read half of a stream (see the [crate docs](crate)).
 #[derive(Debug)]
 pub struct FramedReader<R> {
@@ -199,27 +210,9 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
     /// See [`ReadError`].
     pub async fn next_frame(&mut self) -> Result<Option<Frame>, ReadError> {
         loop {
-            if let Some(e) = &self.failed {
-                return Err(ReadError::Protocol(e.clone()));
-            }
-            let needed = if self.buf.is_empty() {
-                LENGTH_PREFIX_LEN
-            } else {
-                match decode_frame(&self.buf, &self.limits) {
-                    Ok(Decoded::Complete { message, consumed }) => {
-                        self.buf.drain(..consumed);
-                        return Ok(Some(Frame {
-                            message,
-                            body_len: consumed - LENGTH_PREFIX_LEN,
-                        }));
-                    }
-                    Ok(Decoded::Incomplete { needed }) => needed,
-                    Err(e) => {
-                        self.buf = Vec::new();
-                        self.failed = Some(e.clone());
-                        return Err(ReadError::Protocol(e));
-                    }
-                }
+            let needed = match self.decode_buffered()? {
+                Buffered::Frame(frame) => return Ok(Some(frame)),
+                Buffered::Needs(needed) => needed,
             };
             // Room for at least what the frame still needs (bounded by the
             // frame limit, checked above), at most MAX_READ_CHUNK at a time:
@@ -235,6 +228,46 @@ impl<R: AsyncRead + Unpin> FramedReader<R> {
                 }
                 Ok(_) => {}
                 Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    /// The next message if a whole frame is already buffered, without
+    /// reading: `Ok(None)` when the buffer holds no whole frame (for a
+    /// caller that decides between reads, e.g. to stop once it has handled
+    /// everything that arrived).
+    ///
+    /// # Errors
+    /// [`ReadError::Protocol`] for a buffered frame that is invalid.
+    pub fn try_next(&mut self) -> Result<Option<Frame>, ReadError> {
+        match self.decode_buffered()? {
+            Buffered::Frame(frame) => Ok(Some(frame)),
+            Buffered::Needs(_) => Ok(None),
+        }
+    }
+
+    /// Decodes the frame at the start of the buffer, or says how many more
+    /// bytes it needs.
+    fn decode_buffered(&mut self) -> Result<Buffered, ReadError> {
+        if let Some(e) = &self.failed {
+            return Err(ReadError::Protocol(e.clone()));
+        }
+        if self.buf.is_empty() {
+            return Ok(Buffered::Needs(LENGTH_PREFIX_LEN));
+        }
+        match decode_frame(&self.buf, &self.limits) {
+            Ok(Decoded::Complete { message, consumed }) => {
+                self.buf.drain(..consumed);
+                Ok(Buffered::Frame(Frame {
+                    message,
+                    body_len: consumed - LENGTH_PREFIX_LEN,
+                }))
+            }
+            Ok(Decoded::Incomplete { needed }) => Ok(Buffered::Needs(needed)),
+            Err(e) => {
+                self.buf = Vec::new();
+                self.failed = Some(e.clone());
+                Err(ReadError::Protocol(e))
             }
         }
     }

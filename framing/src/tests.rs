@@ -311,3 +311,20 @@ async fn a_writer_to_a_closed_peer_fails() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn try_next_decodes_only_what_is_buffered() {
+    let (mut a, b) = duplex(4096);
+    let mut bytes = encode(&hello()).unwrap();
+    bytes.extend(encode(&Message::Goodbye).unwrap());
+    bytes.extend(&encode(&error("partial")).unwrap()[..5]);
+    a.write_all(&bytes).await.unwrap();
+    let mut reader = FramedReader::new(b, Limits::default());
+    assert!(reader.try_next().unwrap().is_none(), "nothing read yet");
+    assert_eq!(reader.next().await.unwrap(), Some(hello()));
+    // The rest of that read is buffered: Goodbye without another read.
+    let f = reader.try_next().unwrap().unwrap();
+    assert_eq!(f.message, Message::Goodbye);
+    assert!(reader.try_next().unwrap().is_none(), "a partial frame");
+    assert_eq!(reader.buffered().len(), 5);
+}
