@@ -4,29 +4,17 @@
 // Test helpers outside `#[test]` functions may fail loudly.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use keybroker_test_support::fixtures;
+use keybroker_test_support::process::run_with_stdin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybroker-proxy");
 /// `nitro-attest_attestation.cbor`: its `timestamp_ms` in the manifest.
 const NITRO_ATTEST_TS: u64 = 1_736_179_625_472;
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
+    run_with_stdin(BIN, args, stdin.unwrap_or_default())
 }
 
 #[test]

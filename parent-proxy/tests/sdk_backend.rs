@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message};
 use keybroker_common::secret::SecretBytes;
 use keybroker_proxy::backend::{KmsBackend, SdkKmsBackend};
 use keybroker_proxy::server::{Proxy, ProxyConfig};
+use keybroker_test_support::sdk;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,17 +119,8 @@ impl Stub {
 }
 
 fn backend(endpoint: &str) -> SdkKmsBackend {
-    let config = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDTESTTESTTESTTEST",
-            "test-secret",
-            None,
-            None,
-            "test",
-        ))
-        .endpoint_url(endpoint)
+    let creds = sdk::credentials("AKIDTESTTESTTESTTEST", "test-secret", None, "test");
+    let config = sdk::config(endpoint, creds)
         .retry_config(RetryConfig::standard().with_max_attempts(1))
         .timeout_config(
             TimeoutConfig::builder()

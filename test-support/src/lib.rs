@@ -9,6 +9,9 @@
 //! - [`raw_client`] and [`fake_proxy`] (feature `net`): the two ends of the
 //!   enclave <-> proxy protocol as test doubles, on the same framed
 //!   connection as the product ([`keybroker_framing`]).
+//! - [`sdk`] (feature `sdk`): a real `aws-sdk-kms` client for a test
+//!   endpoint, and assertions on KMS error codes.
+//! - [`process`]: running a built binary with standard input.
 //!
 //! Test code: helpers panic on failure (with a message saying what failed),
 //! which is how a test reports it.

@@ -26,15 +26,12 @@ use aws_lc_rs::signature::{ECDSA_P256K1_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPa
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{
     DataKeyPairSpec, DataKeySpec, DryRunModifierType, EncryptionAlgorithmSpec,
-    KeyAgreementAlgorithmSpec, KeyEncryptionMechanism, KeySpec, KeyUsageType, OriginType,
-    RecipientInfo,
+    KeyAgreementAlgorithmSpec, KeySpec, KeyUsageType, OriginType,
 };
-use keybroker_common::cms::{RecipientPrivateKey, decrypt as cms_decrypt};
+use keybroker_common::cms::decrypt as cms_decrypt;
 use keybroker_common::kms::EcdhCurve;
 use keybroker_harness::mock_kms::MockKmsConfig;
-use support::{
-    TestPki, attestation, config_trusting, created, expect_code, now_ms, pcrs, start, test_pki,
-};
+use support::{Enclave, config_trusting, created, expect_code, recipient, start, test_pki};
 
 const CURVES: [(KeySpec, EcdhCurve); 4] = [
     (KeySpec::EccNistP256, EcdhCurve::NistP256),
@@ -190,13 +187,6 @@ async fn every_curve_derives_the_ecdh_secret_the_caller_computes() {
     }
 }
 
-fn recipient(doc: Vec<u8>) -> RecipientInfo {
-    RecipientInfo::builder()
-        .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
-        .attestation_document(Blob::new(doc))
-        .build()
-}
-
 /// Everything for the account root, DeriveSharedSecret and Decrypt only for
 /// an enclave whose PCR0 is [`PCR0`].
 fn attested_policy() -> String {
@@ -212,29 +202,6 @@ fn attested_policy() -> String {
         ]
     })
     .to_string()
-}
-
-struct Enclave {
-    pki: TestPki,
-    key: RecipientPrivateKey,
-}
-
-impl Enclave {
-    fn new(pki: TestPki) -> Self {
-        Self {
-            pki,
-            key: RecipientPrivateKey::generate_2048().unwrap(),
-        }
-    }
-
-    fn doc(&self, pcr0: [u8; 48]) -> Vec<u8> {
-        attestation(
-            &self.pki,
-            pcrs(pcr0),
-            Some(self.key.public_key_spki_der()),
-            now_ms(),
-        )
-    }
 }
 
 #[tokio::test]

@@ -20,13 +20,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kms::error::{ProvideErrorMetadata as _, SdkError};
 use aws_sdk_kms::types::DataKeySpec;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use keybroker_harness::mock_kms::{
     MockKms, MockKmsConfig, MockKmsCredentials, MockKmsTls, RunningMockKms,
 };
+use keybroker_test_support::sdk::{config as sdk_config, credentials, error_of as code};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -70,18 +70,9 @@ fn sdk(
     secret: &str,
     token: Option<&str>,
 ) -> aws_sdk_kms::Client {
-    let mut conf = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            key_id,
-            secret,
-            token.map(str::to_owned),
-            None,
-            "mock-kms-auth-test",
-        ))
-        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
-        .endpoint_url(endpoint);
+    let creds = credentials(key_id, secret, token, "mock-kms-auth-test");
+    let mut conf = sdk_config(endpoint, creds)
+        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled());
     if let Some(ca) = ca {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
@@ -95,13 +86,6 @@ fn sdk(
         conf = conf.http_client(http);
     }
     aws_sdk_kms::Client::from_conf(conf.build())
-}
-
-/// The KMS error code of an SDK error, with its message.
-fn code<T: std::fmt::Debug, E: aws_sdk_kms::error::ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, E>,
-) -> (String, String) {
-    support::code_of(&r.expect_err("expected an error"))
 }
 
 /// A KMS request signed by `aws-sigv4` at `time` for `addr`: the request

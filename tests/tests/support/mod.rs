@@ -13,8 +13,6 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_kms::error::ProvideErrorMetadata;
 use keybroker_common::UnixMillis;
 use keybroker_harness::mock_kms::{MockKms, MockKmsConfig, RunningMockKms};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -22,23 +20,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 pub const ACCOUNT: &str = "111122223333";
 pub const ROOT_PRINCIPAL: &str = "arn:aws:iam::111122223333:root";
 
-/// A real `aws-sdk-kms` client for `endpoint`, with static test credentials
-/// (the mock does not verify signatures) and region us-east-1.
-pub fn client(endpoint: &str) -> aws_sdk_kms::Client {
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIAMOCKKMSTEST00000",
-            "mock-kms-test-secret",
-            None,
-            None,
-            "keybroker-harness-tests",
-        ))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_kms::Client::from_conf(conf)
-}
+/// The SDK client and error-code assertions, from their one home in
+/// `keybroker-test-support` (starting the mock stays here: test-support
+/// cannot depend on this crate).
+pub use keybroker_test_support::sdk::{client, code_of, created, error_of, expect_code};
 
 /// Starts a mock on 127.0.0.1:0.
 pub async fn spawn(config: MockKmsConfig) -> RunningMockKms {
@@ -54,38 +39,6 @@ pub async fn start(config: MockKmsConfig) -> (RunningMockKms, aws_sdk_kms::Clien
     let running = spawn(config).await;
     let c = client(&running.endpoint());
     (running, c)
-}
-
-/// The KMS error code and message of an SDK error.
-pub fn code_of<E: ProvideErrorMetadata>(e: &E) -> (String, String) {
-    (
-        e.code().unwrap_or("<no code>").to_owned(),
-        e.message().unwrap_or("").to_owned(),
-    )
-}
-
-/// Sends a CreateKey (`c.create_key()` with the caller's settings) and
-/// returns the new key's metadata.
-pub async fn created(
-    request: aws_sdk_kms::operation::create_key::builders::CreateKeyFluentBuilder,
-) -> aws_sdk_kms::types::KeyMetadata {
-    request.send().await.unwrap().key_metadata.unwrap()
-}
-
-/// Asserts the error code of a failed SDK call and returns its message.
-#[track_caller]
-pub fn expect_code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, E>,
-    code: &str,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected {code}, got success: {v:?}"),
-        Err(e) => {
-            let (c, m) = code_of(&e);
-            assert_eq!(c, code, "unexpected error: {e:?}");
-            m
-        }
-    }
 }
 
 pub fn now_ms() -> u64 {
@@ -115,6 +68,42 @@ pub fn attestation(
     timestamp_ms: u64,
 ) -> Vec<u8> {
     pki.document(pcrs, public_key, UnixMillis(timestamp_ms))
+}
+
+/// A `Recipient` carrying the attestation document `doc` (RSAES-OAEP-SHA256,
+/// the one algorithm KMS offers).
+pub fn recipient(doc: Vec<u8>) -> aws_sdk_kms::types::RecipientInfo {
+    aws_sdk_kms::types::RecipientInfo::builder()
+        .key_encryption_algorithm(aws_sdk_kms::types::KeyEncryptionMechanism::RsaesOaepSha256)
+        .attestation_document(aws_sdk_kms::primitives::Blob::new(doc))
+        .build()
+}
+
+/// An attested enclave: documents from `pki` carrying the public half of
+/// its RSA recipient key.
+pub struct Enclave {
+    pub pki: TestPki,
+    pub key: keybroker_common::cms::RecipientPrivateKey,
+}
+
+impl Enclave {
+    /// An enclave with a new 2048-bit recipient key.
+    pub fn new(pki: TestPki) -> Self {
+        Self {
+            pki,
+            key: keybroker_common::cms::RecipientPrivateKey::generate_2048().unwrap(),
+        }
+    }
+
+    /// A document made now, with PCR0 = `pcr0` and the recipient key.
+    pub fn doc(&self, pcr0: [u8; 48]) -> Vec<u8> {
+        attestation(
+            &self.pki,
+            pcrs(pcr0),
+            Some(self.key.public_key_spki_der()),
+            now_ms(),
+        )
+    }
 }
 
 /// A config trusting `pki`'s root (through the PEM path, as the CLI does).
