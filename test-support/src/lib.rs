@@ -25,8 +25,11 @@ pub mod fake_proxy;
 pub mod fixtures;
 #[cfg(feature = "pki")]
 pub mod pki;
+pub mod process;
 #[cfg(feature = "net")]
 pub mod raw_client;
+#[cfg(feature = "sdk")]
+pub mod sdk;
 
 /// Now, in milliseconds since the Unix epoch (the tests' clock).
 pub fn now() -> keybroker_common::UnixMillis {

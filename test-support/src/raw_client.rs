@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use keybroker_common::address::Address;
-use keybroker_common::kms::KmsRequest;
-use keybroker_common::protocol::{Limits, Message, PROTOCOL_VERSION};
+use keybroker_common::kms::{KmsRequest, KmsResponse};
+use keybroker_common::protocol::{Limits, Message, PROTOCOL_VERSION, WireError};
 use keybroker_framing::{FramedReader, FramedWriter, ReadError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 
@@ -81,6 +81,24 @@ impl Client {
             Err(ReadError::Truncated { .. } | ReadError::Io(_)) => None,
             Err(ReadError::Timeout(_)) => panic!("no message within 10 s"),
             Err(e) => panic!("undecodable frame from the proxy: {e}"),
+        }
+    }
+
+    /// The next message, which must be the `Response` to request `id`: its
+    /// result. Panics on anything else.
+    pub async fn response(&mut self, id: u64) -> Result<KmsResponse, WireError> {
+        match self.recv().await {
+            Some(Message::Response { id: got, result }) if got == id => result,
+            other => panic!("expected the Response to request {id}, got {other:?}"),
+        }
+    }
+
+    /// The next message, which must be a `Response` refusing request `id`:
+    /// the error. Panics on anything else.
+    pub async fn refusal(&mut self, id: u64) -> WireError {
+        match self.response(id).await {
+            Err(e) => e,
+            Ok(r) => panic!("expected request {id} to be refused, got {r:?}"),
         }
     }
 }
