@@ -29,6 +29,21 @@
 //! [`FramedWriter`]; [`FramedReader::into_parts`] and
 //! [`FramedWriter::into_inner`] give the halves back (with any bytes read
 //! past the last frame) when the connection stops being framed.
+//!
+//! # Who uses what
+//!
+//! - A server multiplexing requests (the parent proxy): one
+//!   [`FramedReader`] in the connection's `select!` loop
+//!   ([`FramedReader::next_frame`] for the body length), and one writer
+//!   task running [`FramedWriter::run_queue`] over a bounded channel of
+//!   `Message`s that every request task sends its answer into; the push
+//!   closure replaces an answer that cannot be encoded by an error answer.
+//! - A client with many requests in flight (the enclave's broker client):
+//!   the same, with callers encoding their frames before queueing them
+//!   ([`Batch::push_encoded`]) and the read loop draining what is buffered
+//!   ([`FramedReader::try_next`]) before it decides to read again.
+//! - One request, one answer, then the stream changes hands (credentials,
+//!   tunnels): [`FramedWriter::send`] and [`read_exact_message`].
 
 #![forbid(unsafe_code)]
 

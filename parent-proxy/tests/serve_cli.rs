@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keybroker_common::address::Address;
-use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybroker-proxy");

@@ -20,13 +20,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_kms::config::Credentials;
 use aws_sdk_kms::error::{ProvideErrorMetadata as _, SdkError};
 use aws_sdk_kms::types::DataKeySpec;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use keybroker_harness::mock_kms::{
     MockKms, MockKmsConfig, MockKmsCredentials, MockKmsTls, RunningMockKms,
 };
-use aws_sdk_kms::config::Credentials;
 use keybroker_test_support::sdk::{config as sdk_config, credentials, error_of as code};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};

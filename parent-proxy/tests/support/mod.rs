@@ -14,6 +14,7 @@ use std::time::Duration;
 use keybroker_common::attestation::AttestationDocument;
 use keybroker_common::kms::*;
 use keybroker_test_support::pki::{TestPki, pcrs_filled};
+#[allow(unused_imports)] // each test file uses some of them
 pub use keybroker_test_support::raw_client::{Client, Stream};
 
 /// A DescribeKey request whose key id tells the fake backend what to do.

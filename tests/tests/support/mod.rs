@@ -23,7 +23,8 @@ pub const ROOT_PRINCIPAL: &str = "arn:aws:iam::111122223333:root";
 /// The SDK client and error-code assertions, from their one home in
 /// `keybroker-test-support` (starting the mock stays here: test-support
 /// cannot depend on this crate).
-pub use keybroker_test_support::sdk::{client, code_of, created, error_of, expect_code};
+#[allow(unused_imports)] // each test file uses some of them
+pub use keybroker_test_support::sdk::{client, code_of, created, expect_code};
 
 /// Starts a mock on 127.0.0.1:0.
 pub async fn spawn(config: MockKmsConfig) -> RunningMockKms {
@@ -53,6 +54,7 @@ pub fn now_ms() -> u64 {
 
 /// The test attestation PKI (root -> intermediate -> leaf, P-384), from
 /// its one home in `keybroker-test-support`.
+#[allow(unused_imports)] // each test file uses some of them
 pub use keybroker_test_support::pki::{TestPki, pcrs};
 
 /// A new test PKI.
