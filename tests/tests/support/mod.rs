@@ -11,7 +11,6 @@
 )]
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use keybroker_common::UnixMillis;
 use keybroker_harness::mock_kms::{MockKms, MockKmsConfig, RunningMockKms};
@@ -42,14 +41,9 @@ pub async fn start(config: MockKmsConfig) -> (RunningMockKms, aws_sdk_kms::Clien
     (running, c)
 }
 
+/// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+    keybroker_test_support::now().0
 }
 
 /// The test attestation PKI (root -> intermediate -> leaf, P-384), from
