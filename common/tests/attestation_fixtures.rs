@@ -5,29 +5,12 @@
 // Test helpers outside `#[test]` functions may fail loudly.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::path::PathBuf;
-
 use keybroker_common::UnixMillis;
 use keybroker_common::attestation::{
     AWS_NITRO_ROOT_G1_SHA256, AttestationError, UnverifiedAttestation, Verifier,
 };
+use keybroker_test_support::fixtures;
 use serde_json::Value;
-
-/// The fixtures folder, or `None` (with a note) when it is absent outside CI.
-fn fixtures() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/attestation"
-    ));
-    if dir.join("manifest.json").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("fixtures missing at {} (required in CI)", dir.display());
-    }
-    eprintln!("note: {} is absent; skipping fixture tests", dir.display());
-    None
-}
 
 struct Fixture {
     entry: Value,
@@ -47,16 +30,12 @@ impl Fixture {
 }
 
 fn load() -> Option<Vec<Fixture>> {
-    let dir = fixtures()?;
-    let manifest: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    let list = manifest
-        .as_array()
-        .unwrap()
-        .iter()
+    let dir = fixtures::attestation()?;
+    let list = fixtures::manifest(&dir)
+        .into_iter()
         .map(|entry| Fixture {
-            bytes: std::fs::read(dir.join(entry["file"].as_str().unwrap())).unwrap(),
-            entry: entry.clone(),
+            bytes: fixtures::read(&dir, entry["file"].as_str().unwrap()),
+            entry,
         })
         .collect();
     Some(list)
@@ -90,7 +69,9 @@ fn len_of(entry: &Value, key: &str) -> Option<usize> {
 
 #[test]
 fn aws_root_fingerprint_matches_the_published_certificate() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::attestation() else {
+        return;
+    };
     let der = std::fs::read(dir.join("aws_nitro_root_g1.der")).unwrap();
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der);
     assert_eq!(d.as_ref(), AWS_NITRO_ROOT_G1_SHA256);

@@ -16,28 +16,7 @@
 )]
 
 use keybroker_common::cms::{self, EnvelopedParts, RecipientPrivateKey, encrypt_for_recipient};
-use std::path::{Path, PathBuf};
-
-fn fixtures() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/cms-kms"
-    ));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "fixtures missing at {} (required under CI=true)",
-        dir.display()
-    );
-    eprintln!("note: {} not found, skipping", dir.display());
-    None
-}
-
-fn read(dir: &Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
+use keybroker_test_support::fixtures::{self, read};
 
 /// (response, encrypted key, IV, ciphertext) file names.
 const CASES: &[(&str, &str, &str, &str)] = &[
@@ -69,7 +48,9 @@ const CASES: &[(&str, &str, &str, &str)] = &[
 
 #[test]
 fn real_kms_responses_parse_to_the_stored_parts() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::cms_kms() else {
+        return;
+    };
     for (input, key, iv, ct) in CASES {
         let parts: EnvelopedParts =
             cms::parse(&read(&dir, input)).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -85,7 +66,9 @@ fn real_kms_responses_under_another_key_get_a_rejection_value() {
     // The private keys are not public: the full decrypt path runs and, as
     // for any ciphertext that does not decrypt, yields the deterministic
     // pseudorandom value of the expected length (implicit rejection).
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::cms_kms() else {
+        return;
+    };
     let key = RecipientPrivateKey::generate_2048().unwrap();
     for (input, ..) in CASES {
         let ber = read(&dir, input);
@@ -101,7 +84,9 @@ fn real_kms_responses_under_another_key_get_a_rejection_value() {
 
 #[test]
 fn truncated_real_responses_are_rejected() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::cms_kms() else {
+        return;
+    };
     for (input, ..) in CASES {
         let ber = read(&dir, input);
         for len in 0..ber.len() {
@@ -170,7 +155,9 @@ fn skeleton(ber: &[u8]) -> Vec<Node> {
 
 #[test]
 fn skeleton_helper_sees_chunking() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::cms_kms() else {
+        return;
+    };
     let s = skeleton(&read(&dir, "rustcrypto_kms_4.ber"));
     // The OCTET STRINGs inside the constructed [0] encryptedContent (depth 4).
     let content_at = s
@@ -210,7 +197,9 @@ fn skeleton_helper_sees_chunking() {
 
 #[test]
 fn encoder_output_has_the_kms_skeleton() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::cms_kms() else {
+        return;
+    };
     let key = RecipientPrivateKey::generate_2048().unwrap();
     let spki = key.public_key_spki_der();
     let rng = aws_lc_rs::rand::SystemRandom::new();

@@ -19,12 +19,14 @@
 
 mod support;
 
+use keybroker_common::attestation::AttestationDocument;
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message, WireError};
 use keybroker_proxy::audit::LogFormat;
 use keybroker_proxy::backend::FnBackend;
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig};
+use keybroker_test_support::pki::{TestPki, pcrs_filled, sign_with};
 use support::{Client, Logs, describe, described};
 
 /// The fake line in the text format. Its timestamp is in 1999, so no real
@@ -61,54 +63,19 @@ const SITES: usize = 7;
 /// Audit lines per payload: the three requests, each denied.
 const REQUESTS: usize = 3;
 
-/// A P-384 root, trusted by the proxy.
-struct Root {
-    der: Vec<u8>,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Root {
-    fn new() -> Root {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let der = params.self_signed(&key).unwrap().der().to_vec();
-        Root {
-            der,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A signed document whose leaf certificate, named `CN=<common_name>`,
-    /// expired in 2001: the proxy's refusal quotes its subject.
-    fn expired_document(&self, common_name: &str) -> Vec<u8> {
-        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
-        use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
-        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-        let leaf = params.signed_by(&key, &self.issuer).unwrap();
-        let doc = AttestationDocument {
-            module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
-            digest: Digest::Sha384,
-            timestamp: keybroker_proxy::clock::now(),
-            pcrs: (0u8..16).map(|i| (i, vec![0xAA; 48])).collect(),
-            certificate: leaf.der().to_vec(),
-            cabundle: vec![self.der.clone()],
-            public_key: Some(vec![0x30; 294]),
-            user_data: None,
-            nonce: None,
-        };
-        let signer =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &key.serialize_der())
-                .unwrap();
-        build_signed_document(&doc, &signer, &aws_lc_rs::rand::SystemRandom::new()).unwrap()
-    }
+/// A signed document whose leaf certificate, named `CN=<common_name>`,
+/// expired in 2001: the proxy's refusal quotes its subject.
+fn expired_document(pki: &TestPki, common_name: &str) -> Vec<u8> {
+    let leaf = pki.leaf(common_name, (2000, 1, 1), (2001, 1, 1));
+    let doc = AttestationDocument {
+        certificate: leaf.der,
+        ..pki.payload(
+            pcrs_filled(0xAA, &[]),
+            Some(vec![0x30; 294]),
+            keybroker_proxy::clock::now(),
+        )
+    };
+    sign_with(&leaf.key, &doc)
 }
 
 fn cbor(value: &ciborium::Value) -> Vec<u8> {
@@ -172,7 +139,7 @@ fn denied(msg: Option<Message>) -> WireError {
 async fn attack(format: LogFormat) -> String {
     let logs = Logs::default();
     let guard = logs.install_format(format);
-    let root = Root::new();
+    let root = TestPki::without_intermediate();
     let mut config = ProxyConfig::new("tcp://127.0.0.1:0".parse().unwrap());
     config.admission.allowed_keys = Some(["alias/app".to_owned()].into());
     config.admission.allowed_images =
@@ -180,7 +147,7 @@ async fn attack(format: LogFormat) -> String {
     config
         .admission
         .verifier
-        .add_trusted_root(&root.der)
+        .add_trusted_root(&root.root_der)
         .unwrap();
     let backend = FnBackend(|req: KmsRequest| async move {
         Ok::<_, WireError>(described(req.key_id().unwrap_or_default()))
@@ -195,7 +162,8 @@ async fn attack(format: LogFormat) -> String {
         c.request(1, None, describe(&p)).await;
         let e = denied(c.recv().await);
         assert!(e.message().starts_with("KeyNotAllowed: "), "{e}");
-        c.request(2, None, random(root.expired_document(&p))).await;
+        c.request(2, None, random(expired_document(&root, &p)))
+            .await;
         let e = denied(c.recv().await);
         assert!(e.message().contains("expired"), "{e}");
         c.request(3, None, random(unknown_field_document(&p))).await;

@@ -4,62 +4,26 @@
 // Test helpers outside `#[test]` functions may fail loudly.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+use keybroker_test_support::fixtures;
+use keybroker_test_support::process::run_with_stdin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybroker-proxy");
 /// `nitro-attest_attestation.cbor`: its `timestamp_ms` in the manifest.
 const NITRO_ATTEST_TS: u64 = 1_736_179_625_472;
 
-fn fixtures() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/attestation"
-    ));
-    if dir.join("manifest.json").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("fixtures missing at {} (required in CI)", dir.display());
-    }
-    eprintln!("note: {} is absent; skipping CLI tests", dir.display());
-    None
-}
-
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn manifest_entry(dir: &std::path::Path, file: &str) -> serde_json::Value {
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
-    manifest
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["file"] == file)
-        .unwrap()
-        .clone()
+    run_with_stdin(BIN, args, stdin.unwrap_or_default())
 }
 
 #[test]
 fn valid_at_its_timestamp_prints_a_summary() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::attestation() else {
+        return;
+    };
     let file = dir.join("nitro-attest_attestation.cbor");
-    let entry = manifest_entry(&dir, "nitro-attest_attestation.cbor");
+    let entry = fixtures::manifest_entry(&dir, "nitro-attest_attestation.cbor");
     assert_eq!(entry["timestamp_ms"].as_u64(), Some(NITRO_ATTEST_TS));
 
     let at = NITRO_ATTEST_TS.to_string();
@@ -90,7 +54,9 @@ fn valid_at_its_timestamp_prints_a_summary() {
 
 #[test]
 fn expired_now_exits_1() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::attestation() else {
+        return;
+    };
     let file = dir.join("nitro-attest_attestation.cbor");
     let out = run(&["attestation", "verify", file.to_str().unwrap()], None);
     assert_eq!(out.status.code(), Some(1));
@@ -102,7 +68,9 @@ fn expired_now_exits_1() {
 
 #[test]
 fn base64_on_stdin_rfc3339_time_and_pem_root() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::attestation() else {
+        return;
+    };
     let raw = std::fs::read(dir.join("blocky-nitrite_nitro_attestation.cbor")).unwrap();
     let b64 = base64_lines(&raw);
     let root = dir.join("aws_nitro_root_g1.pem");
@@ -128,7 +96,9 @@ fn base64_on_stdin_rfc3339_time_and_pem_root() {
 
 #[test]
 fn bad_signature_exits_1_and_usage_errors_exit_2() {
-    let Some(dir) = fixtures() else { return };
+    let Some(dir) = fixtures::attestation() else {
+        return;
+    };
     let file = dir.join("eternis_invalid_attestation_BADSIG.cbor");
     let out = run(
         &[

@@ -9,9 +9,10 @@
     clippy::indexing_slicing
 )]
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+use keybroker_test_support::process::run_with_stdin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybroker-proxy");
 const ROLE: &str = "arn:aws:iam::111122223333:role/keybroker-parent";
@@ -22,17 +23,7 @@ fn pcr(byte: u8) -> String {
 }
 
 fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
+    run_with_stdin(BIN, args, stdin)
 }
 
 /// A fresh directory for one test's files.

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message};
 use keybroker_common::secret::SecretBytes;
 use keybroker_proxy::backend::{KmsBackend, SdkKmsBackend};
 use keybroker_proxy::server::{Proxy, ProxyConfig};
+use keybroker_test_support::sdk;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,17 +119,8 @@ impl Stub {
 }
 
 fn backend(endpoint: &str) -> SdkKmsBackend {
-    let config = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDTESTTESTTESTTEST",
-            "test-secret",
-            None,
-            None,
-            "test",
-        ))
-        .endpoint_url(endpoint)
+    let creds = sdk::credentials("AKIDTESTTESTTESTTEST", "test-secret", None, "test");
+    let config = sdk::config(endpoint, creds)
         .retry_config(RetryConfig::standard().with_max_attempts(1))
         .timeout_config(
             TimeoutConfig::builder()
@@ -416,12 +407,7 @@ async fn every_operation_converts_every_field() {
 async fn kms_errors_keep_code_status_and_retryability() {
     let stub = Stub::start().await;
     let kms = backend(&stub.url);
-    let describe = || {
-        KmsRequest::DescribeKey(DescribeKeyRequest {
-            key_id: Some("alias/missing".into()),
-            grant_tokens: None,
-        })
-    };
+    let describe = || support::describe("alias/missing");
 
     stub.reply(400, json!({"__type": "NotFoundException", "message": "Alias arn:aws:kms:us-east-1:111122223333:alias/missing is not found."}));
     let err = kms.call(describe()).await.unwrap_err();
@@ -469,13 +455,7 @@ async fn unreachable_endpoint_is_unavailable() {
     };
     let kms = backend(&format!("http://127.0.0.1:{port}"));
     let started = Instant::now();
-    let err = kms
-        .call(KmsRequest::DescribeKey(DescribeKeyRequest {
-            key_id: Some("alias/app".into()),
-            grant_tokens: None,
-        }))
-        .await
-        .unwrap_err();
+    let err = kms.call(support::describe("alias/app")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
     assert!(err.retryable());
     assert!(err.kms_error().is_none());
@@ -543,40 +523,18 @@ async fn through_the_proxy_with_the_sdk_backend() {
         }),
     )
     .await;
-    match c.recv().await {
-        Some(Message::Response {
-            id: 2,
-            result: Err(e),
-        }) => {
-            assert_eq!(e.code(), ErrorCode::PolicyDenied);
-            assert!(e.message().starts_with("PlaintextInResponse:"), "{e}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = c.refusal(2).await;
+    assert_eq!(e.code(), ErrorCode::PolicyDenied);
+    assert!(e.message().starts_with("PlaintextInResponse:"), "{e}");
 
     // A KMS error is relayed unchanged.
     stub.reply(
         400,
         json!({"__type": "DisabledException", "message": "key is disabled"}),
     );
-    c.request(
-        3,
-        None,
-        KmsRequest::DescribeKey(DescribeKeyRequest {
-            key_id: Some(ARN.into()),
-            grant_tokens: None,
-        }),
-    )
-    .await;
-    match c.recv().await {
-        Some(Message::Response {
-            id: 3,
-            result: Err(e),
-        }) => {
-            let k = e.kms_error().unwrap();
-            assert_eq!((k.code.as_str(), k.status), ("DisabledException", 400));
-        }
-        other => panic!("{other:?}"),
-    }
+    c.request(3, None, support::describe(ARN)).await;
+    let e = c.refusal(3).await;
+    let k = e.kms_error().unwrap();
+    assert_eq!((k.code.as_str(), k.status), ("DisabledException", 400));
     proxy.shutdown_and_wait().await.unwrap();
 }

@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keybroker_common::address::Address;
-use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, Message};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keybroker-proxy");
@@ -88,43 +87,13 @@ async fn serve_relays_audits_and_stops_on_sigterm() {
         .unwrap();
 
     let mut c = support::Client::handshake(&addr).await;
-    c.request(
-        1,
-        None,
-        KmsRequest::DescribeKey(DescribeKeyRequest {
-            key_id: Some("alias/app".into()),
-            grant_tokens: None,
-        }),
-    )
-    .await;
-    match c.recv().await {
-        Some(Message::Response {
-            id: 1,
-            result: Err(e),
-        }) => {
-            assert_eq!(e.code(), ErrorCode::Unavailable, "{e}")
-        }
-        other => panic!("{other:?}"),
-    }
-    c.request(
-        2,
-        None,
-        KmsRequest::DescribeKey(DescribeKeyRequest {
-            key_id: Some("alias/other".into()),
-            grant_tokens: None,
-        }),
-    )
-    .await;
-    match c.recv().await {
-        Some(Message::Response {
-            id: 2,
-            result: Err(e),
-        }) => {
-            assert_eq!(e.code(), ErrorCode::PolicyDenied);
-            assert!(e.message().starts_with("KeyNotAllowed:"), "{e}");
-        }
-        other => panic!("{other:?}"),
-    }
+    c.request(1, None, support::describe("alias/app")).await;
+    let e = c.refusal(1).await;
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    c.request(2, None, support::describe("alias/other")).await;
+    let e = c.refusal(2).await;
+    assert_eq!(e.code(), ErrorCode::PolicyDenied);
+    assert!(e.message().starts_with("KeyNotAllowed:"), "{e}");
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

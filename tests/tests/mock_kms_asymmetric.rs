@@ -26,13 +26,12 @@ use aws_lc_rs::signature::{ECDSA_P256K1_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPa
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{
     DataKeyPairSpec, DataKeySpec, DryRunModifierType, EncryptionAlgorithmSpec,
-    KeyAgreementAlgorithmSpec, KeyEncryptionMechanism, KeySpec, KeyUsageType, OriginType,
-    RecipientInfo,
+    KeyAgreementAlgorithmSpec, KeySpec, KeyUsageType, OriginType,
 };
-use keybroker_common::cms::{RecipientPrivateKey, decrypt as cms_decrypt};
+use keybroker_common::cms::decrypt as cms_decrypt;
 use keybroker_common::kms::EcdhCurve;
 use keybroker_harness::mock_kms::MockKmsConfig;
-use support::{TestPki, attestation, config_trusting, expect_code, now_ms, pcrs, start, test_pki};
+use support::{Enclave, config_trusting, created, expect_code, recipient, start, test_pki};
 
 const CURVES: [(KeySpec, EcdhCurve); 4] = [
     (KeySpec::EccNistP256, EcdhCurve::NistP256),
@@ -44,15 +43,7 @@ const CURVES: [(KeySpec, EcdhCurve); 4] = [
 const PCR0: [u8; 48] = [0xA5; 48];
 
 async fn create(c: &aws_sdk_kms::Client, spec: KeySpec, usage: KeyUsageType) -> (String, String) {
-    let m = c
-        .create_key()
-        .key_spec(spec)
-        .key_usage(usage)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap();
+    let m = created(c.create_key().key_spec(spec).key_usage(usage)).await;
     (m.key_id, m.arn.unwrap())
 }
 
@@ -196,13 +187,6 @@ async fn every_curve_derives_the_ecdh_secret_the_caller_computes() {
     }
 }
 
-fn recipient(doc: Vec<u8>) -> RecipientInfo {
-    RecipientInfo::builder()
-        .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
-        .attestation_document(Blob::new(doc))
-        .build()
-}
-
 /// Everything for the account root, DeriveSharedSecret and Decrypt only for
 /// an enclave whose PCR0 is [`PCR0`].
 fn attested_policy() -> String {
@@ -220,46 +204,20 @@ fn attested_policy() -> String {
     .to_string()
 }
 
-struct Enclave {
-    pki: TestPki,
-    key: RecipientPrivateKey,
-}
-
-impl Enclave {
-    fn new(pki: TestPki) -> Self {
-        Self {
-            pki,
-            key: RecipientPrivateKey::generate_2048().unwrap(),
-        }
-    }
-
-    fn doc(&self, pcr0: [u8; 48]) -> Vec<u8> {
-        attestation(
-            &self.pki,
-            pcrs(pcr0),
-            Some(self.key.public_key_spki_der()),
-            now_ms(),
-        )
-    }
-}
-
 #[tokio::test]
 async fn derive_shared_secret_with_recipient_returns_it_only_in_cms_for_the_enclave() {
     let pki = test_pki();
     let (_kms, c) = start(config_trusting(&pki)).await;
     let enclave = Enclave::new(pki);
     for (spec, curve) in [CURVES[0].clone(), CURVES[3].clone()] {
-        let id = c
-            .create_key()
-            .key_spec(spec)
-            .key_usage(KeyUsageType::KeyAgreement)
-            .policy(attested_policy())
-            .send()
-            .await
-            .unwrap()
-            .key_metadata
-            .unwrap()
-            .key_id;
+        let id = created(
+            c.create_key()
+                .key_spec(spec)
+                .key_usage(KeyUsageType::KeyAgreement)
+                .policy(attested_policy()),
+        )
+        .await
+        .key_id;
         let kms_spki = public_key(&c, &id).await;
         let (mine, agree) = caller_key(curve);
         let expected = agree(&kms_spki);
@@ -328,14 +286,7 @@ async fn derive_shared_secret_refuses_what_kms_refuses() {
             .public_key(Blob::new(pk))
     };
     // Wrong key usage: a symmetric key, an RSA key.
-    let sym = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let sym = created(c.create_key()).await.key_id;
     let m = expect_code(
         derive(&sym, mine.clone()).send().await,
         "InvalidKeyUsageException",
@@ -465,14 +416,7 @@ async fn create_key_refuses_invalid_spec_and_usage_combinations() {
         );
     }
     // GetPublicKey of a symmetric key.
-    let sym = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let sym = created(c.create_key()).await.key_id;
     expect_code(
         c.get_public_key().key_id(&sym).send().await,
         "UnsupportedOperationException",
@@ -674,14 +618,7 @@ async fn rsa_errors_are_the_ones_kms_gives() {
         "InvalidKeyUsageException",
     );
     // A symmetric key refuses the RSA algorithms.
-    let sym = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let sym = created(c.create_key()).await.key_id;
     expect_code(
         c.encrypt()
             .key_id(&sym)
@@ -725,17 +662,14 @@ async fn rsa_ciphertext_made_outside_kms_decrypts_with_a_recipient() {
     let pki = test_pki();
     let (_kms, c) = start(config_trusting(&pki)).await;
     let enclave = Enclave::new(pki);
-    let id = c
-        .create_key()
-        .key_spec(KeySpec::Rsa3072)
-        .key_usage(KeyUsageType::EncryptDecrypt)
-        .policy(attested_policy())
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let id = created(
+        c.create_key()
+            .key_spec(KeySpec::Rsa3072)
+            .key_usage(KeyUsageType::EncryptDecrypt)
+            .policy(attested_policy()),
+    )
+    .await
+    .key_id;
     let spki = public_key(&c, &id).await;
     for alg in RSA_ALGS {
         let ct = local_rsa_encrypt(&spki, &alg, b"for the enclave only");
@@ -768,22 +702,8 @@ async fn key_material_ids_are_stable_per_key_and_absent_where_kms_omits_them() {
     let pki = test_pki();
     let (_kms, c) = start(config_trusting(&pki)).await;
     let enclave = Enclave::new(pki);
-    let a = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let b = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let a = created(c.create_key()).await.key_id;
+    let b = created(c.create_key()).await.key_id;
     let g = c
         .generate_data_key()
         .key_id(&a)
@@ -856,14 +776,7 @@ async fn key_material_ids_are_stable_per_key_and_absent_where_kms_omits_them() {
 #[tokio::test]
 async fn decrypt_dry_run_modifiers_ignore_ciphertext_only_in_a_dry_run() {
     let (_kms, c) = start(MockKmsConfig::default()).await;
-    let a = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let a = created(c.create_key()).await.key_id;
     let garbage = Blob::new(vec![0u8; 64]);
     // Without the modifier a dry run validates the ciphertext.
     expect_code(

@@ -20,13 +20,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kms::config::Credentials;
 use aws_sdk_kms::error::{ProvideErrorMetadata as _, SdkError};
 use aws_sdk_kms::types::DataKeySpec;
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
 use keybroker_harness::mock_kms::{
     MockKms, MockKmsConfig, MockKmsCredentials, MockKmsTls, RunningMockKms,
 };
+use keybroker_test_support::sdk::{config as sdk_config, credentials, error_of as code};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -43,11 +44,7 @@ fn tls_dir() -> tempfile::TempDir {
 }
 
 async fn start(config: MockKmsConfig) -> RunningMockKms {
-    MockKms::new(config)
-        .unwrap()
-        .spawn("127.0.0.1:0")
-        .await
-        .unwrap()
+    support::spawn(config).await
 }
 
 /// A verifying mock, over HTTPS if `tls` is given.
@@ -74,18 +71,9 @@ fn sdk(
     secret: &str,
     token: Option<&str>,
 ) -> aws_sdk_kms::Client {
-    let mut conf = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            key_id,
-            secret,
-            token.map(str::to_owned),
-            None,
-            "mock-kms-auth-test",
-        ))
-        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled())
-        .endpoint_url(endpoint);
+    let creds = credentials(key_id, secret, token, "mock-kms-auth-test");
+    let mut conf = sdk_config(endpoint, creds)
+        .retry_config(aws_sdk_kms::config::retry::RetryConfig::disabled());
     if let Some(ca) = ca {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::AwsLc))
@@ -99,17 +87,6 @@ fn sdk(
         conf = conf.http_client(http);
     }
     aws_sdk_kms::Client::from_conf(conf.build())
-}
-
-/// The KMS error code of an SDK error, with its message.
-fn code<T: std::fmt::Debug, E: aws_sdk_kms::error::ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, E>,
-) -> (String, String) {
-    let e = r.expect_err("expected an error");
-    (
-        e.code().unwrap_or("<no code>").to_owned(),
-        e.message().unwrap_or("").to_owned(),
-    )
 }
 
 /// A KMS request signed by `aws-sigv4` at `time` for `addr`: the request
@@ -236,14 +213,7 @@ async fn sdk_over_https_trusting_the_test_ca_with_the_right_credentials_gets_dat
     );
 
     let c = sdk(&kms.endpoint(), Some(&ca), KEY_ID, SECRET, None);
-    let key = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key = support::created(c.create_key()).await.key_id;
     let r = c
         .generate_data_key()
         .key_id(&key)

@@ -16,20 +16,15 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::encoding::AsDer as _;
-use aws_sdk_kms::primitives::Blob;
-use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec, KeyEncryptionMechanism, RecipientInfo};
+use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec};
 use keybroker_common::cms::{RecipientPrivateKey, decrypt as cms_decrypt};
 use keybroker_harness::mock_kms::MockKms;
-use support::{TestPki, attestation, config_trusting, expect_code, now_ms, pcrs, start, test_pki};
+use support::{
+    Enclave, attestation, config_trusting, created, expect_code, now_ms, pcrs, recipient, start,
+    test_pki,
+};
 
 const PCR0: [u8; 48] = [0xA5; 48];
-
-fn recipient(doc: Vec<u8>) -> RecipientInfo {
-    RecipientInfo::builder()
-        .key_encryption_algorithm(KeyEncryptionMechanism::RsaesOaepSha256)
-        .attestation_document(Blob::new(doc))
-        .build()
-}
 
 /// Admin actions for the account root, plaintext-returning actions only
 /// with PCR0 = `pcr0`.
@@ -56,40 +51,19 @@ fn enclave_policy(pcr0: &[u8]) -> String {
 struct Fixture {
     _kms: keybroker_harness::mock_kms::RunningMockKms,
     c: aws_sdk_kms::Client,
-    pki: TestPki,
-    key: RecipientPrivateKey,
+    enclave: Enclave,
     key_id: String,
 }
 
 async fn fixture(policy: String) -> Fixture {
     let pki = test_pki();
     let (kms, c) = start(config_trusting(&pki)).await;
-    let key_id = c
-        .create_key()
-        .policy(policy)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key_id = created(c.create_key().policy(policy)).await.key_id;
     Fixture {
         _kms: kms,
         c,
-        pki,
-        key: RecipientPrivateKey::generate_2048().unwrap(),
+        enclave: Enclave::new(pki),
         key_id,
-    }
-}
-
-impl Fixture {
-    fn doc(&self, pcr0: [u8; 48]) -> Vec<u8> {
-        attestation(
-            &self.pki,
-            pcrs(pcr0),
-            Some(self.key.public_key_spki_der()),
-            now_ms(),
-        )
     }
 }
 
@@ -100,7 +74,7 @@ async fn generate_data_key_with_allowed_pcr0_returns_cms_for_the_recipient_and_n
         f.c.generate_data_key()
             .key_id(&f.key_id)
             .key_spec(DataKeySpec::Aes256)
-            .recipient(recipient(f.doc(PCR0)))
+            .recipient(recipient(f.enclave.doc(PCR0)))
             .send()
             .await
             .unwrap();
@@ -113,19 +87,24 @@ async fn generate_data_key_with_allowed_pcr0_returns_cms_for_the_recipient_and_n
     assert!(cfr.len() <= 6144);
     // BER as KMS sends it: ContentInfo SEQUENCE with indefinite length.
     assert_eq!(&cfr[..2], &[0x30, 0x80]);
-    let data_key = cms_decrypt(cfr, &f.key, None).unwrap();
+    let data_key = cms_decrypt(cfr, &f.enclave.key, None).unwrap();
     assert_eq!(data_key.len(), 32);
 
     // Decrypt with a Recipient gives the same key, again only for the recipient.
     let d =
         f.c.decrypt()
             .ciphertext_blob(r.ciphertext_blob().unwrap().clone())
-            .recipient(recipient(f.doc(PCR0)))
+            .recipient(recipient(f.enclave.doc(PCR0)))
             .send()
             .await
             .unwrap();
     assert!(d.plaintext().is_none());
-    let again = cms_decrypt(d.ciphertext_for_recipient().unwrap().as_ref(), &f.key, None).unwrap();
+    let again = cms_decrypt(
+        d.ciphertext_for_recipient().unwrap().as_ref(),
+        &f.enclave.key,
+        None,
+    )
+    .unwrap();
     assert_eq!(again.expose(), data_key.expose());
 }
 
@@ -137,7 +116,7 @@ async fn wrong_pcr0_or_missing_recipient_is_access_denied() {
         f.c.generate_data_key()
             .key_id(&f.key_id)
             .key_spec(DataKeySpec::Aes256)
-            .recipient(recipient(f.doc([0x5A; 48])))
+            .recipient(recipient(f.enclave.doc([0x5A; 48])))
             .send()
             .await,
         "AccessDeniedException",
@@ -174,7 +153,7 @@ async fn wrong_pcr0_or_missing_recipient_is_access_denied() {
     );
     f.c.decrypt()
         .ciphertext_blob(w.ciphertext_blob().unwrap().clone())
-        .recipient(recipient(f.doc(PCR0)))
+        .recipient(recipient(f.enclave.doc(PCR0)))
         .send()
         .await
         .unwrap();
@@ -211,7 +190,7 @@ async fn explicit_deny_wins_over_an_allow() {
         f.c.generate_data_key()
             .key_id(&f.key_id)
             .key_spec(DataKeySpec::Aes256)
-            .recipient(recipient(f.doc([1; 48])))
+            .recipient(recipient(f.enclave.doc([1; 48])))
             .send()
             .await,
         "AccessDeniedException",
@@ -220,7 +199,7 @@ async fn explicit_deny_wins_over_an_allow() {
         f.c.generate_data_key()
             .key_id(&f.key_id)
             .key_spec(DataKeySpec::Aes256)
-            .recipient(recipient(f.doc(PCR0)))
+            .recipient(recipient(f.enclave.doc(PCR0)))
             .send()
             .await
             .unwrap();
@@ -271,12 +250,17 @@ async fn generate_data_key_pair_and_generate_random_honour_recipient() {
         f.c.generate_data_key_pair()
             .key_id(&f.key_id)
             .key_pair_spec(DataKeyPairSpec::EccNistP384)
-            .recipient(recipient(f.doc(PCR0)))
+            .recipient(recipient(f.enclave.doc(PCR0)))
             .send()
             .await
             .unwrap();
     assert!(r.private_key_plaintext().is_none());
-    let pkcs8 = cms_decrypt(r.ciphertext_for_recipient().unwrap().as_ref(), &f.key, None).unwrap();
+    let pkcs8 = cms_decrypt(
+        r.ciphertext_for_recipient().unwrap().as_ref(),
+        &f.enclave.key,
+        None,
+    )
+    .unwrap();
     let kp = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
         &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1_SIGNING,
         pkcs8.expose(),
@@ -291,12 +275,17 @@ async fn generate_data_key_pair_and_generate_random_honour_recipient() {
     let g =
         f.c.generate_random()
             .number_of_bytes(32)
-            .recipient(recipient(f.doc([3; 48])))
+            .recipient(recipient(f.enclave.doc([3; 48])))
             .send()
             .await
             .unwrap();
     assert!(g.plaintext().is_none());
-    let random = cms_decrypt(g.ciphertext_for_recipient().unwrap().as_ref(), &f.key, None).unwrap();
+    let random = cms_decrypt(
+        g.ciphertext_for_recipient().unwrap().as_ref(),
+        &f.enclave.key,
+        None,
+    )
+    .unwrap();
     assert_eq!(random.len(), 32);
 }
 
@@ -310,9 +299,14 @@ async fn invalid_stale_untrusted_or_non_rsa_attestations_are_validation_errors()
             .recipient(recipient(doc))
             .send()
     };
-    let spki = f.key.public_key_spki_der();
+    let spki = f.enclave.key.public_key_spki_der();
     // Ten minutes old: older than the default 5 minute maximum.
-    let stale = attestation(&f.pki, pcrs(PCR0), Some(spki.clone()), now_ms() - 600_000);
+    let stale = attestation(
+        &f.enclave.pki,
+        pcrs(PCR0),
+        Some(spki.clone()),
+        now_ms() - 600_000,
+    );
     let m = expect_code(gdk(stale).await, "ValidationException");
     assert!(m.contains("maximum age"), "{m}");
     // Signed by a CA the mock does not trust.
@@ -331,18 +325,24 @@ async fn invalid_stale_untrusted_or_non_rsa_attestations_are_validation_errors()
         .as_ref()
         .to_vec();
     let m = expect_code(
-        gdk(attestation(&f.pki, pcrs(PCR0), Some(ec_spki), now_ms())).await,
+        gdk(attestation(
+            &f.enclave.pki,
+            pcrs(PCR0),
+            Some(ec_spki),
+            now_ms(),
+        ))
+        .await,
         "ValidationException",
     );
     assert!(m.contains("RSA"), "{m}");
     // No public key at all.
     expect_code(
-        gdk(attestation(&f.pki, pcrs(PCR0), None, now_ms())).await,
+        gdk(attestation(&f.enclave.pki, pcrs(PCR0), None, now_ms())).await,
         "ValidationException",
     );
     // Garbage and a flipped byte in a genuine document.
     expect_code(gdk(vec![0x84, 0x44, 0xA1]).await, "ValidationException");
-    let mut tampered = f.doc(PCR0);
+    let mut tampered = f.enclave.doc(PCR0);
     let n = tampered.len() - 10;
     tampered[n] ^= 1;
     expect_code(gdk(tampered).await, "ValidationException");
@@ -471,14 +471,8 @@ async fn ciphertext_for_recipient_decrypts_with_openssl_cms() {
 
     let pki = test_pki();
     let (_kms, c) = start(config_trusting(&pki)).await;
-    let key_id = c
-        .create_key()
-        .policy(enclave_policy(&PCR0))
-        .send()
+    let key_id = created(c.create_key().policy(enclave_policy(&PCR0)))
         .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
         .key_id;
     let doc = attestation(&pki, pcrs(PCR0), Some(key.public_key_spki_der()), now_ms());
     let r = c

@@ -14,11 +14,10 @@ mod support;
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeyPairSpec, DataKeySpec, KeyState};
 use keybroker_harness::mock_kms::MockKmsConfig;
-use support::{expect_code, start};
+use support::{created, expect_code, start};
 
 async fn new_key(c: &aws_sdk_kms::Client) -> (String, String) {
-    let m = c.create_key().description("test key").send().await.unwrap();
-    let m = m.key_metadata.unwrap();
+    let m = created(c.create_key().description("test key")).await;
     (m.key_id, m.arn.unwrap())
 }
 
@@ -611,14 +610,7 @@ async fn generate_random_returns_the_requested_number_of_bytes() {
 #[tokio::test]
 async fn control_plane_create_describe_list_alias_and_policy_operations() {
     let (_kms, c) = start(MockKmsConfig::default()).await;
-    let md = c
-        .create_key()
-        .description("described")
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap();
+    let md = created(c.create_key().description("described")).await;
     assert_eq!(md.description(), Some("described"));
     assert_eq!(md.aws_account_id(), Some("111122223333"));
     assert_eq!(md.key_state(), Some(&KeyState::Enabled));

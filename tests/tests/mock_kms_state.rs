@@ -17,7 +17,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyState};
 use base64::Engine as _;
 use keybroker_harness::mock_kms::{MockKms, MockKmsConfig};
-use support::{client, expect_code, start};
+use support::{client, created, expect_code, start};
 
 const SEED_ID: &str = "11111111-2222-4333-8444-555555555555";
 
@@ -40,22 +40,8 @@ async fn state_file_keeps_keys_aliases_policies_and_states_across_a_restart() {
         ..MockKmsConfig::default()
     };
     let (kms, c) = start(config.clone()).await;
-    let id = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let other = c
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let id = created(c.create_key()).await.key_id;
+    let other = created(c.create_key()).await.key_id;
     c.create_alias()
         .alias_name("alias/kept")
         .target_key_id(&id)
@@ -244,14 +230,8 @@ async fn binary_prints_its_address_and_keeps_state_across_process_restarts() {
     ];
     let first = Proc::start(&args);
     let c = client(&first.1);
-    let id = c
-        .create_key()
-        .description("made at runtime")
-        .send()
+    let id = created(c.create_key().description("made at runtime"))
         .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
         .key_id;
     let ct = c
         .encrypt()

@@ -1,4 +1,5 @@
-//! A minimal protocol client for the server tests.
+//! Support for the proxy tests: the raw protocol client and the test PKI
+//! (from `keybroker-test-support`), DescribeKey helpers, log capture.
 
 #![allow(
     dead_code,
@@ -10,84 +11,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keybroker_common::address::Address;
-use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
+use keybroker_common::attestation::AttestationDocument;
 use keybroker_common::kms::*;
-use keybroker_common::protocol::{FrameDecoder, Limits, Message, encode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// A raw connection to the proxy.
-pub struct Client {
-    pub io: Box<dyn Stream>,
-    decoder: FrameDecoder,
-}
-
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
-
-impl Client {
-    pub async fn connect(addr: &Address) -> Client {
-        let io: Box<dyn Stream> = match addr {
-            Address::Tcp(hp) => {
-                Box::new(tokio::net::TcpStream::connect(hp.as_str()).await.unwrap())
-            }
-            Address::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.unwrap()),
-            Address::Vsock { .. } => panic!("no vsock in tests"),
-        };
-        Client {
-            io,
-            decoder: FrameDecoder::new(Limits::default()),
-        }
-    }
-
-    /// Connects and completes the handshake.
-    pub async fn handshake(addr: &Address) -> Client {
-        let mut c = Client::connect(addr).await;
-        c.send(&Message::hello("test-client/1")).await;
-        match c.recv().await {
-            Some(Message::HelloAck { version, .. }) => {
-                assert_eq!(version, keybroker_common::protocol::PROTOCOL_VERSION)
-            }
-            other => panic!("expected HelloAck, got {other:?}"),
-        }
-        c
-    }
-
-    pub async fn send(&mut self, msg: &Message) {
-        self.io.write_all(&encode(msg).unwrap()).await.unwrap();
-    }
-
-    pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.io.write_all(bytes).await.unwrap();
-    }
-
-    pub async fn request(&mut self, id: u64, timeout_ms: Option<u32>, request: KmsRequest) {
-        self.send(&Message::Request {
-            id,
-            timeout_ms,
-            request,
-        })
-        .await;
-    }
-
-    /// The next message, `None` at end of stream. Panics after 10 s.
-    pub async fn recv(&mut self) -> Option<Message> {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(m) = self.decoder.next_message().unwrap() {
-                    return Some(m);
-                }
-                let mut buf = [0u8; 8192];
-                match self.io.read(&mut buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => self.decoder.push(&buf[..n]),
-                }
-            }
-        })
-        .await
-        .expect("no message within 10 s")
-    }
-}
+use keybroker_test_support::pki::{TestPki, pcrs_filled};
+#[allow(unused_imports)] // each test file uses some of them
+pub use keybroker_test_support::raw_client::{Client, Stream};
 
 /// A DescribeKey request whose key id tells the fake backend what to do.
 pub fn describe(key: &str) -> KmsRequest {
@@ -182,38 +110,20 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// A mock-NSM-like P-384 chain (rcgen's default validity covers "now").
+/// A mock-NSM-like P-384 chain (root -> leaf, from the shared test PKI),
+/// making documents like the NSM's.
 pub struct Nsm {
     pub root: Vec<u8>,
-    leaf: Vec<u8>,
-    signer: aws_lc_rs::signature::EcdsaKeyPair,
+    pki: TestPki,
 }
 
 #[allow(clippy::new_without_default)]
 impl Nsm {
     pub fn new() -> Nsm {
-        use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
-        use rcgen::{
-            BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P384_SHA384,
-        };
-        let root_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
-        let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let root = root_params.self_signed(&root_key).unwrap();
-        let issuer = Issuer::new(root_params, root_key);
-        let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
-        let leaf = CertificateParams::new(Vec::<String>::new())
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
+        let pki = TestPki::without_intermediate();
         Nsm {
-            root: root.der().to_vec(),
-            leaf: leaf.der().to_vec(),
-            signer: EcdsaKeyPair::from_pkcs8(
-                &ECDSA_P384_SHA384_FIXED_SIGNING,
-                &leaf_key.serialize_der(),
-            )
-            .unwrap(),
+            root: pki.root_der.clone(),
+            pki,
         }
     }
 
@@ -225,30 +135,15 @@ impl Nsm {
 
     /// The payload of [`Nsm::document`]: made now, with a public key.
     pub fn payload(&self, pcr0: u8, pcr2: u8) -> AttestationDocument {
-        AttestationDocument {
-            module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
-            digest: Digest::Sha384,
-            timestamp: keybroker_proxy::clock::now(),
-            pcrs: (0u8..16)
-                .map(|i| {
-                    let b = match i {
-                        0 => pcr0,
-                        2 => pcr2,
-                        _ => 0,
-                    };
-                    (i, vec![b; 48])
-                })
-                .collect(),
-            certificate: self.leaf.clone(),
-            cabundle: vec![self.root.clone()],
-            public_key: Some(vec![0x30; 294]),
-            user_data: None,
-            nonce: None,
-        }
+        self.pki.payload(
+            pcrs_filled(0, &[(0, pcr0), (2, pcr2)]),
+            Some(vec![0x30; 294]),
+            keybroker_proxy::clock::now(),
+        )
     }
 
     /// Signs `doc` with the leaf key.
     pub fn build(&self, doc: &AttestationDocument) -> Vec<u8> {
-        build_signed_document(doc, &self.signer, &aws_lc_rs::rand::SystemRandom::new()).unwrap()
+        self.pki.sign(doc)
     }
 }

@@ -11,172 +11,95 @@
 )]
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
-use aws_sdk_kms::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_kms::error::ProvideErrorMetadata;
 use keybroker_common::UnixMillis;
-use keybroker_common::attestation::{AttestationDocument, Digest, build_signed_document};
 use keybroker_harness::mock_kms::{MockKms, MockKmsConfig, RunningMockKms};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P384_SHA384,
-};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 pub const ACCOUNT: &str = "111122223333";
 pub const ROOT_PRINCIPAL: &str = "arn:aws:iam::111122223333:root";
 
-/// A real `aws-sdk-kms` client for `endpoint`, with static test credentials
-/// (the mock does not verify signatures) and region us-east-1.
-pub fn client(endpoint: &str) -> aws_sdk_kms::Client {
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIAMOCKKMSTEST00000",
-            "mock-kms-test-secret",
-            None,
-            None,
-            "keybroker-harness-tests",
-        ))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_kms::Client::from_conf(conf)
+/// The SDK client and error-code assertions, from their one home in
+/// `keybroker-test-support` (starting the mock stays here: test-support
+/// cannot depend on this crate).
+#[allow(unused_imports)] // each test file uses some of them
+pub use keybroker_test_support::sdk::{client, code_of, created, expect_code};
+
+/// Starts a mock on 127.0.0.1:0.
+pub async fn spawn(config: MockKmsConfig) -> RunningMockKms {
+    MockKms::new(config)
+        .unwrap()
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap()
 }
 
 /// Starts a mock on 127.0.0.1:0 and returns it with a client.
 pub async fn start(config: MockKmsConfig) -> (RunningMockKms, aws_sdk_kms::Client) {
-    let running = MockKms::new(config)
-        .unwrap()
-        .spawn("127.0.0.1:0")
-        .await
-        .unwrap();
+    let running = spawn(config).await;
     let c = client(&running.endpoint());
     (running, c)
 }
 
-/// The KMS error code and message of an SDK error.
-pub fn code_of<E: ProvideErrorMetadata>(e: &E) -> (String, String) {
-    (
-        e.code().unwrap_or("<no code>").to_owned(),
-        e.message().unwrap_or("").to_owned(),
-    )
-}
-
-/// Asserts the error code of a failed SDK call and returns its message.
-#[track_caller]
-pub fn expect_code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(
-    r: Result<T, E>,
-    code: &str,
-) -> String {
-    match r {
-        Ok(v) => panic!("expected {code}, got success: {v:?}"),
-        Err(e) => {
-            let (c, m) = code_of(&e);
-            assert_eq!(c, code, "unexpected error: {e:?}");
-            m
-        }
-    }
-}
-
+/// Now, in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
+    keybroker_test_support::now().0
 }
 
-/// A test attestation PKI: root -> intermediate -> leaf, P-384, like the
-/// Nitro PKI (without its short leaf lifetime: rcgen's default validity).
-pub struct TestPki {
-    pub root_der: Vec<u8>,
-    pub root_pem: String,
-    pub inter_der: Vec<u8>,
-    pub leaf_der: Vec<u8>,
-    pub leaf_key: EcdsaKeyPair,
-}
+/// The test attestation PKI (root -> intermediate -> leaf, P-384), from
+/// its one home in `keybroker-test-support`.
+#[allow(unused_imports)] // each test file uses some of them
+pub use keybroker_test_support::pki::{TestPki, pcrs};
 
-fn params(cn: &str, is_ca: IsCa) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.distinguished_name
-        .push(DnType::OrganizationName, "Keybroker harness test");
-    p.key_usages = if matches!(is_ca, IsCa::Ca(_)) {
-        vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ]
-    } else {
-        vec![KeyUsagePurpose::DigitalSignature]
-    };
-    p.is_ca = is_ca;
-    p
-}
-
+/// A new test PKI.
 pub fn test_pki() -> TestPki {
-    let gen_key = || KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384).unwrap();
-    let root_key = gen_key();
-    let root_params = params(
-        "harness test root",
-        IsCa::Ca(BasicConstraints::Unconstrained),
-    );
-    let root = root_params.self_signed(&root_key).unwrap();
-    let root_issuer = Issuer::new(root_params, root_key);
-    let inter_key = gen_key();
-    let inter_params = params(
-        "harness test intermediate",
-        IsCa::Ca(BasicConstraints::Constrained(0)),
-    );
-    let inter = inter_params.signed_by(&inter_key, &root_issuer).unwrap();
-    let inter_issuer = Issuer::new(inter_params, inter_key);
-    let leaf_key = gen_key();
-    let leaf = params("harness test leaf", IsCa::ExplicitNoCa)
-        .signed_by(&leaf_key, &inter_issuer)
-        .unwrap();
-    let leaf_key =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &leaf_key.serialize_der())
-            .unwrap();
-    TestPki {
-        root_der: root.der().to_vec(),
-        root_pem: root.pem(),
-        inter_der: inter.der().to_vec(),
-        leaf_der: leaf.der().to_vec(),
-        leaf_key,
-    }
+    TestPki::new()
 }
 
-/// 16 PCRs of 48 bytes; PCR0 = `pcr0`, PCRi = [i; 48] otherwise.
-pub fn pcrs(pcr0: [u8; 48]) -> BTreeMap<u8, Vec<u8>> {
-    let mut m: BTreeMap<u8, Vec<u8>> = (0u8..16).map(|i| (i, vec![i; 48])).collect();
-    m.insert(0, pcr0.to_vec());
-    m
-}
-
-/// A signed attestation document carrying `public_key`.
+/// A signed attestation document from `pki` carrying `public_key`.
 pub fn attestation(
     pki: &TestPki,
     pcrs: BTreeMap<u8, Vec<u8>>,
     public_key: Option<Vec<u8>>,
     timestamp_ms: u64,
 ) -> Vec<u8> {
-    let doc = AttestationDocument {
-        module_id: "i-0123456789abcdef0-enc0123456789abcdef".into(),
-        digest: Digest::Sha384,
-        timestamp: UnixMillis(timestamp_ms),
-        pcrs,
-        certificate: pki.leaf_der.clone(),
-        cabundle: vec![pki.root_der.clone(), pki.inter_der.clone()],
-        public_key,
-        user_data: None,
-        nonce: None,
-    };
-    build_signed_document(&doc, &pki.leaf_key, &SystemRandom::new()).unwrap()
+    pki.document(pcrs, public_key, UnixMillis(timestamp_ms))
+}
+
+/// A `Recipient` carrying the attestation document `doc` (RSAES-OAEP-SHA256,
+/// the one algorithm KMS offers).
+pub fn recipient(doc: Vec<u8>) -> aws_sdk_kms::types::RecipientInfo {
+    aws_sdk_kms::types::RecipientInfo::builder()
+        .key_encryption_algorithm(aws_sdk_kms::types::KeyEncryptionMechanism::RsaesOaepSha256)
+        .attestation_document(aws_sdk_kms::primitives::Blob::new(doc))
+        .build()
+}
+
+/// An attested enclave: documents from `pki` carrying the public half of
+/// its RSA recipient key.
+pub struct Enclave {
+    pub pki: TestPki,
+    pub key: keybroker_common::cms::RecipientPrivateKey,
+}
+
+impl Enclave {
+    /// An enclave with a new 2048-bit recipient key.
+    pub fn new(pki: TestPki) -> Self {
+        Self {
+            pki,
+            key: keybroker_common::cms::RecipientPrivateKey::generate_2048().unwrap(),
+        }
+    }
+
+    /// A document made now, with PCR0 = `pcr0` and the recipient key.
+    pub fn doc(&self, pcr0: [u8; 48]) -> Vec<u8> {
+        attestation(
+            &self.pki,
+            pcrs(pcr0),
+            Some(self.key.public_key_spki_der()),
+            now_ms(),
+        )
+    }
 }
 
 /// A config trusting `pki`'s root (through the PEM path, as the CLI does).
