@@ -15,7 +15,7 @@
 use core::time::Duration;
 
 use keybroker_common::key_allowlist::KeyPinError;
-use keybroker_common::kms::{KmsError, Operation};
+use keybroker_common::kms::{KmsError, KmsErrorCode, Operation};
 use keybroker_common::protocol::{ErrorCode, ProtocolError};
 
 /// Everything that can go wrong in `keybroker-enclave`.
@@ -185,29 +185,29 @@ impl Error {
                 code,
                 ..
             })) => match code {
-                ErrorCode::PolicyDenied => KmsError::new("AccessDeniedException", message),
-                ErrorCode::Busy => KmsError::new("ThrottlingException", message),
-                ErrorCode::BadRequest => KmsError::new("ValidationException", message),
+                ErrorCode::PolicyDenied => KmsError::new(KmsErrorCode::AccessDenied, message),
+                ErrorCode::Busy => KmsError::new(KmsErrorCode::Throttling, message),
+                ErrorCode::BadRequest => KmsError::new(KmsErrorCode::Validation, message),
                 ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::Shutdown => {
-                    KmsError::new("DependencyTimeoutException", message)
+                    KmsError::new(KmsErrorCode::DependencyTimeout, message)
                 }
-                _ => KmsError::new("KMSInternalException", message),
+                _ => KmsError::new(KmsErrorCode::KmsInternal, message),
             },
             Error::Common(keybroker_common::Error::InvalidArgument(_))
-            | Error::InvalidArgument(_) => KmsError::new("ValidationException", message),
+            | Error::InvalidArgument(_) => KmsError::new(KmsErrorCode::Validation, message),
             Error::Common(keybroker_common::Error::Cms(_)) => {
-                KmsError::new("InvalidCiphertextException", message)
+                KmsError::new(KmsErrorCode::InvalidCiphertext, message)
             }
             Error::ConnectionLost { .. } | Error::Unavailable { .. } | Error::Timeout { .. } => {
-                KmsError::new("DependencyTimeoutException", message)
+                KmsError::new(KmsErrorCode::DependencyTimeout, message)
             }
             Error::KeyNotAllowed(
                 KeyPinError::RequestKeyNotAllowed(_) | KeyPinError::Unresolvable { .. },
-            ) => KmsError::new("AccessDeniedException", message),
+            ) => KmsError::new(KmsErrorCode::AccessDenied, message),
             Error::KeyNotAllowed(KeyPinError::Invalid { .. }) => {
-                KmsError::new("ValidationException", message)
+                KmsError::new(KmsErrorCode::Validation, message)
             }
-            _ => KmsError::new("KMSInternalException", message),
+            _ => KmsError::new(KmsErrorCode::KmsInternal, message),
         }
     }
 

@@ -25,8 +25,6 @@ use aws_sdk_kms::types as sdk;
 use keybroker_common::kms::*;
 use keybroker_common::protocol::{ErrorCode, WireError};
 use keybroker_common::secret::SecretBytes;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::admission::Admitted;
 use crate::settings::KmsSettings;
@@ -138,10 +136,7 @@ impl SdkKmsBackend {
                 let out = c
                     .generate_data_key()
                     .set_key_id(r.key_id)
-                    .set_key_spec(
-                        r.key_spec
-                            .map(|s| sdk::DataKeySpec::from(name(&s).as_str())),
-                    )
+                    .set_key_spec(r.key_spec.map(|s| sdk::DataKeySpec::from(s.as_str())))
                     .set_number_of_bytes(number_of_bytes(r.number_of_bytes)?)
                     .set_encryption_context(r.encryption_context.map(|m| m.into_iter().collect()))
                     .set_grant_tokens(r.grant_tokens)
@@ -162,10 +157,7 @@ impl SdkKmsBackend {
                 let out = c
                     .generate_data_key_without_plaintext()
                     .set_key_id(r.key_id)
-                    .set_key_spec(
-                        r.key_spec
-                            .map(|s| sdk::DataKeySpec::from(name(&s).as_str())),
-                    )
+                    .set_key_spec(r.key_spec.map(|s| sdk::DataKeySpec::from(s.as_str())))
                     .set_number_of_bytes(number_of_bytes(r.number_of_bytes)?)
                     .set_encryption_context(r.encryption_context.map(|m| m.into_iter().collect()))
                     .set_grant_tokens(r.grant_tokens)
@@ -190,13 +182,13 @@ impl SdkKmsBackend {
                     .set_key_id(r.key_id)
                     .set_encryption_algorithm(
                         r.encryption_algorithm
-                            .map(|a| sdk::EncryptionAlgorithmSpec::from(name(&a).as_str())),
+                            .map(|a| sdk::EncryptionAlgorithmSpec::from(a.as_str())),
                     )
                     .set_recipient(r.recipient.map(recipient))
                     .set_dry_run(r.dry_run)
                     .set_dry_run_modifiers(r.dry_run_modifiers.map(|m| {
                         m.iter()
-                            .map(|m| sdk::DryRunModifierType::from(name(m).as_str()))
+                            .map(|m| sdk::DryRunModifierType::from(m.as_str()))
                             .collect()
                     }))
                     .send()
@@ -207,7 +199,7 @@ impl SdkKmsBackend {
                     plaintext: out.plaintext.map(secret),
                     encryption_algorithm: out
                         .encryption_algorithm
-                        .and_then(|a| from_name(a.as_str())),
+                        .and_then(|a| a.as_str().parse().ok()),
                     ciphertext_for_recipient: out.ciphertext_for_recipient.map(blob),
                     key_material_id: out.key_material_id,
                 })
@@ -232,7 +224,7 @@ impl SdkKmsBackend {
                     private_key_plaintext: out.private_key_plaintext.map(secret),
                     public_key: out.public_key.map(blob),
                     key_id: out.key_id,
-                    key_pair_spec: out.key_pair_spec.and_then(|s| from_name(s.as_str())),
+                    key_pair_spec: out.key_pair_spec.and_then(|s| s.as_str().parse().ok()),
                     ciphertext_for_recipient: out.ciphertext_for_recipient.map(blob),
                     key_material_id: out.key_material_id,
                 })
@@ -256,7 +248,7 @@ impl SdkKmsBackend {
                         private_key_ciphertext_blob: out.private_key_ciphertext_blob.map(blob),
                         public_key: out.public_key.map(blob),
                         key_id: out.key_id,
-                        key_pair_spec: out.key_pair_spec.and_then(|s| from_name(s.as_str())),
+                        key_pair_spec: out.key_pair_spec.and_then(|s| s.as_str().parse().ok()),
                         key_material_id: out.key_material_id,
                     },
                 )
@@ -293,7 +285,7 @@ impl SdkKmsBackend {
                     .set_key_id(r.key_id)
                     .set_key_agreement_algorithm(
                         r.key_agreement_algorithm
-                            .map(|a| sdk::KeyAgreementAlgorithmSpec::from(name(&a).as_str())),
+                            .map(|a| sdk::KeyAgreementAlgorithmSpec::from(a.as_str())),
                     )
                     .set_public_key(r.public_key.map(|b| SdkBlob::new(b.0)))
                     .set_grant_tokens(r.grant_tokens)
@@ -308,7 +300,7 @@ impl SdkKmsBackend {
                     ciphertext_for_recipient: out.ciphertext_for_recipient.map(blob),
                     key_agreement_algorithm: out
                         .key_agreement_algorithm
-                        .and_then(|a| from_name(a.as_str())),
+                        .and_then(|a| a.as_str().parse().ok()),
                     key_origin: out.key_origin.map(|o| o.as_str().to_owned()),
                 })
             }
@@ -320,23 +312,6 @@ impl KmsBackend for SdkKmsBackend {
     fn call(&self, request: KmsRequest) -> BackendFuture<'_> {
         Box::pin(self.dispatch(request))
     }
-}
-
-/// The KMS API spelling of one of the common crate's enums (its serde name:
-/// `AES_256`, `SYMMETRIC_DEFAULT`, `RSAES_OAEP_SHA_256`, ...).
-fn name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        // Unit variants always serialize as strings; an empty name makes the
-        // SDK send an unknown value that KMS rejects as a validation error.
-        _ => String::new(),
-    }
-}
-
-/// One of the common crate's enums from its KMS API spelling; `None` for a
-/// value this build does not know (dropped from the relayed response).
-fn from_name<T: DeserializeOwned>(s: &str) -> Option<T> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
 }
 
 /// `NumberOfBytes` is an `Integer` (i32) in the KMS model; KMS accepts
@@ -356,7 +331,7 @@ fn number_of_bytes(n: Option<u32>) -> Result<Option<i32>, WireError> {
 fn recipient(r: RecipientInfo) -> sdk::RecipientInfo {
     sdk::RecipientInfo::builder()
         .key_encryption_algorithm(sdk::KeyEncryptionMechanism::from(
-            name(&r.key_encryption_algorithm).as_str(),
+            r.key_encryption_algorithm.as_str(),
         ))
         .attestation_document(SdkBlob::new(r.attestation_document.0))
         .build()
@@ -388,15 +363,19 @@ fn key_metadata(m: sdk::KeyMetadata) -> KeyMetadata {
         key_spec: m.key_spec.map(|v| v.as_str().to_owned()),
         #[allow(deprecated)]
         customer_master_key_spec: m.customer_master_key_spec.map(|v| v.as_str().to_owned()),
-        encryption_algorithms: m
-            .encryption_algorithms
-            .map(|algs| algs.iter().filter_map(|a| from_name(a.as_str())).collect()),
+        encryption_algorithms: m.encryption_algorithms.map(|algs| {
+            algs.iter()
+                .filter_map(|a| a.as_str().parse().ok())
+                .collect()
+        }),
         signing_algorithms: m
             .signing_algorithms
             .map(|algs| algs.iter().map(|a| a.as_str().to_owned()).collect()),
-        key_agreement_algorithms: m
-            .key_agreement_algorithms
-            .map(|algs| algs.iter().filter_map(|a| from_name(a.as_str())).collect()),
+        key_agreement_algorithms: m.key_agreement_algorithms.map(|algs| {
+            algs.iter()
+                .filter_map(|a| a.as_str().parse().ok())
+                .collect()
+        }),
         multi_region: m.multi_region,
     }
 }

@@ -298,7 +298,7 @@ pub fn kms_answer(verifier: &Verifier, s: &Seen) -> Result<KmsResponse, WireErro
             let blob = &r.ciphertext_blob.as_ref().unwrap().0;
             let Some(p) = blob.strip_prefix(b"FAKE") else {
                 return Err(WireError::kms(KmsError::new(
-                    "InvalidCiphertextException",
+                    KmsErrorCode::InvalidCiphertext,
                     "not ours",
                 )));
             };

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use keybroker_common::address::{Address, PARENT_CID};
 use keybroker_common::kms::{DataKeyPairSpec, DataKeySpec, EncryptionAlgorithm};
-use serde_json::Value;
 
 use super::exit;
 use crate::Error;
@@ -472,6 +471,6 @@ fn parse_hex(s: &str) -> Result<HexBytes, String> {
 }
 
 /// Parses a KMS enum value by its API spelling (`AES_256`, `RSA_2048`, ...).
-fn kms_enum<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
-    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| format!("unknown value {s:?}"))
+fn kms_enum<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("unknown value {s:?}"))
 }

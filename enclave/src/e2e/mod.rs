@@ -70,7 +70,7 @@ use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use http_body_util::Full;
 use keybroker_common::key_allowlist::{KeyAllowlist, KeyPinError};
-use keybroker_common::kms::{KmsError, KmsRequest, KmsResponse, Operation, aws_json};
+use keybroker_common::kms::{KmsError, KmsErrorCode, KmsRequest, KmsResponse, Operation, aws_json};
 use keybroker_common::protocol::ProtocolError;
 use tokio::time::Instant;
 
@@ -198,14 +198,15 @@ pub(crate) struct E2eTransport {
 /// Errors KMS (and AWS services generally) answer for a request time too far
 /// from theirs.
 fn is_clock_error(e: &KmsError) -> bool {
-    match e.code.as_str() {
-        "InvalidSignatureException" => {
-            let m = e.message.to_ascii_lowercase();
-            m.contains("signature expired") || m.contains("signature not yet current")
-        }
-        "RequestExpired" | "RequestTimeTooSkewed" | "RequestInTheFuture" => true,
-        _ => false,
+    if e.is(KmsErrorCode::InvalidSignature) {
+        let m = e.message.to_ascii_lowercase();
+        return m.contains("signature expired") || m.contains("signature not yet current");
     }
+    // AWS-wide codes, not KMS error types.
+    matches!(
+        e.code.as_str(),
+        "RequestExpired" | "RequestTimeTooSkewed" | "RequestInTheFuture"
+    )
 }
 
 /// What one attempt produced.
@@ -538,7 +539,7 @@ impl E2eTransport {
             tracing::info!(code = %e.code, "request time refused by KMS; signing again");
             return Attempt::Again;
         }
-        if e.code == "ExpiredTokenException" && !*token_retried {
+        if e.is(KmsErrorCode::ExpiredToken) && !*token_retried {
             *token_retried = true;
             self.credentials.invalidate(&creds);
             return Attempt::Again;
@@ -565,7 +566,7 @@ fn kms_error(status: u16, body: &[u8]) -> KmsError {
     let code = code.map_or_else(
         || {
             if status >= 500 {
-                "KMSInternalException".to_owned()
+                KmsErrorCode::KmsInternal.into()
             } else {
                 format!("HttpStatus{status}")
             }

@@ -50,7 +50,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use keybroker_common::kms::{
     DecryptResponse, DeriveSharedSecretResponse, GenerateDataKeyPairResponse,
-    GenerateDataKeyResponse, KmsError, KmsRequest, Operation, aws_json,
+    GenerateDataKeyResponse, KmsError, KmsErrorCode, KmsRequest, Operation, aws_json,
 };
 use serde::Serialize;
 use tokio::net::{TcpListener, UnixListener};
@@ -150,7 +150,7 @@ impl KmsEndpoint {
         let op = Operation::from_name(name).ok_or_else(|| unsupported(name))?;
         let request = KmsRequest::from_json(op, body).map_err(|e| {
             KmsError::new(
-                "SerializationException",
+                KmsErrorCode::Serialization,
                 format!("cannot parse the request body: {e}"),
             )
         })?;
@@ -310,7 +310,7 @@ fn unsupported(name: &str) -> KmsError {
         }
     };
     KmsError::new(
-        "UnsupportedOperationException",
+        KmsErrorCode::UnsupportedOperation,
         format!("{name} is not available through the Keybroker enclave endpoint: {why}."),
     )
 }
@@ -325,7 +325,7 @@ fn to_json<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, KmsError> {
 
 fn serialize_error() -> KmsError {
     KmsError::new(
-        "KMSInternalException",
+        KmsErrorCode::KmsInternal,
         "keybroker enclave: cannot serialize the response",
     )
 }
@@ -341,7 +341,7 @@ async fn handle_http(
     let request_id = aws_json::request_id(endpoint.inner.requests.fetch_add(1, Ordering::Relaxed));
     let reply = if method != Method::POST || uri.path() != "/" {
         EndpointResponse::error(&KmsError::new(
-            "UnknownOperationException",
+            KmsErrorCode::UnknownOperation,
             format!(
                 "the Keybroker enclave endpoint serves only POST / (got {method} {})",
                 uri.path()
@@ -354,7 +354,7 @@ async fn handle_http(
                 endpoint.call(target, &bytes).await
             }
             Err(_) => EndpointResponse::error(&KmsError::new(
-                "ValidationException",
+                KmsErrorCode::Validation,
                 format!(
                     "the request body is larger than the endpoint's limit of {} bytes",
                     endpoint.inner.max_body_bytes
