@@ -15,12 +15,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keybroker_common::address::Address;
-use keybroker_common::protocol::{
-    self, AwsCredentialsWire, LENGTH_PREFIX_LEN, Message, ProtocolError, VersionRange,
-};
+use keybroker_common::protocol::{self, AwsCredentialsWire, Message, ProtocolError, VersionRange};
 use keybroker_common::secret::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use zeroize::Zeroizing;
+use keybroker_framing::{FramedWriter, ReadError, read_exact_message};
+use tokio::io::AsyncWriteExt;
 
 use crate::Error;
 use crate::transport::{self, BoxStream};
@@ -190,13 +188,11 @@ async fn handshake(proxy: &Address) -> Result<BoxStream, Error> {
     }
 }
 
+/// Writes the frame of `msg` and flushes.
 async fn send(stream: &mut BoxStream, msg: &Message) -> Result<(), Error> {
-    let frame = protocol::encode(msg)?;
-    stream
-        .write_all(&frame)
-        .await
-        .map_err(|e| Error::io("write to the proxy", e))?;
-    stream
+    let mut writer = FramedWriter::new(stream);
+    writer.queue(msg)?;
+    writer
         .flush()
         .await
         .map_err(|e| Error::io("write to the proxy", e))
@@ -205,36 +201,19 @@ async fn send(stream: &mut BoxStream, msg: &Message) -> Result<(), Error> {
 /// Reads exactly one frame (never a byte more) and decodes it. The body may
 /// hold credentials, so its buffer is zeroized.
 async fn read_frame(stream: &mut BoxStream) -> Result<Message, Error> {
-    let mut prefix = [0u8; LENGTH_PREFIX_LEN];
-    stream
-        .read_exact(&mut prefix)
-        .await
-        .map_err(|e| Error::io("read from the proxy", e))?;
-    let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
-    if len > MAX_REPLY_LEN {
-        return Err(ProtocolError::FrameTooLarge {
-            len,
-            max: MAX_REPLY_LEN,
-        }
-        .into());
-    }
-    let mut frame = Zeroizing::new(vec![0u8; LENGTH_PREFIX_LEN + len]);
-    if let Some(head) = frame.get_mut(..LENGTH_PREFIX_LEN) {
-        head.copy_from_slice(&prefix);
-    }
-    if let Some(body) = frame.get_mut(LENGTH_PREFIX_LEN..) {
-        stream
-            .read_exact(body)
-            .await
-            .map_err(|e| Error::io("read from the proxy", e))?;
-    }
-    match protocol::decode_frame(&frame, &protocol::Limits::new(MAX_REPLY_LEN))? {
-        protocol::Decoded::Complete { message, .. } => Ok(message),
-        // The whole frame is in the buffer, so this cannot happen; a typed
-        // error rather than a panic all the same.
-        protocol::Decoded::Incomplete { .. } => Err(Error::from(ProtocolError::Malformed(
-            "incomplete frame".into(),
-        ))),
+    // What `read_exact` reported before the framing crate read the frames.
+    let eof = || {
+        Error::io(
+            "read from the proxy",
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof"),
+        )
+    };
+    match read_exact_message(stream, protocol::Limits::new(MAX_REPLY_LEN)).await {
+        Ok(Some(message)) => Ok(message),
+        Err(ReadError::Protocol(e)) => Err(e.into()),
+        Err(ReadError::Io(e)) => Err(Error::io("read from the proxy", e)),
+        // The end of the stream, before the frame or in the middle of it.
+        Ok(None) | Err(_) => Err(eof()),
     }
 }
 
@@ -251,6 +230,7 @@ mod tests {
     use super::*;
     use keybroker_common::protocol::{ErrorCode, WireError};
     use keybroker_common::secret::SecretString;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     /// A one-connection fake proxy: checks the Hello, answers with

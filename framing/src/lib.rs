@@ -398,15 +398,16 @@ impl Batch {
     }
 
     /// Appends the frame of `msg` and returns its length. A `Credentials`
-    /// message marks the batch secret. On error the batch is unchanged.
+    /// message marks the batch secret, even when it fails to encode (its
+    /// partial encoding may linger in the buffer's spare capacity). On
+    /// error no bytes are added.
     ///
     /// # Errors
     /// As [`encode_into`]: the body exceeds the frame limit, or a response
     /// carries plaintext key material.
     pub fn push(&mut self, msg: &Message) -> Result<usize, ProtocolError> {
-        let n = encode_into(msg, &mut self.buf)?;
         self.secret |= matches!(msg, Message::Credentials { .. });
-        Ok(n)
+        encode_into(msg, &mut self.buf)
     }
 
     /// Appends bytes as they are: a frame encoded earlier, or (in tests)

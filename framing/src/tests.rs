@@ -328,3 +328,26 @@ async fn try_next_decodes_only_what_is_buffered() {
     assert!(reader.try_next().unwrap().is_none(), "a partial frame");
     assert_eq!(reader.buffered().len(), 5);
 }
+
+#[test]
+fn credentials_that_fail_to_encode_still_mark_the_batch_secret() {
+    use keybroker_common::protocol::AwsCredentialsWire;
+    use keybroker_common::secret::SecretString;
+    // A secret key that could inject a header: refused by the encoder, after
+    // part of the frame may have been written into the buffer.
+    let creds = Message::Credentials {
+        id: 7,
+        result: Ok(AwsCredentialsWire {
+            access_key_id: "AKIAFRAMINGTEST00000".into(),
+            secret_access_key: SecretString::from_str_copy("abc\r\nX-Injected: x"),
+            session_token: None,
+            expiration_ms: None,
+        }),
+    };
+    let mut batch = Batch::new();
+    batch.push(&Message::Goodbye).unwrap();
+    let before = batch.len();
+    assert!(batch.push(&creds).is_err());
+    assert_eq!(batch.len(), before, "no bytes added");
+    assert!(batch.is_secret(), "zeroized once written all the same");
+}

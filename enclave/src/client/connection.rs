@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keybroker_common::kms::{KmsResponse, Operation};
-use keybroker_common::protocol::{
-    self, FrameDecoder, Limits, Message, ProtocolError, SUPPORTED_VERSIONS,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use keybroker_common::protocol::{self, Limits, Message, ProtocolError, SUPPORTED_VERSIONS};
+use keybroker_framing::{FramedReader, FramedWriter, ReadError};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
@@ -25,8 +24,11 @@ use crate::transport::{self, BoxStream};
 const OUTGOING_QUEUE: usize = 1024;
 /// A connection that lived at least this long resets the backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(1);
-/// Read buffer size.
-const READ_CHUNK: usize = 16 * 1024;
+
+/// The read half of a connection to the proxy.
+type Reader = FramedReader<ReadHalf<BoxStream>>;
+/// The write half of a connection to the proxy.
+type Writer = FramedWriter<WriteHalf<BoxStream>>;
 
 /// What the supervisor publishes: the current connection, or why there is
 /// none.
@@ -147,7 +149,7 @@ pub(super) async fn supervise(
             }),
         };
         match connected {
-            Ok((stream, decoder)) => {
+            Ok((reader, writer)) => {
                 counters.connections.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
                 let conn = Arc::new(Conn {
@@ -158,8 +160,8 @@ pub(super) async fn supervise(
                 let mut unusable = conn.unusable.subscribe();
                 tasks.push(TaskGuard(tokio::spawn(drive(
                     conn.clone(),
-                    stream,
-                    decoder,
+                    reader,
+                    writer,
                     rx,
                 ))));
                 tracing::info!(address = %config.address, "connected to the proxy");
@@ -190,71 +192,53 @@ pub(super) async fn supervise(
 }
 
 /// Connects and performs the handshake: `Hello`, then `HelloAck` with a
-/// version this build offered. Returns the decoder, which may already hold
-/// bytes that followed the `HelloAck`.
-async fn establish(config: &ClientConfig) -> Result<(BoxStream, FrameDecoder), Error> {
-    let mut stream = transport::connect(&config.address).await?;
-    let hello = protocol::encode(&Message::hello(config.client_id.clone()))?;
-    stream
-        .write_all(&hello)
+/// version this build offered. Returns the connection's reader, which may
+/// already hold bytes that followed the `HelloAck`, and writer.
+async fn establish(config: &ClientConfig) -> Result<(Reader, Writer), Error> {
+    let stream = transport::connect(&config.address).await?;
+    let (rd, wr) = tokio::io::split(stream);
+    let mut writer = FramedWriter::new(wr);
+    writer.queue(&Message::hello(config.client_id.clone()))?;
+    writer
+        .flush()
         .await
         .map_err(|e| Error::io("send Hello", e))?;
-    let mut decoder = FrameDecoder::new(Limits::new(config.max_frame_len));
-    let first = read_message(&mut stream, &mut decoder).await?;
+    let mut reader = FramedReader::new(rd, Limits::new(config.max_frame_len));
+    let first = match reader.next().await {
+        Ok(Some(message)) => message,
+        Err(ReadError::Protocol(e)) => return Err(e.into()),
+        Err(ReadError::Io(e)) => return Err(Error::io("read from the proxy", e)),
+        // The end of the stream, between frames or in the middle of one.
+        Ok(None) | Err(_) => {
+            return Err(Error::io(
+                "handshake",
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "proxy closed the connection",
+                ),
+            ));
+        }
+    };
     match first {
-        Some(Message::HelloAck { version, server }) => {
+        Message::HelloAck { version, server } => {
             protocol::check_hello_ack(SUPPORTED_VERSIONS, version)?;
             tracing::debug!(version, server = %server, "handshake complete");
-            Ok((stream, decoder))
+            Ok((reader, writer))
         }
-        Some(Message::Error { error }) => Err(Error::Common(error.into())),
-        Some(other) => Err(ProtocolError::UnexpectedMessage {
+        Message::Error { error } => Err(Error::Common(error.into())),
+        other => Err(ProtocolError::UnexpectedMessage {
             expected: "HelloAck",
             got: other.kind(),
         }
         .into()),
-        None => Err(Error::io(
-            "handshake",
-            std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "proxy closed the connection",
-            ),
-        )),
-    }
-}
-
-/// Reads until one message is decoded; `None` at end of stream.
-async fn read_message(
-    stream: &mut (impl AsyncRead + Unpin),
-    decoder: &mut FrameDecoder,
-) -> Result<Option<Message>, Error> {
-    let mut buf = vec![0u8; READ_CHUNK];
-    loop {
-        if let Some(m) = decoder.next_message()? {
-            return Ok(Some(m));
-        }
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| Error::io("read from the proxy", e))?;
-        if n == 0 {
-            return Ok(None);
-        }
-        decoder.push(buf.get(..n).unwrap_or_default());
     }
 }
 
 /// Runs one connection: the writer and the reader, until either ends.
-async fn drive(
-    conn: Arc<Conn>,
-    stream: BoxStream,
-    decoder: FrameDecoder,
-    outgoing: mpsc::Receiver<Vec<u8>>,
-) {
-    let (read_half, write_half) = tokio::io::split(stream);
+async fn drive(conn: Arc<Conn>, reader: Reader, writer: Writer, outgoing: mpsc::Receiver<Vec<u8>>) {
     let error = tokio::select! {
-        e = read_loop(&conn, read_half, decoder) => e,
-        e = write_loop(write_half, outgoing) => e,
+        e = read_loop(&conn, reader) => e,
+        e = write_loop(writer, outgoing) => e,
     };
     if let Some(e) = &error {
         tracing::warn!(error = %e, "proxy connection failed");
@@ -262,29 +246,18 @@ async fn drive(
     conn.close(error);
 }
 
-/// Writes queued frames, batching what is ready. Returns on a write error
-/// (the waiters then see a lost connection).
+/// Writes queued frames (encoded by the callers), batching what is ready.
+/// Returns on a write error (the waiters then see a lost connection).
 async fn write_loop(
-    mut w: impl AsyncWrite + Unpin,
+    mut writer: Writer,
     mut outgoing: mpsc::Receiver<Vec<u8>>,
 ) -> Option<keybroker_common::Error> {
-    let mut batch = Vec::new();
-    while let Some(frame) = outgoing.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&frame);
-        while batch.len() < 256 * 1024 {
-            match outgoing.try_recv() {
-                Ok(f) => batch.extend_from_slice(&f),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = w.write_all(&batch).await {
-            tracing::debug!(error = %e, "write to the proxy failed");
-            return None;
-        }
-        if w.flush().await.is_err() {
-            return None;
-        }
+    if let Err(e) = writer
+        .run_queue(&mut outgoing, |batch, frame| batch.push_encoded(&frame))
+        .await
+    {
+        tracing::debug!(error = %e, "write to the proxy failed");
+        return None;
     }
     std::future::pending().await
 }
@@ -292,68 +265,69 @@ async fn write_loop(
 /// Reads and dispatches messages. Returns `None` when the stream ends (or,
 /// after `Goodbye`, when nothing is left in flight), or the error every
 /// waiter must get (a protocol violation, a fatal `Error` from the proxy).
-async fn read_loop(
-    conn: &Conn,
-    mut r: impl AsyncRead + Unpin,
-    mut decoder: FrameDecoder,
-) -> Option<keybroker_common::Error> {
-    let mut buf = vec![0u8; READ_CHUNK];
+async fn read_loop(conn: &Conn, mut reader: Reader) -> Option<keybroker_common::Error> {
     let mut goodbye = false;
     loop {
-        loop {
-            let message = match decoder.next_message() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(e) => return Some(e.into()),
-            };
-            match message {
-                Message::Response { id, result } => {
-                    let Some(p) = conn.take(id) else {
-                        // Late answer to a request that timed out or was
-                        // cancelled.
-                        tracing::debug!(id, "response for a request no longer waiting");
-                        continue;
-                    };
-                    let result = match result {
-                        Ok(resp) if resp.operation() != p.operation => {
-                            Err(Error::from(ProtocolError::ResponseMismatch {
-                                expected: p.operation,
-                                got: resp.operation(),
-                            }))
-                        }
-                        Ok(resp) if resp.has_plaintext() => {
-                            Err(Error::from(ProtocolError::PlaintextOnWire {
-                                operation: resp.operation(),
-                            }))
-                        }
-                        Ok(resp) => Ok(resp),
-                        Err(wire) => Err(Error::Common(wire.into())),
-                    };
-                    let _ = p.tx.send(result);
+        // What is buffered first; then, with nothing left in flight after
+        // `Goodbye`, stop rather than read again.
+        let message = match reader.try_next() {
+            Ok(Some(frame)) => frame.message,
+            Ok(None) => {
+                if goodbye && conn.in_flight() == 0 {
+                    return None;
                 }
-                Message::Goodbye => {
-                    tracing::info!("proxy said Goodbye; draining this connection");
-                    goodbye = true;
-                    conn.mark_draining();
-                }
-                Message::Error { error } => return Some(error.into()),
-                other => {
-                    return Some(
-                        ProtocolError::UnexpectedMessage {
-                            expected: "Response",
-                            got: other.kind(),
-                        }
-                        .into(),
-                    );
+                match reader.next().await {
+                    Ok(Some(message)) => message,
+                    Err(ReadError::Protocol(e)) => return Some(e.into()),
+                    // The end of the stream (between frames or in the middle
+                    // of one), a transport failure.
+                    Ok(None) | Err(_) => return None,
                 }
             }
-        }
-        if goodbye && conn.in_flight() == 0 {
-            return None;
-        }
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => decoder.push(buf.get(..n).unwrap_or_default()),
+            Err(ReadError::Protocol(e)) => return Some(e.into()),
+            // `try_next` does not read: no other error.
+            Err(_) => return None,
+        };
+        match message {
+            Message::Response { id, result } => {
+                let Some(p) = conn.take(id) else {
+                    // Late answer to a request that timed out or was
+                    // cancelled.
+                    tracing::debug!(id, "response for a request no longer waiting");
+                    continue;
+                };
+                let result = match result {
+                    Ok(resp) if resp.operation() != p.operation => {
+                        Err(Error::from(ProtocolError::ResponseMismatch {
+                            expected: p.operation,
+                            got: resp.operation(),
+                        }))
+                    }
+                    Ok(resp) if resp.has_plaintext() => {
+                        Err(Error::from(ProtocolError::PlaintextOnWire {
+                            operation: resp.operation(),
+                        }))
+                    }
+                    Ok(resp) => Ok(resp),
+                    Err(wire) => Err(Error::Common(wire.into())),
+                };
+                let _ = p.tx.send(result);
+            }
+            Message::Goodbye => {
+                tracing::info!("proxy said Goodbye; draining this connection");
+                goodbye = true;
+                conn.mark_draining();
+            }
+            Message::Error { error } => return Some(error.into()),
+            other => {
+                return Some(
+                    ProtocolError::UnexpectedMessage {
+                        expected: "Response",
+                        got: other.kind(),
+                    }
+                    .into(),
+                );
+            }
         }
     }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use keybroker_common::kms::Operation;
 use keybroker_common::protocol::{
-    AwsCredentialsWire, Decoded, LENGTH_PREFIX_LEN, Limits, Message, MessageKind, ProtocolError,
-    WireError, decode_frame, encode_into, negotiate,
+    AwsCredentialsWire, Limits, Message, MessageKind, ProtocolError, WireError, negotiate,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use keybroker_framing::{Batch, Frame, FramedReader, FramedWriter, ReadError};
+use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -24,102 +24,12 @@ use crate::listener::Io;
 use crate::refusal::Refusal;
 use crate::text::short;
 
-/// Why reading the next message stopped.
-enum ReadError {
-    /// The bytes violate the protocol: answer `Error`, close.
-    Protocol(ProtocolError),
-    /// The transport failed or closed mid-frame: close.
-    Io,
-}
-
-/// Reads frames from a byte stream. Cancel-safe: the partial frame lives in
-/// `buf`, so a `select!` may drop [`FrameReader::next`] at any point.
-struct FrameReader {
-    buf: Vec<u8>,
-    limits: Limits,
-}
-
-impl FrameReader {
-    fn new(limits: Limits) -> Self {
-        FrameReader {
-            buf: Vec::new(),
-            limits,
-        }
-    }
-
-    /// The next message and its body length; `None` at a clean end of
-    /// stream. An oversized length prefix fails as soon as its four bytes
-    /// arrive, before the body is buffered.
-    async fn next<R: AsyncRead + Unpin>(
-        &mut self,
-        rd: &mut R,
-    ) -> Result<Option<(Message, usize)>, ReadError> {
-        loop {
-            let needed = if self.buf.is_empty() {
-                LENGTH_PREFIX_LEN
-            } else {
-                match decode_frame(&self.buf, &self.limits) {
-                    Ok(Decoded::Complete { message, consumed }) => {
-                        self.buf.drain(..consumed);
-                        return Ok(Some((message, consumed - LENGTH_PREFIX_LEN)));
-                    }
-                    Ok(Decoded::Incomplete { needed }) => needed,
-                    Err(e) => return Err(ReadError::Protocol(e)),
-                }
-            };
-            // Read at least what the frame still needs (bounded by the frame
-            // limit, checked above), at most 64 KiB at a time.
-            self.buf.reserve(needed.clamp(4096, 64 * 1024));
-            match rd.read_buf(&mut self.buf).await {
-                Ok(0) if self.buf.is_empty() => return Ok(None),
-                Ok(0) | Err(_) => return Err(ReadError::Io),
-                Ok(_) => {}
-            }
-        }
-    }
-}
-
-/// Writes queued messages; ends when every sender is gone (returning the
-/// write half, flushed, for the caller to close or to hand to a tunnel) or
-/// when the peer stops accepting bytes (`None`).
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Message>,
-) -> Option<W> {
-    use zeroize::Zeroize as _;
-    let mut out = Vec::new();
-    while let Some(first) = rx.recv().await {
-        out.clear();
-        // A batch with a `Credentials` frame holds secrets: zeroized below.
-        let mut secret = matches!(first, Message::Credentials { .. });
-        push_frame(&first, &mut out);
-        // Coalesce whatever else is ready into one write.
-        while out.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(msg) => {
-                    secret |= matches!(msg, Message::Credentials { .. });
-                    push_frame(&msg, &mut out);
-                }
-                Err(_) => break,
-            }
-        }
-        let written = wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok();
-        if secret {
-            out.zeroize();
-        }
-        if !written {
-            return None;
-        }
-    }
-    Some(wr)
-}
-
-/// Encodes `msg`; a response that cannot be encoded (larger than the frame
-/// limit, or carrying plaintext, which the policy already refuses) is
-/// replaced by an `Internal` error for the same id, so the enclave is never
-/// left waiting.
-fn push_frame(msg: &Message, out: &mut Vec<u8>) {
-    if let Err(e) = encode_into(msg, out) {
+/// Encodes `msg` into the writer's batch; a response that cannot be encoded
+/// (larger than the frame limit, or carrying plaintext, which the policy
+/// already refuses) is replaced by an `Internal` error for the same id, so
+/// the enclave is never left waiting.
+fn push_frame(out: &mut Batch, msg: Message) {
+    if let Err(e) = out.push(&msg) {
         tracing::error!(kind = %msg.kind(), error = peer(&e), "cannot encode message");
         if let Some(id) = msg.request_id() {
             let fallback = Message::Response {
@@ -129,7 +39,7 @@ fn push_frame(msg: &Message, out: &mut Vec<u8>) {
                 }
                 .into()),
             };
-            let _ = encode_into(&fallback, out);
+            let _ = out.push(&fallback);
         }
     }
 }
@@ -219,19 +129,24 @@ impl Connection {
 
     pub(super) async fn run(mut self, io: Box<dyn Io>) {
         let limits = self.shared.config.limits.clone();
-        let (mut rd, wr) = tokio::io::split(io);
+        let (rd, wr) = tokio::io::split(io);
         // Bounded: when the enclave stops reading, the writer blocks, the
         // queue fills and the reader stops reading too.
-        let (tx, rx) = mpsc::channel(limits.max_in_flight_per_connection.saturating_add(8));
-        let writer = tokio::spawn(write_loop(wr, rx));
-        let mut reader = FrameReader::new(Limits::new(limits.max_frame_len));
+        let (tx, mut rx) = mpsc::channel(limits.max_in_flight_per_connection.saturating_add(8));
+        // Writes queued messages (a batch holding `Credentials` is zeroized
+        // once written); ends when every sender is gone (with the writer,
+        // flushed, for the caller to close or to hand to a tunnel) or when
+        // the peer stops accepting bytes (`None`).
+        let writer = tokio::spawn(async move {
+            let mut w = FramedWriter::new(wr);
+            w.run_queue(&mut rx, push_frame).await.ok().map(|()| w)
+        });
+        let mut reader = FramedReader::new(rd, Limits::new(limits.max_frame_len));
 
         let mut tunnel = None;
-        if let Some(version) = self.handshake(&mut reader, &mut rd, &tx).await {
+        if let Some(version) = self.handshake(&mut reader, &tx).await {
             let mut requests = Requests::default();
-            tunnel = self
-                .serve(&mut reader, &mut rd, &tx, &mut requests, version)
-                .await;
+            tunnel = self.serve(&mut reader, &tx, &mut requests, version).await;
             // Whatever is still running lost its connection.
             for (id, job) in requests.cancel_all().await {
                 self.audit_unanswered(id, &job, Outcome::Abandoned);
@@ -239,17 +154,17 @@ impl Connection {
         }
         drop(tx);
         // The writer ends once the queue is flushed (or the peer is gone).
-        let Ok(Some(mut wr)) = writer.await else {
+        let Ok(Some(mut writer)) = writer.await else {
             return;
         };
         match tunnel {
             None => {
-                let _ = wr.shutdown().await;
+                let _ = writer.shutdown().await;
             }
             Some((host, port)) => {
                 // The frame reader may already hold bytes the enclave sent
                 // after `OpenTunnel`: they are the tunnel's first bytes.
-                let early = std::mem::take(&mut reader.buf);
+                let (rd, early) = reader.into_parts();
                 let ctx = crate::tunnel::TunnelContext {
                     connection: self.id,
                     settings: self.shared.config.tunnels.clone(),
@@ -257,7 +172,7 @@ impl Connection {
                     stop: self.stop.clone(),
                     drain_timeout: limits.drain_timeout,
                 };
-                crate::tunnel::serve(ctx, rd.unsplit(wr), early, host, port).await;
+                crate::tunnel::serve(ctx, rd.unsplit(writer.into_inner()), early, host, port).await;
             }
         }
     }
@@ -266,13 +181,12 @@ impl Connection {
     /// close the connection.
     async fn handshake<R: AsyncRead + Unpin>(
         &mut self,
-        reader: &mut FrameReader,
-        rd: &mut R,
+        reader: &mut FramedReader<R>,
         tx: &mpsc::Sender<Message>,
     ) -> Option<u16> {
         let timeout = self.shared.config.limits.handshake_timeout;
         let first = tokio::select! {
-            r = tokio::time::timeout(timeout, reader.next(rd)) => r,
+            r = tokio::time::timeout(timeout, reader.next_frame()) => r,
             () = stopped(&mut self.stop) => return None,
         };
         let conn = self.id;
@@ -283,7 +197,10 @@ impl Connection {
                 let _ = tx.send(Message::Error { error }).await;
                 None
             }
-            Ok(Ok(Some((Message::Hello { versions, client }, _)))) => match negotiate(versions) {
+            Ok(Ok(Some(Frame {
+                message: Message::Hello { versions, client },
+                ..
+            }))) => match negotiate(versions) {
                 Ok(version) => {
                     tracing::info!(conn, client = peer(short(&client)), version, "handshake");
                     let ack = Message::HelloAck {
@@ -298,7 +215,7 @@ impl Connection {
                     None
                 }
             },
-            Ok(Ok(Some((other, _)))) => {
+            Ok(Ok(Some(Frame { message: other, .. }))) => {
                 let e = ProtocolError::UnexpectedMessage {
                     expected: "Hello",
                     got: other.kind(),
@@ -307,12 +224,13 @@ impl Connection {
                 send_fatal(tx, e).await;
                 None
             }
-            Ok(Ok(None)) | Ok(Err(ReadError::Io)) => None,
             Ok(Err(ReadError::Protocol(e))) => {
                 tracing::info!(conn, error = peer(&e), "bad frame during handshake");
                 send_fatal(tx, e).await;
                 None
             }
+            // End of stream, truncated frame, transport failure: close.
+            Ok(Ok(None) | Err(_)) => None,
         }
     }
 
@@ -322,8 +240,7 @@ impl Connection {
     /// to become a tunnel to the `(host, port)` returned.
     async fn serve<R: AsyncRead + Unpin>(
         &mut self,
-        reader: &mut FrameReader,
-        rd: &mut R,
+        reader: &mut FramedReader<R>,
         tx: &mpsc::Sender<Message>,
         requests: &mut Requests,
         version: u16,
@@ -356,8 +273,8 @@ impl Connection {
                     }
                     idle_deadline = Instant::now() + limits.idle_timeout;
                 }
-                read = reader.next(rd), if reading => match read {
-                    Ok(Some((message, len))) => {
+                read = reader.next_frame(), if reading => match read {
+                    Ok(Some(Frame { message, body_len: len })) => {
                         idle_deadline = Instant::now() + limits.idle_timeout;
                         let was_first = std::mem::replace(&mut first, false);
                         if let Err(e) = message.kind().check_version(version) {
@@ -432,11 +349,12 @@ impl Connection {
                     }
                     // End of stream: answer what is in flight, then close.
                     Ok(None) => reading = false,
-                    Err(ReadError::Io) => return None,
                     Err(ReadError::Protocol(e)) => {
                         self.fatal(tx, requests, e).await;
                         return None;
                     }
+                    // Truncated frame, transport failure: close.
+                    Err(_) => return None,
                 },
                 () = stopped(&mut stop), if !draining => {
                     tracing::debug!(conn, in_flight = requests.len(), "sending Goodbye");

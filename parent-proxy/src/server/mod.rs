@@ -45,8 +45,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keybroker_common::address::Address;
-use keybroker_common::protocol::{Message, WireError, encode_into};
-use tokio::io::AsyncWriteExt;
+use keybroker_common::protocol::{Message, WireError};
+use keybroker_framing::FramedWriter;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -294,14 +294,10 @@ pub fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
 }
 
 /// Answers a connection over the limit with `Error{Busy}` and closes it.
-async fn refuse(mut io: Box<dyn Io>) {
+async fn refuse(io: Box<dyn Io>) {
     let error = WireError::from(Refusal::ConnectionLimit);
-    let mut frame = Vec::new();
-    if encode_into(&Message::Error { error }, &mut frame).is_ok() {
-        let write = async {
-            let _ = io.write_all(&frame).await;
-            let _ = io.shutdown().await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    let mut w = FramedWriter::new(io);
+    if w.queue(&Message::Error { error }).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
     }
 }
