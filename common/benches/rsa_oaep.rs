@@ -15,28 +15,10 @@ use aws_lc_rs::rsa::{
     KeySize, OAEP_SHA256_MGF1SHA256, OaepPrivateDecryptingKey, PrivateDecryptingKey,
 };
 use keybroker_common::cms::{self, RecipientPrivateKey};
+use keybroker_test_support::bench::median_of;
 use rsa::pkcs8::DecodePrivateKey;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
-
-/// Median time of one call of `f`, over `samples` samples of `batch` calls
-/// each, after a short warm-up.
-fn median(samples: usize, batch: u32, mut f: impl FnMut()) -> Duration {
-    for _ in 0..batch.max(3) {
-        f();
-    }
-    let mut times: Vec<Duration> = (0..samples)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            start.elapsed() / batch
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
-}
+use std::time::Duration;
 
 fn show(name: &str, d: Duration) {
     println!("{name:<44} {:>10.1} us", d.as_secs_f64() * 1e6);
@@ -76,7 +58,7 @@ fn main() {
     );
 
     println!("RSA-2048 OAEP-SHA-256 ({} bytes of CMS)", ber.len());
-    let t_aws = median(201, 1, || {
+    let t_aws = median_of(201, 1, || {
         let out = aws_lc
             .decrypt(
                 &OAEP_SHA256_MGF1SHA256,
@@ -87,7 +69,7 @@ fn main() {
             .unwrap();
         black_box(out);
     });
-    let t_rc = median(101, 1, || {
+    let t_rc = median_of(101, 1, || {
         let out = rust_crypto
             .decrypt(
                 rsa::Oaep::<rsa::sha2::Sha256>::new(),
@@ -96,10 +78,10 @@ fn main() {
             .unwrap();
         black_box(out);
     });
-    let t_cms = median(201, 1, || {
+    let t_cms = median_of(201, 1, || {
         black_box(cms::decrypt(black_box(&ber), &recipient, Some(32)).unwrap());
     });
-    let t_parse = median(101, 100, || {
+    let t_parse = median_of(101, 100, || {
         black_box(cms::parse(black_box(&ber)).unwrap());
     });
     show("OAEP decrypt, aws-lc-rs", t_aws);

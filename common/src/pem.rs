@@ -1,4 +1,5 @@
-//! PEM text (RFC 7468): the DER bodies of `-----BEGIN <LABEL>-----` blocks.
+//! PEM text (RFC 7468): the DER bodies of `-----BEGIN <LABEL>-----` blocks,
+//! and one block written out ([`encode`]).
 //!
 //! No I/O: callers read the bytes (with their own bound) and hand them
 //! here, with a size limit that this module checks again so that no caller
@@ -132,6 +133,28 @@ pub fn parse_public_key(bytes: &[u8], max: usize) -> Result<Vec<u8>, PemError> {
     }
 }
 
+/// `der` as one PEM block labelled `label`: base64 in lines of 64
+/// characters (RFC 7468's strict form), each line ending in `\n`.
+pub fn encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    let mut rest = b64.as_str();
+    while !rest.is_empty() {
+        // Base64 is ASCII: every index is a character boundary.
+        let (line, tail) = rest.split_at(rest.len().min(64));
+        out.push_str(line);
+        out.push('\n');
+        rest = tail;
+    }
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +244,26 @@ mod tests {
         assert_eq!(
             parse_public_key(TWO.as_bytes(), MAX_PEM_LEN),
             Err(PemError::NoBlock { label: PUBLIC_KEY })
+        );
+    }
+
+    #[test]
+    fn encode_writes_64_character_lines_that_parse_back() {
+        let der: Vec<u8> = (0..=255).collect();
+        let pem = encode(CERTIFICATE, &der);
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(pem.ends_with("\n-----END CERTIFICATE-----\n"));
+        let lines: Vec<&str> = pem.lines().collect();
+        assert_eq!(lines.len(), 2 + 6);
+        assert!(lines[1..6].iter().all(|l| l.len() == 64));
+        assert_eq!(lines[6].len(), 344 - 5 * 64);
+        assert_eq!(
+            parse_certificates(pem.as_bytes(), MAX_PEM_LEN),
+            Ok(vec![der])
+        );
+        assert_eq!(
+            encode(PUBLIC_KEY, &[]),
+            "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n"
         );
     }
 }

@@ -20,6 +20,7 @@
     clippy::indexing_slicing
 )]
 
+use keybroker_test_support::bench::median_of;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,25 +31,6 @@ use keybroker_common::kms::{DataKeySpec, GenerateDataKeyRequest, KmsRequest, Rec
 use keybroker_proxy::admission::AdmissionPolicy;
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_test_support::fixtures;
-
-/// Median time of one call of `f`, over `samples` samples of `batch` calls
-/// each, after a short warm-up.
-fn median(samples: usize, batch: u32, mut f: impl FnMut()) -> Duration {
-    for _ in 0..batch.max(3) {
-        f();
-    }
-    let mut times: Vec<Duration> = (0..samples)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            start.elapsed() / batch
-        })
-        .collect();
-    times.sort();
-    times[times.len() / 2]
-}
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
@@ -99,10 +81,10 @@ fn main() {
         let cache = VerificationCache::default();
         let first = cache.verify(&verifier, &f.bytes, f.at, None).unwrap();
         assert_eq!(first, verifier.verify(&f.bytes, f.at).unwrap());
-        let cold = median(31, 1, || {
+        let cold = median_of(31, 1, || {
             black_box(verifier.verify(black_box(&f.bytes), f.at).unwrap());
         });
-        let hit = median(101, 100, || {
+        let hit = median_of(101, 100, || {
             black_box(
                 cache
                     .verify(&verifier, black_box(&f.bytes), f.at, None)
@@ -156,10 +138,10 @@ fn main() {
         assert_eq!(d.verdict, Ok(()), "{}", f.name);
         assert!(d.attestation_verified);
     }
-    let p_cold = median(31, 1, || {
+    let p_cold = median_of(31, 1, || {
         black_box(uncached.evaluate(black_box(&request), 100, f.at));
     });
-    let p_hit = median(101, 20, || {
+    let p_hit = median_of(101, 20, || {
         black_box(cached.evaluate(black_box(&request), 100, f.at));
     });
     println!(

@@ -12,6 +12,7 @@
 //! - [`sdk`] (feature `sdk`): a real `aws-sdk-kms` client for a test
 //!   endpoint, and assertions on KMS error codes.
 //! - [`process`]: running a built binary with standard input.
+//! - [`bench`]: the median timings the benchmarks print.
 //!
 //! Test code: helpers panic on failure (with a message saying what failed),
 //! which is how a test reports it.
@@ -20,6 +21,7 @@
 // Test helpers: failing loudly is their job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bench;
 #[cfg(feature = "net")]
 pub mod fake_proxy;
 pub mod fixtures;

@@ -28,6 +28,7 @@
     clippy::cast_possible_truncation
 )]
 
+use keybroker_test_support::bench::median;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,11 +53,6 @@ const CRYPTO_ITERS: usize = 2000;
 const LATENCY_ITERS: usize = 400;
 /// Duration of each throughput run.
 const THROUGHPUT_RUN: Duration = Duration::from_secs(3);
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort_unstable();
-    samples[samples.len() / 2]
-}
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6

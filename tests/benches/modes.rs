@@ -31,6 +31,7 @@
     clippy::cast_precision_loss
 )]
 
+use keybroker_test_support::bench::median;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -54,11 +55,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const ALIAS: &str = "alias/keybroker-bench";
 const LATENCY_ITERS: usize = 300;
 const LOAD_RUN: Duration = Duration::from_secs(4);
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort_unstable();
-    samples[samples.len() / 2]
-}
 
 async fn latency(client: &Client) -> Duration {
     for _ in 0..30 {

@@ -145,9 +145,7 @@ impl BrokerArgs {
     pub(super) fn trust_roots(&self) -> Result<TrustRoots, Error> {
         #[cfg(feature = "mock-nsm")]
         if let Some(pem) = &self.mock_kms_ca {
-            let bytes =
-                std::fs::read(pem).map_err(|e| Error::io(format!("read {}", pem.display()), e))?;
-            return TrustRoots::mock_with_dev_ca_pem(&bytes);
+            return TrustRoots::mock_with_dev_ca_pem(&super::output::read_file(pem, None)?);
         }
         TrustRoots::amazon()
     }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::args::{DemoArgs, EnvelopeArgs};
 use super::connect::{connect, connect_with, open_nsm};
-use super::output::private_file;
+use super::output::{private_file, read_file};
 use crate::{Error, RecipientKeys, RecipientKeysConfig};
 
 /// `seal` (`sealing`) or `open`: streams `--in` through
@@ -95,10 +95,7 @@ pub async fn demo(args: &DemoArgs) -> Result<serde_json::Value, Error> {
     timings.insert("connect", ms(t.elapsed()));
 
     let context: BTreeMap<String, String> = args.context.iter().cloned().collect();
-    let input = std::fs::read(&args.input).map_err(|e| Error::Io {
-        context: format!("read {}", args.input.display()),
-        source: e,
-    })?;
+    let input = read_file(&args.input, None)?;
     // No cache: the seal asks KMS for a data key (GenerateDataKey with
     // Recipient), the open asks KMS to decrypt it (Decrypt with Recipient).
     let envelope = crate::envelope::Envelope::new(client.clone(), &args.key);

@@ -19,7 +19,7 @@ use super::args::{
     GenerateRandomArgs,
 };
 use super::connect::connect;
-use super::output::{SecretOutput, to_file};
+use super::output::{SecretOutput, read_file, to_file};
 #[cfg(doc)]
 use crate::Client;
 use crate::Error;
@@ -62,7 +62,7 @@ pub async fn decrypt(args: &DecryptArgs) -> Result<SecretOutput, Error> {
     let blob = base64_or_file(
         ("--ciphertext-blob", args.ciphertext_blob.as_ref()),
         ("--ciphertext-file", args.ciphertext_file.as_deref()),
-        |path| std::fs::read(path).map_err(|e| Error::io(format!("read {}", path.display()), e)),
+        |path| read_file(path, None),
     )?;
     let client = connect(&args.broker).await?;
     let request = DecryptRequest {
@@ -170,39 +170,13 @@ fn base64_or_file(
     }
 }
 
-/// A public key file: DER, or PEM with a `PUBLIC KEY` label (RFC 7468
-/// section 13), at most [`keybroker_common::kms::PUBLIC_KEY_MAX`] bytes of
-/// DER.
+/// A public key file: DER, or PEM with one `PUBLIC KEY` block (RFC 7468
+/// section 13, [`keybroker_common::pem::parse_public_key`]), read up to
+/// four times [`keybroker_common::kms::PUBLIC_KEY_MAX`] bytes (the DER
+/// bound, base64 and line breaks).
 fn public_key_file(path: &Path) -> Result<Vec<u8>, Error> {
-    use std::io::Read;
-    let limit = 4 * keybroker_common::kms::PUBLIC_KEY_MAX as u64;
-    let mut raw = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(limit + 1).read_to_end(&mut raw))
-        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    if raw.len() as u64 > limit {
-        return Err(Error::InvalidArgument(format!(
-            "{} is too large for a public key",
-            path.display()
-        )));
-    }
-    let Some(text) = std::str::from_utf8(&raw)
-        .ok()
-        .filter(|t| t.trim_start().starts_with("-----BEGIN"))
-    else {
-        return Ok(raw);
-    };
-    let body = text
-        .trim()
-        .strip_prefix("-----BEGIN PUBLIC KEY-----")
-        .and_then(|t| t.strip_suffix("-----END PUBLIC KEY-----"))
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "{}: PEM other than a PUBLIC KEY block",
-                path.display()
-            ))
-        })?;
-    let b64: String = body.split_whitespace().collect();
-    B64.decode(b64)
-        .map_err(|e| Error::InvalidArgument(format!("{}: bad PEM base64: {e}", path.display())))
+    let max = 4 * keybroker_common::kms::PUBLIC_KEY_MAX;
+    let bytes = read_file(path, Some(max))?;
+    keybroker_common::pem::parse_public_key(&bytes, max)
+        .map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::args::{AttestationArgs, MockNsmCommand};
 use super::connect::open_nsm;
-use super::output::emit;
+use super::output::{emit, read_file};
 use crate::Error;
 
 /// `attestation`: a fresh document from the NSM, with what it attests
@@ -21,7 +21,7 @@ pub fn attestation(args: &AttestationArgs) -> Result<Value, Error> {
     let public_key = args
         .public_key_file
         .as_ref()
-        .map(|p| std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e)))
+        .map(|p| read_file(p, None))
         .transpose()?;
     let document = nsm.attestation(
         public_key,

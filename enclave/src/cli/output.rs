@@ -1,6 +1,7 @@
 //! What the subcommands write: JSON on stdout from zeroizing buffers
 //! ([`print_json`], [`SecretOutput`]), raw bytes in private files
-//! ([`to_file`], [`write_private`]).
+//! ([`to_file`], [`write_private`]); and the one way they read an input
+//! file ([`read_file`], bounded where the input has a bound).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,34 @@ pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+/// The bytes of the input file `path`: all of them (`max` `None`), or at
+/// most `max` bytes, never reading more than one byte past the bound.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::InvalidArgument`]
+/// when it is longer than `max`.
+pub(super) fn read_file(path: &Path, max: Option<usize>) -> Result<Vec<u8>, Error> {
+    use std::io::Read as _;
+    let read_error = |e| Error::io(format!("read {}", path.display()), e);
+    let Some(max) = max else {
+        return std::fs::read(path).map_err(read_error);
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+                .read_to_end(&mut bytes)
+        })
+        .map_err(read_error)?;
+    if bytes.len() > max {
+        return Err(Error::InvalidArgument(format!(
+            "{} is larger than {max} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Creates (or truncates) `path` readable by the owner only.
@@ -207,5 +236,22 @@ mod tests {
             json!({"CiphertextBlob": "BA=="})
         );
         assert_eq!(std::fs::read(&path).unwrap(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn read_file_keeps_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input");
+        std::fs::write(&path, [7; 5]).unwrap();
+        assert_eq!(read_file(&path, None).unwrap(), [7; 5]);
+        assert_eq!(read_file(&path, Some(5)).unwrap(), [7; 5]);
+        assert!(matches!(
+            read_file(&path, Some(4)),
+            Err(Error::InvalidArgument(m)) if m.ends_with("is larger than 4 bytes")
+        ));
+        assert!(matches!(
+            read_file(&dir.path().join("missing"), Some(4)),
+            Err(Error::Io { .. })
+        ));
     }
 }

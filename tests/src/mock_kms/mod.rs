@@ -163,39 +163,18 @@ impl MockKmsConfig {
     /// roots.
     pub fn add_attestation_roots_pem(&mut self, pem: &str) -> Result<&mut Self, Error> {
         let ders = pem_certificates(pem)?;
-        if ders.is_empty() {
-            return Err(Error::Config("no CERTIFICATE block in the PEM text".into()));
-        }
         self.attestation_roots_der.extend(ders);
         Ok(self)
     }
 }
 
-/// Decodes every `-----BEGIN CERTIFICATE-----` block of a PEM text (RFC 7468).
+/// Decodes every `-----BEGIN CERTIFICATE-----` block of a PEM text (RFC 7468,
+/// [`keybroker_common::pem::parse_blocks`], at most
+/// [`keybroker_common::pem::MAX_PEM_LEN`] bytes); at least one.
 pub fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, Error> {
-    use base64::Engine as _;
-    let mut out = Vec::new();
-    let mut current: Option<String> = None;
-    for line in pem.lines().map(str::trim) {
-        match (&mut current, line) {
-            (None, "-----BEGIN CERTIFICATE-----") => current = Some(String::new()),
-            (Some(b64), "-----END CERTIFICATE-----") => {
-                let der = base64::engine::general_purpose::STANDARD
-                    .decode(b64.as_bytes())
-                    .map_err(|_| {
-                        Error::Config("a PEM CERTIFICATE block is not valid base64".into())
-                    })?;
-                out.push(der);
-                current = None;
-            }
-            (Some(b64), l) => b64.push_str(l),
-            (None, _) => {}
-        }
-    }
-    if current.is_some() {
-        return Err(Error::Config("unterminated PEM CERTIFICATE block".into()));
-    }
-    Ok(out)
+    use keybroker_common::pem;
+    pem::parse_blocks(pem.as_bytes(), pem::CERTIFICATE, pem::MAX_PEM_LEN)
+        .map_err(|e| Error::Config(format!("attestation roots: {e}")))
 }
 
 /// A configured mock KMS, ready to serve.

@@ -381,6 +381,24 @@ impl Engine {
             .map_err(|e| internal(format!("cannot seal: {e}")))
     }
 
+    /// A secret as the response carries it: without a `Recipient`
+    /// (`attested` `None`) in the clear (`Plaintext`, `SharedSecret`, ...:
+    /// the first of the pair), with one only as `CiphertextForRecipient`
+    /// (the second), enveloped to the attested public key.
+    fn release(
+        &self,
+        attested: Option<&AttestedRecipient>,
+        secret: SecretBytes,
+    ) -> Result<(Option<SecretBytes>, Option<Blob>), KmsError> {
+        match attested {
+            Some(a) => Ok((
+                None,
+                Some(Blob(encrypt_for(a, secret.expose(), &self.rng)?)),
+            )),
+            None => Ok((Some(secret), None)),
+        }
+    }
+
     fn random(&self, len: usize) -> Result<SecretBytes, KmsError> {
         let mut buf = Zeroizing::new(vec![0u8; len]);
         self.rng

@@ -181,7 +181,8 @@ impl MockKmsTls {
         let server_cert = CertificateDer::from(server_der);
         write_atomic(
             &dir.join(SERVER_CERT_FILE),
-            der_to_pem("CERTIFICATE", &server_cert).as_bytes(),
+            keybroker_common::pem::encode(keybroker_common::pem::CERTIFICATE, &server_cert)
+                .as_bytes(),
             false,
         )?;
         write_atomic(
@@ -200,7 +201,7 @@ impl MockKmsTls {
         server_config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             dir: dir.to_path_buf(),
-            ca_pem: der_to_pem("CERTIFICATE", &ca_der),
+            ca_pem: keybroker_common::pem::encode(keybroker_common::pem::CERTIFICATE, &ca_der),
             names,
             server_config: Arc::new(server_config),
         })
@@ -396,18 +397,6 @@ fn check_chain(ca_der: &[u8], server_der: &[u8], names: &[String]) -> Result<(),
             .map_err(|e| fail(format!("{name}: {e}")))?;
     }
     Ok(())
-}
-
-fn der_to_pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn unique_suffix() -> String {

@@ -21,8 +21,7 @@ use serde_json::{Map, Value};
 use super::super::asymmetric::{AgreementError, RSA_ENCRYPTION_ALGORITHMS};
 use super::{
     AsymmetricKey, AsymmetricSpec, Blob, Check, Engine, KmsError, PolicyInputs, ciphertext,
-    dry_run_error, encrypt_for, err, internal, invalid_ciphertext, symmetric_only, to_json, typed,
-    unsupported,
+    dry_run_error, err, internal, invalid_ciphertext, symmetric_only, to_json, typed, unsupported,
 };
 
 /// `InvalidKeyUsageException` for an operation the key's `KeyUsage` /
@@ -274,12 +273,8 @@ impl Engine {
             key_origin: Some("AWS_KMS".into()),
             ..Default::default()
         };
-        match &attested {
-            Some(a) => {
-                resp.ciphertext_for_recipient = Some(Blob(encrypt_for(a, &secret, &self.rng)?));
-            }
-            None => resp.shared_secret = Some(SecretBytes::from_slice(&secret)),
-        }
+        (resp.shared_secret, resp.ciphertext_for_recipient) =
+            self.release(attested.as_ref(), SecretBytes::from_slice(&secret))?;
         to_json(&resp)
     }
 
@@ -411,12 +406,8 @@ impl Engine {
             encryption_algorithm: Some(alg),
             ..Default::default()
         };
-        match &attested {
-            Some(a) => {
-                resp.ciphertext_for_recipient = Some(Blob(encrypt_for(a, &plaintext, &self.rng)?));
-            }
-            None => resp.plaintext = Some(SecretBytes::from_slice(&plaintext)),
-        }
+        (resp.plaintext, resp.ciphertext_for_recipient) =
+            self.release(attested.as_ref(), SecretBytes::from_slice(&plaintext))?;
         to_json(&resp)
     }
 

@@ -35,13 +35,8 @@ impl Engine {
             key_material_id: key.key_material_id,
             ..Default::default()
         };
-        match &attested {
-            Some(a) => {
-                resp.ciphertext_for_recipient =
-                    Some(Blob(encrypt_for(a, data_key.expose(), &self.rng)?))
-            }
-            None => resp.plaintext = Some(data_key),
-        }
+        (resp.plaintext, resp.ciphertext_for_recipient) =
+            self.release(attested.as_ref(), data_key)?;
         to_json(&resp)
     }
 
@@ -139,13 +134,8 @@ impl Engine {
                 key_material_id: key.key_material_id,
                 ..Default::default()
             };
-            match &attested {
-                Some(a) => {
-                    resp.ciphertext_for_recipient =
-                        Some(Blob(encrypt_for(a, &private_pkcs8, &self.rng)?))
-                }
-                None => resp.private_key_plaintext = Some(SecretBytes::from_slice(&private_pkcs8)),
-            }
+            (resp.private_key_plaintext, resp.ciphertext_for_recipient) =
+                self.release(attested.as_ref(), SecretBytes::from_slice(&private_pkcs8))?;
             to_json(&resp)
         } else {
             to_json(&GenerateDataKeyPairWithoutPlaintextResponse {
@@ -313,15 +303,11 @@ impl Engine {
             encryption_algorithm: Some(EncryptionAlgorithm::SymmetricDefault),
             ..Default::default()
         };
-        match &attested {
-            // KMS omits KeyMaterialId when the request has a Recipient.
-            Some(a) => {
-                resp.ciphertext_for_recipient = Some(Blob(encrypt_for(a, &plaintext, &self.rng)?))
-            }
-            None => {
-                resp.plaintext = Some(SecretBytes::from_slice(&plaintext));
-                resp.key_material_id = key.key_material_id;
-            }
+        (resp.plaintext, resp.ciphertext_for_recipient) =
+            self.release(attested.as_ref(), SecretBytes::from_slice(&plaintext))?;
+        // KMS omits KeyMaterialId when the request has a Recipient.
+        if attested.is_none() {
+            resp.key_material_id = key.key_material_id;
         }
         to_json(&resp)
     }
@@ -425,13 +411,7 @@ impl Engine {
         let bytes =
             self.random(usize::try_from(n).map_err(|_| internal("NumberOfBytes overflow"))?)?;
         let mut resp = GenerateRandomResponse::default();
-        match &attested {
-            Some(a) => {
-                resp.ciphertext_for_recipient =
-                    Some(Blob(encrypt_for(a, bytes.expose(), &self.rng)?))
-            }
-            None => resp.plaintext = Some(bytes),
-        }
+        (resp.plaintext, resp.ciphertext_for_recipient) = self.release(attested.as_ref(), bytes)?;
         to_json(&resp)
     }
 }
