@@ -343,6 +343,14 @@ impl KeyAllowlist {
             id: shorten(key_id),
             reason,
         };
+        // The entries whose resource is `r`.
+        let named = |r: &Resource| -> Vec<&KmsArn> {
+            self.entries
+                .iter()
+                .map(AllowedKey::arn)
+                .filter(|a| a.resource == *r)
+                .collect()
+        };
         let (wanted, named): (Resource, Vec<&KmsArn>) =
             if let Some(name) = key_id.strip_prefix("alias/") {
                 if !valid_alias_name(name) {
@@ -352,12 +360,7 @@ impl KeyAllowlist {
                     });
                 }
                 let r = Resource::Alias(name.to_owned());
-                let named = self
-                    .entries
-                    .iter()
-                    .map(AllowedKey::arn)
-                    .filter(|a| a.resource == r)
-                    .collect();
+                let named = named(&r);
                 (r, named)
             } else {
                 if !valid_key_id(key_id) {
@@ -367,12 +370,7 @@ impl KeyAllowlist {
                     });
                 }
                 let r = Resource::Key(key_id.to_owned());
-                let named = self
-                    .entries
-                    .iter()
-                    .map(AllowedKey::arn)
-                    .filter(|a| a.resource == r)
-                    .collect();
+                let named = named(&r);
                 (r, named)
             };
         match named.as_slice() {

@@ -23,7 +23,7 @@
 use keybroker_test_support::bench::median_of;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keybroker_common::UnixMillis;
 use keybroker_common::attestation::{VerificationCache, Verifier};

@@ -5,6 +5,29 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
+/// The body of `KmsRequest::from_json` and `KmsResponse::from_json`: both
+/// enums have one variant per [`Operation`], named after it, so the match
+/// is written once.
+macro_rules! from_json_by_operation {
+    ($op:expr, $body:expr) => {{
+        use serde_json::from_slice;
+        Ok(match $op {
+            Operation::GenerateDataKey => Self::GenerateDataKey(from_slice($body)?),
+            Operation::GenerateDataKeyWithoutPlaintext => {
+                Self::GenerateDataKeyWithoutPlaintext(from_slice($body)?)
+            }
+            Operation::Decrypt => Self::Decrypt(from_slice($body)?),
+            Operation::GenerateDataKeyPair => Self::GenerateDataKeyPair(from_slice($body)?),
+            Operation::GenerateDataKeyPairWithoutPlaintext => {
+                Self::GenerateDataKeyPairWithoutPlaintext(from_slice($body)?)
+            }
+            Operation::GenerateRandom => Self::GenerateRandom(from_slice($body)?),
+            Operation::DescribeKey => Self::DescribeKey(from_slice($body)?),
+            Operation::DeriveSharedSecret => Self::DeriveSharedSecret(from_slice($body)?),
+        })
+    }};
+}
+
 /// A brokered KMS request.
 #[allow(missing_docs)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,21 +50,7 @@ impl KmsRequest {
     /// The `serde_json` error for malformed JSON or a field of the wrong
     /// type (KMS answers those with `SerializationException`).
     pub fn from_json(op: Operation, body: &[u8]) -> Result<Self, serde_json::Error> {
-        use serde_json::from_slice;
-        Ok(match op {
-            Operation::GenerateDataKey => Self::GenerateDataKey(from_slice(body)?),
-            Operation::GenerateDataKeyWithoutPlaintext => {
-                Self::GenerateDataKeyWithoutPlaintext(from_slice(body)?)
-            }
-            Operation::Decrypt => Self::Decrypt(from_slice(body)?),
-            Operation::GenerateDataKeyPair => Self::GenerateDataKeyPair(from_slice(body)?),
-            Operation::GenerateDataKeyPairWithoutPlaintext => {
-                Self::GenerateDataKeyPairWithoutPlaintext(from_slice(body)?)
-            }
-            Operation::GenerateRandom => Self::GenerateRandom(from_slice(body)?),
-            Operation::DescribeKey => Self::DescribeKey(from_slice(body)?),
-            Operation::DeriveSharedSecret => Self::DeriveSharedSecret(from_slice(body)?),
-        })
+        from_json_by_operation!(op, body)
     }
 
     /// The AWS JSON 1.1 body of this request, as KMS reads it (the inverse
@@ -144,21 +153,7 @@ impl KmsResponse {
     /// # Errors
     /// The `serde_json` error for malformed JSON or a field of the wrong type.
     pub fn from_json(op: Operation, body: &[u8]) -> Result<Self, serde_json::Error> {
-        use serde_json::from_slice;
-        Ok(match op {
-            Operation::GenerateDataKey => Self::GenerateDataKey(from_slice(body)?),
-            Operation::GenerateDataKeyWithoutPlaintext => {
-                Self::GenerateDataKeyWithoutPlaintext(from_slice(body)?)
-            }
-            Operation::Decrypt => Self::Decrypt(from_slice(body)?),
-            Operation::GenerateDataKeyPair => Self::GenerateDataKeyPair(from_slice(body)?),
-            Operation::GenerateDataKeyPairWithoutPlaintext => {
-                Self::GenerateDataKeyPairWithoutPlaintext(from_slice(body)?)
-            }
-            Operation::GenerateRandom => Self::GenerateRandom(from_slice(body)?),
-            Operation::DescribeKey => Self::DescribeKey(from_slice(body)?),
-            Operation::DeriveSharedSecret => Self::DeriveSharedSecret(from_slice(body)?),
-        })
+        from_json_by_operation!(op, body)
     }
 
     /// The AWS JSON 1.1 body of this response, as KMS sends it (the inverse

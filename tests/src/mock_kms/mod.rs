@@ -173,8 +173,12 @@ impl MockKmsConfig {
 /// [`keybroker_common::pem::MAX_PEM_LEN`] bytes); at least one.
 pub fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, Error> {
     use keybroker_common::pem;
-    pem::parse_blocks(pem.as_bytes(), pem::CERTIFICATE, pem::MAX_PEM_LEN)
-        .map_err(|e| Error::Config(format!("attestation roots: {e}")))
+    pem::parse_blocks(pem.as_bytes(), pem::CERTIFICATE, pem::MAX_PEM_LEN).map_err(|e| {
+        Error::Config(match e {
+            pem::PemError::NoBlock { .. } => "no CERTIFICATE block in the PEM text".into(),
+            e => format!("attestation roots: {e}"),
+        })
+    })
 }
 
 /// A configured mock KMS, ready to serve.
