@@ -5,11 +5,26 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
-/// The body of `KmsRequest::from_json` and `KmsResponse::from_json`: both
-/// enums have one variant per [`Operation`], named after it, so the match
-/// is written once.
-macro_rules! from_json_by_operation {
-    ($op:expr, $body:expr) => {{
+/// The matches [`KmsRequest`] and [`KmsResponse`] share: both enums have one
+/// variant per [`Operation`], named after it, so each match is written once.
+/// `from_json OP, BODY` is the body of `from_json`; `operation of SELF` the
+/// body of `operation`.
+macro_rules! per_operation {
+    (operation of $self:ident) => {
+        match $self {
+            Self::GenerateDataKey(_) => Operation::GenerateDataKey,
+            Self::GenerateDataKeyWithoutPlaintext(_) => Operation::GenerateDataKeyWithoutPlaintext,
+            Self::Decrypt(_) => Operation::Decrypt,
+            Self::GenerateDataKeyPair(_) => Operation::GenerateDataKeyPair,
+            Self::GenerateDataKeyPairWithoutPlaintext(_) => {
+                Operation::GenerateDataKeyPairWithoutPlaintext
+            }
+            Self::GenerateRandom(_) => Operation::GenerateRandom,
+            Self::DescribeKey(_) => Operation::DescribeKey,
+            Self::DeriveSharedSecret(_) => Operation::DeriveSharedSecret,
+        }
+    };
+    (from_json $op:expr, $body:expr) => {{
         use serde_json::from_slice;
         Ok(match $op {
             Operation::GenerateDataKey => Self::GenerateDataKey(from_slice($body)?),
@@ -50,7 +65,7 @@ impl KmsRequest {
     /// The `serde_json` error for malformed JSON or a field of the wrong
     /// type (KMS answers those with `SerializationException`).
     pub fn from_json(op: Operation, body: &[u8]) -> Result<Self, serde_json::Error> {
-        from_json_by_operation!(op, body)
+        per_operation!(from_json op, body)
     }
 
     /// The AWS JSON 1.1 body of this request, as KMS reads it (the inverse
@@ -74,18 +89,7 @@ impl KmsRequest {
 
     /// The operation this request is for.
     pub fn operation(&self) -> Operation {
-        match self {
-            Self::GenerateDataKey(_) => Operation::GenerateDataKey,
-            Self::GenerateDataKeyWithoutPlaintext(_) => Operation::GenerateDataKeyWithoutPlaintext,
-            Self::Decrypt(_) => Operation::Decrypt,
-            Self::GenerateDataKeyPair(_) => Operation::GenerateDataKeyPair,
-            Self::GenerateDataKeyPairWithoutPlaintext(_) => {
-                Operation::GenerateDataKeyPairWithoutPlaintext
-            }
-            Self::GenerateRandom(_) => Operation::GenerateRandom,
-            Self::DescribeKey(_) => Operation::DescribeKey,
-            Self::DeriveSharedSecret(_) => Operation::DeriveSharedSecret,
-        }
+        per_operation!(operation of self)
     }
 
     /// The `Recipient` of the request, for the operations that accept one.
@@ -153,7 +157,7 @@ impl KmsResponse {
     /// # Errors
     /// The `serde_json` error for malformed JSON or a field of the wrong type.
     pub fn from_json(op: Operation, body: &[u8]) -> Result<Self, serde_json::Error> {
-        from_json_by_operation!(op, body)
+        per_operation!(from_json op, body)
     }
 
     /// The AWS JSON 1.1 body of this response, as KMS sends it (the inverse
@@ -194,18 +198,7 @@ impl KmsResponse {
 
     /// The operation this response answers.
     pub fn operation(&self) -> Operation {
-        match self {
-            Self::GenerateDataKey(_) => Operation::GenerateDataKey,
-            Self::GenerateDataKeyWithoutPlaintext(_) => Operation::GenerateDataKeyWithoutPlaintext,
-            Self::Decrypt(_) => Operation::Decrypt,
-            Self::GenerateDataKeyPair(_) => Operation::GenerateDataKeyPair,
-            Self::GenerateDataKeyPairWithoutPlaintext(_) => {
-                Operation::GenerateDataKeyPairWithoutPlaintext
-            }
-            Self::GenerateRandom(_) => Operation::GenerateRandom,
-            Self::DescribeKey(_) => Operation::DescribeKey,
-            Self::DeriveSharedSecret(_) => Operation::DeriveSharedSecret,
-        }
+        per_operation!(operation of self)
     }
 
     /// Whether the response carries a plaintext field (`Plaintext` or
