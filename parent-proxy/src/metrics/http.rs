@@ -130,7 +130,7 @@ impl MetricsServer {
 /// The answer to one request.
 async fn answer(state: &State, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned());
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET".to_owned());
     }
     match request.uri().path() {
         "/metrics" => match state.metrics.encode() {
@@ -143,7 +143,7 @@ async fn answer(state: &State, request: &Request<Incoming>) -> Response<Full<Byt
             }
             Err(_) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot encode the metrics\n".to_owned(),
+                "cannot encode the metrics".to_owned(),
             ),
         },
         "/healthz" => text(StatusCode::OK, "ok".to_owned()),
@@ -154,7 +154,7 @@ async fn answer(state: &State, request: &Request<Incoming>) -> Response<Full<Byt
                 format!("not ready: {reason}"),
             ),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        _ => text(StatusCode::NOT_FOUND, "not found".to_owned()),
     }
 }
 

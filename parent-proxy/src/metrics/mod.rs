@@ -440,7 +440,7 @@ impl Collector for CacheCollector {
         let mut family = encoder.encode_descriptor(
             "keybroker_proxy_attestation_cache_lookups",
             "Verified-document cache lookups: hit (the document was verified before) or miss \
-             (its chain and signature were verified now)",
+             (its chain and signature were verified now).",
             None,
             lookups.metric_type(),
         )?;
@@ -450,7 +450,7 @@ impl Collector for CacheCollector {
         let entries = ConstGauge::new(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         let metric = encoder.encode_descriptor(
             "keybroker_proxy_attestation_cache_entries",
-            "Verified documents held in the cache now",
+            "Verified documents held in the cache now.",
             None,
             entries.metric_type(),
         )?;

@@ -198,7 +198,7 @@ impl Readiness {
         while let Some(done) = attempts.join_next().await {
             match done {
                 Ok((_, Ok(Ok(())))) => return Ok(()),
-                Ok((upstream, Ok(Err(e)))) => failed.push(format!("{upstream}: {}", e.kind())),
+                Ok((upstream, Ok(Err(e)))) => failed.push(format!("{upstream}: {e}")),
                 Ok((upstream, Err(_))) => failed.push(format!(
                     "{upstream}: no connection within {} ms",
                     timeout.as_millis()
