@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keybroker_common::kms::{GenerateDataKeyRequest, KmsRequest};
-use keybroker_harness::testkit::{InProcessStack, gdk};
+use keybroker_enclave::MockCa;
+use keybroker_harness::testkit::{InProcessStack, PCR0, gdk};
+use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::metrics::Metrics;
 use keybroker_proxy::metrics::http::MetricsServer;
 use keybroker_proxy::metrics::ready::{Readiness, ReadinessConfig, Upstream};
@@ -147,8 +149,21 @@ async fn counters_move_with_the_requests_made() {
         return;
     }
     let metrics = Arc::new(Metrics::new());
+    // The proxy verifies the enclave's documents (the mock NSM's root, its
+    // PCR0), so the verified-document cache is used.
+    let ca_dir = tempfile::tempdir().unwrap();
+    let root = MockCa::load_or_create(ca_dir.path())
+        .unwrap()
+        .root_der()
+        .to_vec();
     let s = InProcessStack::builder()
+        .ca_dir(ca_dir.path())
         .metrics(metrics.clone())
+        .proxy_config(move |config| {
+            config.admission.verifier.add_trusted_root(&root).unwrap();
+            config.admission.allowed_images =
+                vec![AllowedImage::new([(0, PCR0.to_vec())].into()).unwrap()];
+        })
         .start()
         .await
         .unwrap();
@@ -221,6 +236,14 @@ async fn counters_move_with_the_requests_made() {
         ),
         GOOD as f64 + 1.0
     );
+    // Each good request's document was checked once: verified the first
+    // time, from the cache after that (until the enclave rotates its key).
+    let lookups = "keybroker_proxy_attestation_cache_lookups_total";
+    let hits = moved(lookups, &[("result", "hit")]);
+    let misses = moved(lookups, &[("result", "miss")]);
+    assert_eq!(hits + misses, GOOD as f64);
+    assert!(misses >= 1.0, "hits {hits}, misses {misses}");
+    assert!(after.value("keybroker_proxy_attestation_cache_entries", &[]) >= 1.0);
     // Nothing else failed, and nothing is left in flight.
     assert_eq!(after.value("keybroker_proxy_kms_errors_total", &[]), 0.0);
     assert_eq!(after.value("keybroker_proxy_requests_in_flight", &[]), 0.0);
