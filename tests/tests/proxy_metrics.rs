@@ -255,6 +255,16 @@ async fn counters_move_with_the_requests_made() {
     assert_eq!(get(addr, "/healthz").await, (200, "ok".to_owned()));
     assert_eq!(get(addr, "/readyz").await, (200, "ready".to_owned()));
     assert_eq!(get(addr, "/nothing-here").await.0, 404);
+
+    // Once the proxy drains, it is no longer ready (but still alive).
+    let InProcessStack { proxy, client, .. } = s;
+    drop(client);
+    proxy.shutdown_and_wait().await.unwrap();
+    assert_eq!(
+        get(addr, "/readyz").await,
+        (503, "not ready: shutting down".to_owned())
+    );
+    assert_eq!(get(addr, "/healthz").await, (200, "ok".to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,7 @@
 //! types do not accept a runtime string.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -128,6 +129,8 @@ pub struct Metrics {
     /// handed out; `None` before the first.
     last_credentials_expiry: Mutex<Option<u64>>,
     cache: Arc<CacheCollector>,
+    /// The proxy is shutting down (not a series: `/readyz` answers 503).
+    draining: AtomicBool,
 }
 
 impl fmt::Debug for Metrics {
@@ -234,6 +237,7 @@ impl Metrics {
             credential_refreshes,
             last_credentials_expiry: Mutex::new(None),
             cache,
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -317,6 +321,18 @@ impl Metrics {
     /// dropped.
     pub fn connection_open(&self) -> GaugeGuard {
         GaugeGuard::new(&self.connections_open)
+    }
+
+    /// The proxy stopped accepting connections and is draining: from now
+    /// on `/readyz` answers 503, so a load balancer or Kubernetes stops
+    /// sending work while requests in flight finish.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Metrics::set_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Enclave connections open now (for `/readyz`).

@@ -2,13 +2,14 @@
 //!
 //! Ready means:
 //!
-//! 1. at least one upstream ([`Upstream`]: the KMS endpoint that broker
+//! 1. the proxy is not shutting down ([`Metrics::set_draining`]);
+//! 2. at least one upstream ([`Upstream`]: the KMS endpoint that broker
 //!    mode calls, and the tunnel targets of end-to-end mode) accepts a TCP
 //!    connection within [`ReadinessConfig::connect_timeout`] (each upstream
 //!    is resolved and tried on demand, all at once; the answer is kept for
 //!    [`ReadinessConfig::cache_for`], so frequent probes do not each open
 //!    connections); and,
-//! 2. with [`ReadinessConfig::requires_enclave`] (`ready_requires_enclave`),
+//! 3. with [`ReadinessConfig::requires_enclave`] (`ready_requires_enclave`),
 //!    at least one enclave connection is open.
 //!
 //! Otherwise the answer is the reason, one short line naming the upstreams
@@ -165,6 +166,9 @@ impl Readiness {
 
     /// `Ok` when ready, else why not (one short line).
     pub async fn check(&self) -> Result<(), String> {
+        if self.metrics.is_draining() {
+            return Err("shutting down".to_owned());
+        }
         if self.config.requires_enclave && self.metrics.open_connections() < 1 {
             return Err("no enclave connected".to_owned());
         }

@@ -369,6 +369,9 @@ async fn ready_can_require_an_enclave_connection() {
     assert_eq!(ready.check().await, Ok(()));
     drop(connection);
     assert!(ready.check().await.is_err());
+    let _connection = metrics.connection_open();
+    metrics.set_draining();
+    assert_eq!(ready.check().await, Err("shutting down".to_owned()));
 }
 
 /// One HTTP/1.1 request; returns the status and the body.

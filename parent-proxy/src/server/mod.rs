@@ -234,6 +234,7 @@ impl Proxy {
             drain_timeout_ms = limits.drain_timeout.as_millis(),
             "shutting down: no new connections, draining"
         );
+        shared.metrics.set_draining();
         listener.cleanup();
         let _ = stop_tx.send(true);
         // Each connection drains within drain_timeout by itself; this bound
