@@ -27,6 +27,15 @@
 //! | `attestation_cache_entries` | gauge | |
 //! | `credential_refreshes_total` | counter | `result` (`success`, `failure`) |
 //!
+//! Each request is counted once, where its audit line is written; each
+//! refusal where it is decided (one refusal is not counted: `Unencodable`,
+//! a response the writer task cannot encode). KMS errors are counted where
+//! the backend's answer arrives, so every [`KmsBackend`] is covered; the
+//! cache counts are the cache's own ([`VerificationCache::stats`]), read at
+//! each scrape.
+//!
+//! [`KmsBackend`]: crate::backend::KmsBackend
+//!
 //! **No key material in any series.** Every label value is a `&'static
 //! str` taken from a fixed table (operation names, rule and refusal names,
 //! the KMS error codes this build knows, the fixed words above), so no
