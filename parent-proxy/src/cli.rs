@@ -229,6 +229,14 @@ pub struct ServeArgs {
     /// PolicyDenied); for broker-only fleets.
     #[arg(long)]
     pub no_credentials: bool,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz)
+    /// over HTTP here: a port (9464, on 127.0.0.1) or IP:PORT (a
+    /// non-loopback address is logged as a warning). Default: none.
+    #[arg(long, value_name = "ADDR", env = "KEYBROKER_PROXY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// /readyz also requires at least one open enclave connection.
+    #[arg(long)]
+    pub ready_requires_enclave: bool,
 }
 
 /// Subcommands of `keybroker-proxy attestation`.
@@ -340,6 +348,8 @@ impl ServeArgs {
             tunnels: a.tunnels,
             max_tunnels: a.max_tunnels,
             no_credentials: a.no_credentials,
+            metrics_listen: a.metrics_listen,
+            ready_requires_enclave: a.ready_requires_enclave,
         }
     }
 }

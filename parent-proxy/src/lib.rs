@@ -14,6 +14,8 @@
 //!   [`admission::AdmissionPolicy`]), and the [`admission::Admitted`] proof;
 //! - [`refusal`]: the proxy's refusals and their one wire mapping;
 //! - [`audit`]: logging, one audit line per request (and per tunnel);
+//! - [`metrics`]: the Prometheus series ([`metrics::Metrics`]), the
+//!   metrics listener with `/metrics`, `/healthz` and `/readyz`;
 //! - [`tunnel`]: byte tunnels to allowed `host:port` targets (protocol
 //!   version 2, end-to-end mode);
 //! - [`settings`]: the TOML file and the command line's overrides, to typed
@@ -65,6 +67,7 @@ pub mod files;
 pub mod key_policy;
 mod listener;
 pub mod measurements;
+pub mod metrics;
 pub mod refusal;
 pub mod server;
 pub mod settings;

@@ -84,6 +84,36 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// A stable name for the kind of refusal, for metrics
+    /// (`keybroker_proxy_denials_total{reason}`): the admission [`Rule`]'s
+    /// name for [`Refusal::Denied`], the variant's name otherwise. Never a
+    /// peer-supplied string.
+    ///
+    /// [`Rule`]: crate::admission::Rule
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Denied(denial) => denial.rule.as_str(),
+            Refusal::ConnectionLimit => "ConnectionLimit",
+            Refusal::ConnectionBusy { .. } => "ConnectionBusy",
+            Refusal::KmsBusy { .. } => "KmsBusy",
+            Refusal::KmsTimeout { .. } => "KmsTimeout",
+            Refusal::Draining => "Draining",
+            Refusal::DrainTimeout => "DrainTimeout",
+            Refusal::HandshakeTimeout { .. } => "HandshakeTimeout",
+            Refusal::NoCredentials => "NoCredentials",
+            Refusal::CredentialsTimeout { .. } => "CredentialsTimeout",
+            Refusal::CredentialsUnusable { .. } => "CredentialsUnusable",
+            Refusal::AdmissionFailed { .. } => "AdmissionFailed",
+            Refusal::TaskFailed => "TaskFailed",
+            Refusal::Unencodable { .. } => "Unencodable",
+            Refusal::TunnelNotAllowed => "TunnelNotAllowed",
+            Refusal::TunnelLimit { .. } => "TunnelLimit",
+            Refusal::TunnelUnreachable { .. } => "TunnelUnreachable",
+        }
+    }
+}
+
 impl From<Denial> for Refusal {
     fn from(denial: Denial) -> Self {
         Refusal::Denied(denial)

@@ -40,6 +40,7 @@ use tokio::time::Instant;
 
 use crate::audit::{TunnelOutcome, TunnelRecord, peer};
 use crate::listener::Io;
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 
 /// An allowed tunnel target: a host name (stored lower-case) or IP literal,
@@ -166,6 +167,7 @@ pub(crate) struct TunnelContext {
     pub(crate) connection: u64,
     pub(crate) settings: TunnelSettings,
     pub(crate) slots: Arc<Semaphore>,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) drain_timeout: Duration,
 }
@@ -219,6 +221,7 @@ pub(crate) async fn serve(
     let (permit, target) = match opened {
         Ok(pair) => pair,
         Err(refusal) => {
+            ctx.metrics.refused(&refusal);
             let error = WireError::from(refusal);
             let code = error.code();
             send_and_close(&mut io, &Message::Error { error }).await;
@@ -229,6 +232,7 @@ pub(crate) async fn serve(
         }
     };
 
+    let open = ctx.metrics.tunnel_opened();
     let to_target = Arc::new(AtomicU64::new(0));
     let from_target = Arc::new(AtomicU64::new(0));
     let outcome = relay(
@@ -241,6 +245,7 @@ pub(crate) async fn serve(
         from_target.clone(),
     )
     .await;
+    drop(open);
     drop(permit);
     record.to_target = to_target.load(Ordering::Relaxed);
     record.from_target = from_target.load(Ordering::Relaxed);
@@ -310,26 +315,28 @@ async fn relay(
     if io.write_all(&opened).await.is_err() || io.flush().await.is_err() {
         return TunnelOutcome::Failed;
     }
+    let (to_target_total, from_target_total) = ctx.metrics.tunnel_byte_counters();
     if !early.is_empty() {
         if target.write_all(&early).await.is_err() {
             return TunnelOutcome::Failed;
         }
-        to_target.fetch_add(
-            u64::try_from(early.len()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        let n = u64::try_from(early.len()).unwrap_or(u64::MAX);
+        to_target.fetch_add(n, Ordering::Relaxed);
+        to_target_total.inc_by(n);
     }
     // Milliseconds since `started` of the last byte read on either side.
     let activity = Arc::new(AtomicU64::new(millis(started.elapsed())));
     let mut enclave = Metered {
         inner: io,
         count: to_target,
+        total: to_target_total,
         activity: activity.clone(),
         started,
     };
     let mut target = Metered {
         inner: target,
         count: from_target,
+        total: from_target_total,
         activity: activity.clone(),
         started,
     };
@@ -373,11 +380,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// A stream that counts the bytes read from it and records when the last
-/// read happened (for the idle timeout). Writes pass through.
+/// A stream that counts the bytes read from it (for the tunnel's audit line
+/// and in the proxy's metrics) and records when the last read happened (for
+/// the idle timeout). Writes pass through.
 struct Metered<S> {
     inner: S,
     count: Arc<AtomicU64>,
+    total: prometheus_client::metrics::counter::Counter,
     activity: Arc<AtomicU64>,
     started: Instant,
 }
@@ -392,8 +401,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
-            self.count
-                .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+            let n = u64::try_from(n).unwrap_or(u64::MAX);
+            self.count.fetch_add(n, Ordering::Relaxed);
+            self.total.inc_by(n);
             self.activity
                 .store(millis(self.started.elapsed()), Ordering::Relaxed);
         }

@@ -576,3 +576,93 @@ async fn a_host_name_cannot_forge_an_audit_line() {
     );
     assert!(logs.tunnel_lines().is_empty(), "{text}");
 }
+
+/// The value of the sample `series` (name and labels as rendered) in a
+/// scrape of `metrics`.
+fn scraped(metrics: &keybroker_proxy::metrics::Metrics, series: &str) -> Option<f64> {
+    let text = metrics.encode().unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn tunnels_bytes_refusals_and_credentials_are_counted() {
+    let logs = Logs::default();
+    let _guard = logs.install();
+    let metrics = Arc::new(keybroker_proxy::metrics::Metrics::new());
+    let (port, _) = echo_server().await;
+    let backend = FnBackend(|req: keybroker_common::kms::KmsRequest| async move {
+        Ok::<_, WireError>(described(req.key_id().unwrap_or_default()))
+    });
+    let proxy = Proxy::bind(config(&[target(&format!("127.0.0.1:{port}"))]), backend)
+        .await
+        .unwrap()
+        .with_credentials(Arc::new(StaticCredentials(credentials())))
+        .with_metrics(metrics.clone())
+        .spawn();
+
+    let mut s = open_tunnel(proxy.local_addr(), "127.0.0.1", port, T)
+        .await
+        .unwrap();
+    assert_eq!(scraped(&metrics, "keybroker_proxy_tunnels_open"), Some(1.0));
+    s.write_all(&[7u8; 1000]).await.unwrap();
+    let mut back = [0u8; 1000];
+    s.read_exact(&mut back).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    // The audit line is written once the tunnel has ended.
+    logs.wait_tunnel_lines(1).await;
+    let bytes = "keybroker_proxy_tunnel_bytes_total";
+    assert_eq!(
+        scraped(&metrics, &format!("{bytes}{{direction=\"to_target\"}}")),
+        Some(1000.0)
+    );
+    assert_eq!(
+        scraped(&metrics, &format!("{bytes}{{direction=\"from_target\"}}")),
+        Some(1000.0)
+    );
+    assert_eq!(
+        scraped(&metrics, "keybroker_proxy_tunnels_opened_total"),
+        Some(1.0)
+    );
+    assert_eq!(scraped(&metrics, "keybroker_proxy_tunnels_open"), Some(0.0));
+
+    // A target not on the list: refused, counted by reason, never opened.
+    let e = open_tunnel(proxy.local_addr(), "127.0.0.1", 9, T)
+        .await
+        .unwrap_err();
+    assert_eq!(remote_code(&e), ErrorCode::PolicyDenied);
+    assert_eq!(
+        scraped(
+            &metrics,
+            "keybroker_proxy_denials_total{reason=\"TunnelNotAllowed\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped(&metrics, "keybroker_proxy_tunnels_opened_total"),
+        Some(1.0)
+    );
+
+    // The same credentials twice: one refresh.
+    for _ in 0..2 {
+        fetch_credentials(proxy.local_addr(), T).await.unwrap();
+    }
+    assert_eq!(
+        scraped(
+            &metrics,
+            "keybroker_proxy_credential_refreshes_total{result=\"success\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scraped(&metrics, "keybroker_proxy_connections_accepted_total"),
+        Some(4.0)
+    );
+    let text = metrics.encode().unwrap();
+    for secret in [SECRET, TOKEN, "ASIAIOSFODNN7EXAMPLE"] {
+        assert!(!text.contains(secret), "{secret} in the metrics:\n{text}");
+    }
+    proxy.shutdown_and_wait().await.unwrap();
+}

@@ -88,6 +88,8 @@ pub struct Component {
     pub log: PathBuf,
     /// What it reported as its address.
     pub address: String,
+    /// The lines it printed before that one (e.g. the proxy's `metrics:`).
+    pub earlier_lines: Vec<String>,
 }
 
 impl Component {
@@ -120,6 +122,7 @@ impl Component {
             .take()
             .ok_or_else(|| Error::Io(format!("{name}: no stdout")))?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut earlier_lines = Vec::new();
         let wait = async {
             while let Some(line) = lines
                 .next_line()
@@ -129,6 +132,7 @@ impl Component {
                 if let Some(addr) = line.strip_prefix(ready_prefix) {
                     return Ok(addr.trim().to_string());
                 }
+                earlier_lines.push(line);
             }
             Err(Error::Io(format!(
                 "{name} exited before it was ready; see {}",
@@ -145,6 +149,7 @@ impl Component {
             child,
             log,
             address,
+            earlier_lines,
         })
     }
 
@@ -309,6 +314,9 @@ pub struct Stack {
     pub mock_kms: Component,
     /// The parent proxy process.
     pub proxy: Component,
+    /// The proxy's metrics URL (`http://127.0.0.1:PORT/metrics`; `/healthz`
+    /// and `/readyz` beside it).
+    pub proxy_metrics: String,
     /// ARN of the key whose policy requires `pcr0_hex`.
     pub key_arn: String,
     /// Progress lines with timings, for the report.
@@ -430,6 +438,9 @@ impl Stack {
             root,
             "--pcr".into(),
             format!("0={pcr0_hex}"),
+            // A bare port is on loopback; 0 picks a free one.
+            "--metrics-listen".into(),
+            "0".into(),
         ];
         if let Some(endpoint) = &enclave_kms_endpoint {
             // The one tunnel target: the mock KMS, by the name the enclave
@@ -440,6 +451,13 @@ impl Stack {
             ]);
         }
         let proxy = Component::start("proxy", &proxy_args, "listening: ", work.path()).await?;
+        let proxy_metrics = proxy
+            .earlier_lines
+            .iter()
+            .find_map(|l| l.strip_prefix("metrics: "))
+            .ok_or_else(|| Error::Io("the proxy printed no metrics: line".into()))?
+            .trim()
+            .to_owned();
         step(
             "parent proxy",
             match mode {
@@ -461,6 +479,7 @@ impl Stack {
             pcr0_hex,
             mock_kms,
             proxy,
+            proxy_metrics,
             key_arn,
             steps,
             started,
@@ -620,6 +639,7 @@ pub async fn up(mode: Mode) -> Result<(), Error> {
         println!("mock-kms-credentials: {LOCAL_ACCESS_KEY_ID} {LOCAL_SECRET_ACCESS_KEY}");
     }
     println!("proxy: {}", stack.proxy.address);
+    println!("proxy-metrics: {}", stack.proxy_metrics);
     println!("enclave-kms: {}", endpoint.address);
     println!("attestation-root: {}", stack.attestation_root.display());
     println!("mock-nsm-ca: {}", stack.ca_dir.display());

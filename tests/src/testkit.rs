@@ -25,6 +25,7 @@ use keybroker_enclave::{
     RecipientKeysConfig,
 };
 use keybroker_proxy::backend::SdkKmsBackend;
+use keybroker_proxy::metrics::Metrics;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
 
 use crate::Error;
@@ -45,6 +46,7 @@ pub struct StackBuilder {
     proxy_tweak: Box<dyn FnOnce(&mut ProxyConfig) + Send>,
     policy: Option<serde_json::Value>,
     ca_dir: Option<std::path::PathBuf>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl core::fmt::Debug for StackBuilder {
@@ -81,6 +83,13 @@ impl StackBuilder {
     /// are attested by the same root.
     pub fn ca_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.ca_dir = Some(dir.into());
+        self
+    }
+
+    /// Has the proxy record into `metrics` (which the test then serves or
+    /// reads), instead of its own.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -130,7 +139,14 @@ impl StackBuilder {
 
         let mut config = ProxyConfig::new(Address::Tcp("127.0.0.1:0".into()));
         (self.proxy_tweak)(&mut config);
-        let proxy = start_proxy(config, &sdk).await?;
+        let proxy = match self.metrics {
+            None => start_proxy(config, &sdk).await?,
+            Some(metrics) => Proxy::bind(config, SdkKmsBackend::new(sdk.clone()))
+                .await
+                .map_err(|e| Error::Io(format!("proxy bind: {e}")))?
+                .with_metrics(metrics)
+                .spawn(),
+        };
         let addr = proxy.local_addr().clone();
         let client = connect_enclave(
             &ca,
@@ -202,6 +218,7 @@ impl InProcessStack {
             proxy_tweak: Box::new(|_| {}),
             policy: None,
             ca_dir: None,
+            metrics: None,
         }
     }
 

@@ -84,6 +84,7 @@ fn local_up_prints_endpoints_and_stops_on_sigterm() {
         "mock-kms-ca: /",
         "mock-kms-credentials: AKIDLOCALKEYBROKER ",
         "proxy: tcp://127.0.0.1:",
+        "proxy-metrics: http://127.0.0.1:",
         "attestation-root: /",
         "key: alias/keybroker-demo",
         "enclave-kms: http://127.0.0.1:",
@@ -122,6 +123,30 @@ fn local_up_prints_endpoints_and_stops_on_sigterm() {
         )
         .unwrap();
     assert_eq!(key.plaintext().map(|p| p.as_ref().len()), Some(16));
+    // The proxy's metrics listener: the tunnels those calls opened are
+    // counted, and the proxy is alive and ready (the mock KMS is reachable).
+    let metrics = text
+        .lines()
+        .find_map(|l| l.strip_prefix("proxy-metrics: "))
+        .unwrap();
+    let (status, body) = http_get(metrics);
+    assert_eq!(status, 200, "{body}");
+    let opened = body
+        .lines()
+        .find_map(|l| l.strip_prefix("keybroker_proxy_tunnels_opened_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no tunnels_opened_total in:\n{body}"));
+    assert!(opened >= 1.0, "{body}");
+    assert!(
+        body.contains("keybroker_proxy_tunnel_bytes_total{direction=\"to_target\"}"),
+        "{body}"
+    );
+    let base = metrics.trim_end_matches("/metrics");
+    assert_eq!(http_get(&format!("{base}/healthz")), (200, "ok".to_owned()));
+    assert_eq!(
+        http_get(&format!("{base}/readyz")),
+        (200, "ready".to_owned())
+    );
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -136,6 +161,24 @@ fn local_up_prints_endpoints_and_stops_on_sigterm() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A plain HTTP/1.1 GET of `url` (`http://HOST:PORT/PATH`): (status, body).
+fn http_get(url: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(authority).unwrap();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+    (status, body)
 }
 
 fn base64_len(b64: &str) -> usize {

@@ -169,6 +169,7 @@ impl Connection {
                     connection: self.id,
                     settings: self.shared.config.tunnels.clone(),
                     slots: self.shared.tunnel_slots.clone(),
+                    metrics: self.shared.metrics.clone(),
                     stop: self.stop.clone(),
                     drain_timeout: limits.drain_timeout,
                 };
@@ -193,7 +194,9 @@ impl Connection {
         match first {
             Err(_) => {
                 tracing::info!(conn, "no Hello within the handshake timeout");
-                let error = Refusal::HandshakeTimeout { timeout }.into();
+                let refusal = Refusal::HandshakeTimeout { timeout };
+                self.shared.metrics.refused(&refusal);
+                let error = refusal.into();
                 let _ = tx.send(Message::Error { error }).await;
                 None
             }
@@ -317,6 +320,7 @@ impl Connection {
                             }
                             Message::GetCredentials { id } => {
                                 let result = if draining {
+                                    self.shared.metrics.refused(&Refusal::Draining);
                                     Err(Refusal::Draining.into())
                                 } else {
                                     self.credentials(id).await
@@ -384,19 +388,33 @@ impl Connection {
     /// chain caches credentials, so this is fast but for the first call.
     async fn credentials(&self, id: u64) -> Result<AwsCredentialsWire, WireError> {
         let timeout = self.shared.config.limits.default_request_timeout;
+        let metrics = &self.shared.metrics;
+        let refused = |refusal: Refusal| {
+            metrics.refused(&refusal);
+            Err(refusal.into())
+        };
         let result = match &self.shared.credentials {
-            None => Err(Refusal::NoCredentials.into()),
+            None => refused(Refusal::NoCredentials),
             Some(source) => match tokio::time::timeout(timeout, source.credentials()).await {
-                Err(_) => Err(Refusal::CredentialsTimeout { timeout }.into()),
-                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    metrics.credentials_fetched(Err(()));
+                    refused(Refusal::CredentialsTimeout { timeout })
+                }
+                Ok(Err(e)) => {
+                    metrics.credentials_fetched(Err(()));
+                    Err(e)
+                }
                 Ok(Ok(creds)) => match creds.validate() {
-                    Ok(()) => Ok(creds),
+                    Ok(()) => {
+                        metrics.credentials_fetched(Ok(creds.expiration_ms));
+                        Ok(creds)
+                    }
                     Err(e) => {
                         tracing::error!(conn = self.id, error = %e, "the credential source gave unusable credentials");
-                        Err(Refusal::CredentialsUnusable {
+                        metrics.credentials_fetched(Err(()));
+                        refused(Refusal::CredentialsUnusable {
                             reason: e.to_string(),
-                        }
-                        .into())
+                        })
                     }
                 },
             },
@@ -420,6 +438,7 @@ impl Connection {
         job: &InFlight,
         refusal: Refusal,
     ) {
+        self.shared.metrics.refused(&refusal);
         let error = WireError::from(refusal);
         self.audit_unanswered(id, job, Outcome::Error(error.code()));
         let _ = tx
@@ -431,6 +450,10 @@ impl Connection {
     }
 
     fn audit_unanswered(&self, id: u64, job: &InFlight, outcome: Outcome) {
+        let latency = job.started.elapsed();
+        self.shared
+            .metrics
+            .request_finished(job.operation, &outcome, latency);
         AuditRecord {
             connection: self.id,
             request_id: id,
@@ -439,7 +462,7 @@ impl Connection {
             caller_pcr0: None,
             attestation_verified: false,
             outcome,
-            latency: job.started.elapsed(),
+            latency,
         }
         .emit();
     }

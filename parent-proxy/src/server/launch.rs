@@ -1,6 +1,7 @@
 //! `serve`'s start-up: the AWS configuration (region, credentials), the
-//! KMS backend, the signal handlers, binding, `listening: ADDRESS` on
-//! standard output, then serving until SIGINT or SIGTERM.
+//! KMS backend, the signal handlers, binding (and the metrics listener,
+//! `metrics: URL`), `listening: ADDRESS` on standard output, then serving
+//! until SIGINT or SIGTERM.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -10,12 +11,15 @@ use crate::admission::AdmissionPolicy;
 use crate::backend::{SdkKmsBackend, load_sdk_config};
 use crate::credentials::AwsConfigCredentials;
 use crate::error::Result;
-use crate::settings::ServeSettings;
+use crate::metrics::http::MetricsServer;
+use crate::metrics::ready::{Readiness, ReadinessConfig, Upstream};
+use crate::settings::{KmsSettings, ServeSettings};
 use crate::tunnel::{TunnelSettings, TunnelTarget};
 
 /// Runs the proxy with `settings` until SIGINT/SIGTERM, printing
 /// `listening: ADDRESS` on `stdout` once bound (the launcher and tests read
-/// the real address from there). Installs the log subscriber first.
+/// the real address from there), after `metrics: http://ADDRESS/metrics`
+/// when the metrics listener is on. Installs the log subscriber first.
 pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Result<()> {
     // A subscriber may already be installed (tests calling `run` twice).
     let _ = crate::audit::init_logging(settings.log_format);
@@ -27,6 +31,8 @@ pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Re
         mut proxy,
         kms,
         credentials,
+        metrics_listen,
+        ready_requires_enclave,
         ..
     } = settings;
     let bound = runtime.block_on(async {
@@ -34,16 +40,36 @@ pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Re
         add_region_kms_target(&mut proxy.tunnels, &sdk_config);
         let backend = SdkKmsBackend::from_sdk_config(&sdk_config);
         let signal = shutdown_signal()?;
+        let upstreams = upstreams(&kms, &sdk_config, &proxy.tunnels);
         let mut proxy = Proxy::bind(proxy, backend).await?;
+        let metrics = match metrics_listen {
+            None => None,
+            Some(addr) => {
+                let readiness = Readiness::new(
+                    ReadinessConfig {
+                        requires_enclave: ready_requires_enclave,
+                        ..ReadinessConfig::new(upstreams)
+                    },
+                    proxy.metrics(),
+                );
+                Some(MetricsServer::bind(addr, proxy.metrics(), readiness).await?)
+            }
+        };
         if credentials {
             match AwsConfigCredentials::from_sdk_config(&sdk_config) {
                 Some(source) => proxy = proxy.with_credentials(Arc::new(source)),
                 None => tracing::warn!("no AWS credential provider: GetCredentials is refused"),
             }
         }
-        Ok::<_, crate::Error>((proxy, signal))
+        Ok::<_, crate::Error>((proxy, metrics, signal))
     });
-    let (proxy, signal) = bound.inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    let (proxy, metrics, signal) =
+        bound.inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    if let Some(server) = metrics {
+        writeln!(stdout, "metrics: http://{}/metrics", server.local_addr())?;
+        // Ends with the runtime, once the proxy has stopped.
+        runtime.spawn(server.run());
+    }
     writeln!(stdout, "listening: {}", proxy.local_addr())?;
     stdout.flush()?;
     runtime
@@ -66,6 +92,38 @@ fn add_region_kms_target(tunnels: &mut TunnelSettings, sdk_config: &aws_config::
             tracing::warn!(region = ?region.as_ref(), "the AWS region is not a plausible region name: no default tunnel target")
         }
     }
+}
+
+/// What `/readyz` connects to: the KMS endpoint broker mode calls
+/// (`--kms-endpoint`, else the region's), then every tunnel target (end-to-end
+/// mode), without repeats.
+fn upstreams(
+    kms: &KmsSettings,
+    sdk_config: &aws_config::SdkConfig,
+    tunnels: &TunnelSettings,
+) -> Vec<Upstream> {
+    let mut upstreams = Vec::new();
+    match &kms.endpoint {
+        Some(endpoint) => match Upstream::from_url(endpoint) {
+            Some(upstream) => upstreams.push(upstream),
+            None => {
+                tracing::warn!("the KMS endpoint is not an http(s) URL: /readyz does not check it")
+            }
+        },
+        None => {
+            let region = sdk_config.region().map(|r| r.as_ref().to_owned());
+            if let Some(target) = region.as_deref().and_then(TunnelTarget::region_kms) {
+                upstreams.push(Upstream::new(target.host(), target.port()));
+            }
+        }
+    }
+    for target in &tunnels.allowed {
+        let upstream = Upstream::new(target.host(), target.port());
+        if !upstreams.contains(&upstream) {
+            upstreams.push(upstream);
+        }
+    }
+    upstreams
 }
 
 /// Logs, at start, which enclave images the proxy admits (one line per
@@ -113,5 +171,35 @@ mod tests {
             .build();
         add_region_kms_target(&mut tunnels, &odd);
         assert_eq!(tunnels.allowed.len(), 1);
+    }
+
+    #[test]
+    fn readiness_checks_the_kms_endpoint_and_the_tunnel_targets() {
+        let eu = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        let mut tunnels = TunnelSettings::default();
+        add_region_kms_target(&mut tunnels, &eu);
+        tunnels
+            .allowed
+            .insert("kms-fips.eu-west-1.amazonaws.com:443".parse().unwrap());
+        let names = |u: Vec<Upstream>| u.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            names(upstreams(&KmsSettings::default(), &eu, &tunnels)),
+            [
+                "kms.eu-west-1.amazonaws.com:443",
+                "kms-fips.eu-west-1.amazonaws.com:443"
+            ]
+        );
+        let mock = KmsSettings {
+            endpoint: Some("http://127.0.0.1:4566".into()),
+            ..KmsSettings::default()
+        };
+        assert_eq!(
+            names(upstreams(&mock, &eu, &TunnelSettings::default())),
+            ["127.0.0.1:4566"]
+        );
+        let none = aws_config::SdkConfig::builder().build();
+        assert!(upstreams(&KmsSettings::default(), &none, &TunnelSettings::default()).is_empty());
     }
 }

@@ -55,6 +55,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::credentials::CredentialSource;
 use crate::error::{Error, Result};
 use crate::listener::{Io, Listener};
+use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 pub use crate::settings::{ProxyConfig, ServerLimits};
 
@@ -81,6 +82,8 @@ struct Shared {
     kms_slots: Semaphore,
     /// The time attestation documents are checked at.
     clock: Arc<dyn Clock>,
+    /// Where connections, requests, tunnels and refusals are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// A bound, not yet running proxy. [`Proxy::bind`], then
@@ -113,6 +116,8 @@ impl Proxy {
         let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
         // `Semaphore::new` panics above MAX_PERMITS (2^61 on 64-bit).
         let kms_slots = Semaphore::new(config.limits.max_kms_in_flight.min(Semaphore::MAX_PERMITS));
+        let metrics = Arc::new(Metrics::new());
+        metrics.observe_verification_cache(config.admission.verification_cache.clone());
         Ok(Proxy {
             listener,
             local_addr,
@@ -124,6 +129,7 @@ impl Proxy {
                 tunnel_slots,
                 kms_slots,
                 clock: Arc::new(SystemClock),
+                metrics,
             },
         })
     }
@@ -140,6 +146,21 @@ impl Proxy {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.shared.clock = clock;
         self
+    }
+
+    /// Records into `metrics` instead of the proxy's own (the default, see
+    /// [`Proxy::metrics`]), e.g. a registry the caller serves or reads; it
+    /// then reports this proxy's verified-document cache.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.observe_verification_cache(self.shared.config.admission.verification_cache.clone());
+        self.shared.metrics = metrics;
+        self
+    }
+
+    /// The metrics this proxy records into (serve them with
+    /// [`crate::metrics::http::MetricsServer`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// The address actually bound (for `tcp://...:0`, with the real port).
@@ -177,19 +198,23 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok((io, peer)) => {
                         let conn = shared.next_connection.fetch_add(1, Ordering::Relaxed);
+                        shared.metrics.connection_accepted();
                         match slots.clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let shared = shared.clone();
                                 let stop = stop_rx.clone();
                                 connections.spawn(async move {
                                     tracing::debug!(conn, %peer, "connection accepted");
+                                    let open = shared.metrics.connection_open();
                                     Connection::new(shared, conn, stop).run(io).await;
+                                    drop(open);
                                     tracing::debug!(conn, "connection closed");
                                     drop(permit);
                                 });
                             }
                             Err(_) => {
                                 tracing::warn!(conn, %peer, max = limits.max_connections, "connection refused: at the connection limit");
+                                shared.metrics.refused(&Refusal::ConnectionLimit);
                                 connections.spawn(refuse(io));
                             }
                         }
@@ -209,6 +234,7 @@ impl Proxy {
             drain_timeout_ms = limits.drain_timeout.as_millis(),
             "shutting down: no new connections, draining"
         );
+        shared.metrics.set_draining();
         listener.cleanup();
         let _ = stop_tx.send(true);
         // Each connection drains within drain_timeout by itself; this bound

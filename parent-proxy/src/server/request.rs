@@ -27,6 +27,7 @@ pub(super) async fn handle_request(
     tx: mpsc::Sender<Message>,
 ) -> u64 {
     let started = Instant::now();
+    let _in_flight = shared.metrics.request_started();
     let limits = &shared.config.limits;
     let budget = timeout_ms
         .map_or(limits.default_request_timeout, |ms| {
@@ -53,7 +54,10 @@ pub(super) async fn handle_request(
     };
 
     let (caller_pcr0, attestation_verified, result, denied) = match decision {
-        Err(refusal) => (None, false, Err(refusal.into()), None),
+        Err(refusal) => {
+            shared.metrics.refused(&refusal);
+            (None, false, Err(refusal.into()), None)
+        }
         Ok(decision) => {
             let call = Call {
                 conn,
@@ -72,6 +76,7 @@ pub(super) async fn handle_request(
         }
     };
     finish(
+        &shared,
         &tx,
         conn,
         id,
@@ -120,17 +125,26 @@ impl Call {
                 // which images a PcrMismatch was checked against).
                 tracing::info!(conn, id, reason = peer(&denial), "request denied by policy");
                 let rule = denial.rule;
+                shared.metrics.denied_by(rule);
                 return (Err(Refusal::Denied(denial).into()), Some(rule));
             }
         };
         // The permit is held until KMS answers or the deadline passes (the
         // call is then dropped), or until this task is aborted.
         let Ok(_permit) = shared.kms_slots.try_acquire() else {
-            let limit = shared.config.limits.max_kms_in_flight;
-            return (Err(Refusal::KmsBusy { limit }.into()), None);
+            let refusal = Refusal::KmsBusy {
+                limit: shared.config.limits.max_kms_in_flight,
+            };
+            shared.metrics.refused(&refusal);
+            return (Err(refusal.into()), None);
         };
         match tokio::time::timeout_at(deadline, shared.backend.forward(admitted)).await {
-            Err(_) => (Err(Refusal::KmsTimeout { budget }.into()), None),
+            Err(_) => {
+                let refusal = Refusal::KmsTimeout { budget };
+                shared.metrics.kms_timeout();
+                shared.metrics.refused(&refusal);
+                (Err(refusal.into()), None)
+            }
             Ok(Ok(response)) => match check_response(&response) {
                 Ok(()) => (Ok(response), None),
                 Err(denial) => {
@@ -143,17 +157,22 @@ impl Call {
                         "KMS returned plaintext key material; discarded"
                     );
                     let rule = denial.rule;
+                    shared.metrics.denied_by(rule);
                     (Err(Refusal::Denied(denial).into()), Some(rule))
                 }
             },
-            Ok(Err(e)) => (Err(e), None),
+            Ok(Err(e)) => {
+                shared.metrics.kms_error(&e);
+                (Err(e), None)
+            }
         }
     }
 }
 
-/// Emits the audit line and queues the response.
+/// Emits the audit line, counts the request and queues the response.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
+    shared: &Shared,
     tx: &mpsc::Sender<Message>,
     conn: u64,
     id: u64,
@@ -166,6 +185,10 @@ async fn finish(
     started: Instant,
 ) {
     let outcome = denied.map_or_else(|| Outcome::of(&result), Outcome::Denied);
+    let latency = started.elapsed();
+    shared
+        .metrics
+        .request_finished(operation, &outcome, latency);
     AuditRecord {
         connection: conn,
         request_id: id,
@@ -174,7 +197,7 @@ async fn finish(
         caller_pcr0,
         attestation_verified,
         outcome,
-        latency: started.elapsed(),
+        latency,
     }
     .emit();
     let _ = tx.send(Message::Response { id, result }).await;

@@ -34,6 +34,12 @@ pub struct FileConfig {
     pub allow_non_loopback: Option<bool>,
     /// Log format.
     pub log_format: Option<LogFormat>,
+    /// The metrics listener (`/metrics`, `/healthz`, `/readyz`): a port
+    /// (`9464`, on 127.0.0.1) or `IP:PORT`; absent: none. See
+    /// [`parse_metrics_listen`](super::parse_metrics_listen).
+    pub metrics_listen: Option<String>,
+    /// `/readyz` also requires an open enclave connection (default `false`).
+    pub ready_requires_enclave: Option<bool>,
     /// `[limits]`.
     #[serde(default)]
     pub limits: FileLimits,

@@ -9,6 +9,7 @@
 //!   merges the file and the overrides.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +39,26 @@ pub const DEFAULT_LISTEN: &str = "vsock://4294967295:5000";
 /// quotas), and it bounds the memory held by requests waiting on KMS
 /// (each at most a frame).
 pub const DEFAULT_MAX_KMS_IN_FLIGHT: usize = 512;
+
+/// Parses a metrics listen address (`--metrics-listen`, `metrics_listen`):
+/// a bare port (`9464`) binds 127.0.0.1, so metrics stay on loopback unless
+/// an address is written out; `IP:PORT` (`0.0.0.0:9464`, `[::1]:9464`)
+/// binds as given. Port 0 picks a free port.
+pub fn parse_metrics_listen(value: &str) -> Result<SocketAddr> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = value.parse().map_err(|_| {
+            Error::config(format!("metrics_listen {value:?}: not a port (0 to 65535)"))
+        })?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    value.parse().map_err(|_| {
+        Error::config(format!(
+            "metrics_listen {value:?}: expected PORT (on 127.0.0.1) or IP:PORT, e.g. 9464 or \
+             127.0.0.1:9464"
+        ))
+    })
+}
 
 /// Largest configuration file read, in bytes.
 pub const MAX_CONFIG_FILE_LEN: usize = 1 << 20;
@@ -163,6 +184,12 @@ pub struct Overrides {
     pub kms_max_attempts: Option<u32>,
     /// Log format.
     pub log_format: Option<LogFormat>,
+    /// [`ServeSettings::metrics_listen`], unparsed
+    /// ([`parse_metrics_listen`]).
+    pub metrics_listen: Option<String>,
+    /// [`ServeSettings::ready_requires_enclave`] (`true` wins over the
+    /// file).
+    pub ready_requires_enclave: bool,
     /// Added to [`AdmissionPolicy::allowed_keys`].
     pub allow_keys: Vec<String>,
     /// Added to [`AdmissionPolicy::allowed_operations`], by KMS name.
@@ -209,6 +236,11 @@ pub struct ServeSettings {
     pub log_format: LogFormat,
     /// Whether `GetCredentials` is answered with the AWS chain's credentials.
     pub credentials: bool,
+    /// Where the metrics listener (`/metrics`, `/healthz`, `/readyz`)
+    /// binds; `None`: no metrics listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Whether `/readyz` also requires an open enclave connection.
+    pub ready_requires_enclave: bool,
 }
 
 impl ServeSettings {
@@ -221,6 +253,12 @@ impl ServeSettings {
         if let Some(listen) = &o.listen {
             file.listen = Some(listen.clone());
         }
+        let metrics_listen = o
+            .metrics_listen
+            .as_deref()
+            .or(file.metrics_listen.as_deref())
+            .map(parse_metrics_listen)
+            .transpose()?;
         let l = &mut file.limits;
         l.max_connections = o.max_connections.or(l.max_connections);
         l.max_in_flight_per_connection = o.max_in_flight.or(l.max_in_flight_per_connection);
@@ -290,6 +328,9 @@ impl ServeSettings {
             kms: file.kms_settings(),
             log_format: o.log_format.or(file.log_format).unwrap_or_default(),
             credentials: !o.no_credentials && file.credentials.enabled.unwrap_or(true),
+            metrics_listen,
+            ready_requires_enclave: o.ready_requires_enclave
+                || file.ready_requires_enclave.unwrap_or(false),
         })
     }
 }

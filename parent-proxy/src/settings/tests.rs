@@ -296,3 +296,76 @@ fn example_config_parses() {
     assert!(t.allows("kms-fips.us-east-1.amazonaws.com", 443));
     assert_eq!(c.credentials.enabled, Some(true));
 }
+
+#[test]
+fn a_bare_metrics_port_is_loopback() {
+    assert_eq!(
+        parse_metrics_listen("9464").unwrap(),
+        "127.0.0.1:9464".parse().unwrap()
+    );
+    assert_eq!(
+        parse_metrics_listen("0.0.0.0:9464").unwrap(),
+        "0.0.0.0:9464".parse().unwrap()
+    );
+    assert_eq!(
+        parse_metrics_listen("[::1]:9464").unwrap(),
+        "[::1]:9464".parse().unwrap()
+    );
+    for bad in [
+        "",
+        "65536",
+        "localhost:9464",
+        "127.0.0.1",
+        ":9464",
+        "tcp://127.0.0.1:1",
+    ] {
+        assert!(parse_metrics_listen(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn the_metrics_flag_overrides_the_file() {
+    let dir = std::env::temp_dir().join(format!("keybroker-metrics-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "metrics_listen = \"0.0.0.0:9464\"\nready_requires_enclave = true\n",
+    )
+    .unwrap();
+    let from_file = ServeSettings::resolve(&Overrides {
+        config: Some(path.clone()),
+        ..Overrides::default()
+    })
+    .unwrap();
+    assert_eq!(
+        from_file.metrics_listen,
+        Some("0.0.0.0:9464".parse().unwrap())
+    );
+    assert!(from_file.ready_requires_enclave);
+    let flag = ServeSettings::resolve(&Overrides {
+        config: Some(path.clone()),
+        metrics_listen: Some("9465".into()),
+        ..Overrides::default()
+    })
+    .unwrap();
+    assert_eq!(flag.metrics_listen, Some("127.0.0.1:9465".parse().unwrap()));
+    let none = ServeSettings::resolve(&Overrides::default()).unwrap();
+    assert_eq!(none.metrics_listen, None);
+    assert!(!none.ready_requires_enclave);
+    let flag_only = ServeSettings::resolve(&Overrides {
+        ready_requires_enclave: true,
+        ..Overrides::default()
+    })
+    .unwrap();
+    assert!(flag_only.ready_requires_enclave);
+    std::fs::write(&path, "metrics_listen = \"somewhere\"\n").unwrap();
+    assert!(
+        ServeSettings::resolve(&Overrides {
+            config: Some(path.clone()),
+            ..Overrides::default()
+        })
+        .is_err()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
