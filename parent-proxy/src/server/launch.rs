@@ -1,11 +1,15 @@
 //! `serve`'s start-up: the AWS configuration (region, credentials), the
 //! KMS backend, the signal handlers, binding, `listening: ADDRESS` on
-//! standard output, then serving until SIGINT or SIGTERM.
+//! standard output, then serving until SIGINT or SIGTERM, reloading the
+//! configuration on SIGHUP.
 
 use std::io::Write;
 use std::sync::Arc;
 
-use super::{Proxy, shutdown_signal};
+use aws_config::Region;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::{Proxy, Reloader, shutdown_signal};
 use crate::admission::AdmissionPolicy;
 use crate::backend::{SdkKmsBackend, load_sdk_config};
 use crate::credentials::AwsConfigCredentials;
@@ -13,10 +17,24 @@ use crate::error::Result;
 use crate::settings::ServeSettings;
 use crate::tunnel::{TunnelSettings, TunnelTarget};
 
+/// How `serve` reads its settings again on SIGHUP: the same file and flags
+/// as at start ([`ServeSettings::resolve`]).
+pub type ReloadSettings = Arc<dyn Fn() -> Result<ServeSettings> + Send + Sync>;
+
 /// Runs the proxy with `settings` until SIGINT/SIGTERM, printing
 /// `listening: ADDRESS` on `stdout` once bound (the launcher and tests read
 /// the real address from there). Installs the log subscriber first.
-pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Result<()> {
+///
+/// On SIGHUP it calls `reload` and serves with the result from the next
+/// request on ([`Reloader::reload`]: the admission policy, allowlists,
+/// allowed images, tunnel targets and limits). Settings that are invalid are
+/// logged and the current ones kept. The listening address, `[kms]`, the
+/// log format and `[credentials]` need a restart.
+pub fn serve_until_signal(
+    settings: ServeSettings,
+    reload: ReloadSettings,
+    stdout: &mut dyn Write,
+) -> Result<()> {
     // A subscriber may already be installed (tests calling `run` twice).
     let _ = crate::audit::init_logging(settings.log_format);
     log_allowed_images(&settings.proxy.admission);
@@ -31,9 +49,11 @@ pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Re
     } = settings;
     let bound = runtime.block_on(async {
         let sdk_config = load_sdk_config(&kms).await;
-        add_region_kms_target(&mut proxy.tunnels, &sdk_config);
+        let region = sdk_config.region().cloned();
+        add_region_kms_target(&mut proxy.tunnels, region.as_ref());
         let backend = SdkKmsBackend::from_sdk_config(&sdk_config);
-        let signal = shutdown_signal()?;
+        let stop = shutdown_signal()?;
+        let hangup = signal(SignalKind::hangup())?;
         let mut proxy = Proxy::bind(proxy, backend).await?;
         if credentials {
             match AwsConfigCredentials::from_sdk_config(&sdk_config) {
@@ -41,20 +61,22 @@ pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Re
                 None => tracing::warn!("no AWS credential provider: GetCredentials is refused"),
             }
         }
-        Ok::<_, crate::Error>((proxy, signal))
+        Ok::<_, crate::Error>((proxy, stop, hangup, region))
     });
-    let (proxy, signal) = bound.inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    let (proxy, stop, hangup, region) =
+        bound.inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
+    runtime.spawn(reload_on_hangup(hangup, proxy.reloader(), reload, region));
     writeln!(stdout, "listening: {}", proxy.local_addr())?;
     stdout.flush()?;
     runtime
-        .block_on(proxy.run_until(signal))
+        .block_on(proxy.run_until(stop))
         .inspect_err(|e| tracing::error!(error = %e, "server failed"))
 }
 
 /// Allows tunnels to the KMS endpoint of the region the proxy runs in (from
 /// `--region`, `[kms] region` or the AWS chain), if it knows one.
-fn add_region_kms_target(tunnels: &mut TunnelSettings, sdk_config: &aws_config::SdkConfig) {
-    let Some(region) = sdk_config.region() else {
+fn add_region_kms_target(tunnels: &mut TunnelSettings, region: Option<&Region>) {
+    let Some(region) = region else {
         tracing::warn!("no AWS region: no default tunnel target (add one with --tunnel)");
         return;
     };
@@ -68,7 +90,38 @@ fn add_region_kms_target(tunnels: &mut TunnelSettings, sdk_config: &aws_config::
     }
 }
 
-/// Logs, at start, which enclave images the proxy admits (one line per
+/// Reloads on every SIGHUP until the runtime stops (see
+/// [`serve_until_signal`]).
+async fn reload_on_hangup(
+    mut hangup: Signal,
+    reloader: Reloader,
+    reload: ReloadSettings,
+    region: Option<Region>,
+) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        let reload = reload.clone();
+        // Reads files: off the async workers.
+        let settings = match tokio::task::spawn_blocking(move || reload()).await {
+            Ok(Ok(settings)) => settings,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
+                continue;
+            }
+        };
+        let mut proxy = settings.proxy;
+        add_region_kms_target(&mut proxy.tunnels, region.as_ref());
+        log_allowed_images(&proxy.admission);
+        reloader.reload(proxy);
+        tracing::info!("configuration reloaded");
+    }
+}
+
+/// Logs, at start and on reload, which enclave images the proxy admits (one line per
 /// image, with its full PCR values), so that the journal shows what a
 /// `denied:PcrMismatch` was checked against.
 fn log_allowed_images(policy: &AdmissionPolicy) {
@@ -99,19 +152,12 @@ mod tests {
     #[test]
     fn the_region_adds_its_kms_endpoint_as_a_tunnel_target() {
         let mut tunnels = TunnelSettings::default();
-        let none = aws_config::SdkConfig::builder().build();
-        add_region_kms_target(&mut tunnels, &none);
+        add_region_kms_target(&mut tunnels, None);
         assert!(tunnels.allowed.is_empty(), "no region, no default target");
-        let eu = aws_config::SdkConfig::builder()
-            .region(aws_config::Region::new("eu-west-1"))
-            .build();
-        add_region_kms_target(&mut tunnels, &eu);
+        add_region_kms_target(&mut tunnels, Some(&Region::new("eu-west-1")));
         assert!(tunnels.allows("kms.eu-west-1.amazonaws.com", 443));
         assert_eq!(tunnels.allowed.len(), 1);
-        let odd = aws_config::SdkConfig::builder()
-            .region(aws_config::Region::new("eu-west-1.evil.example"))
-            .build();
-        add_region_kms_target(&mut tunnels, &odd);
+        add_region_kms_target(&mut tunnels, Some(&Region::new("eu-west-1.evil.example")));
         assert_eq!(tunnels.allowed.len(), 1);
     }
 }

@@ -5,7 +5,8 @@
 //! - this module: the listener loop, [`Proxy`] and [`ProxyHandle`];
 //! - `connection`: one enclave connection (handshake, request loop, drain);
 //! - `request`: one request (admission, backend, audit line);
-//! - [`launch`]: `serve`'s start-up (AWS config, signals, `listening:`).
+//! - [`launch`]: `serve`'s start-up (AWS config, signals, `listening:`);
+//! - `live`: the configuration in force and its reload ([`Reloader`]).
 //!
 //! Per connection (protocol: [`keybroker_common::protocol`]):
 //!
@@ -38,6 +39,10 @@
 //! requests finish within [`ServerLimits::drain_timeout`] (the rest are
 //! answered `Shutdown`), tunnels keep relaying until the same deadline, then
 //! the connections close and `run_until` returns.
+//!
+//! Reload ([`Reloader::reload`]; `serve` on SIGHUP): the new configuration
+//! applies from the next request, connection and tunnel on; requests in
+//! flight finish under the one they started with.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,7 +52,7 @@ use std::time::Duration;
 use keybroker_common::address::Address;
 use keybroker_common::protocol::{Message, WireError};
 use keybroker_framing::FramedWriter;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::backend::KmsBackend;
@@ -57,10 +62,14 @@ use crate::error::{Error, Result};
 use crate::listener::{Io, Listener};
 use crate::refusal::Refusal;
 pub use crate::settings::{ProxyConfig, ServerLimits};
+pub use live::Reloader;
 
 mod connection;
 pub mod launch;
+mod live;
 mod request;
+
+use live::Live;
 
 use connection::Connection;
 
@@ -69,18 +78,22 @@ pub const SERVER_ID: &str = concat!("keybroker-proxy/", env!("CARGO_PKG_VERSION"
 
 /// State shared by all connections.
 struct Shared {
-    config: ProxyConfig,
+    /// The configuration in force and the limits sized by it.
+    live: Arc<Live>,
     backend: Arc<dyn KmsBackend>,
     next_connection: AtomicU64,
     /// `None`: `GetCredentials` is answered `PolicyDenied`.
     credentials: Option<Arc<dyn CredentialSource>>,
-    /// One permit per open tunnel ([`crate::tunnel::TunnelSettings::max_tunnels`]).
-    tunnel_slots: Arc<Semaphore>,
-    /// One permit per KMS call in flight, across all connections
-    /// ([`ServerLimits::max_kms_in_flight`]).
-    kms_slots: Semaphore,
     /// The time attestation documents are checked at.
     clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    /// The configuration in force now (a snapshot: a reload does not change
+    /// it under the caller).
+    fn config(&self) -> Arc<ProxyConfig> {
+        self.live.config()
+    }
 }
 
 /// A bound, not yet running proxy. [`Proxy::bind`], then
@@ -110,19 +123,14 @@ impl Proxy {
     pub async fn bind_shared(config: ProxyConfig, backend: Arc<dyn KmsBackend>) -> Result<Proxy> {
         let (listener, local_addr) =
             Listener::bind(&config.listen, config.allow_non_loopback).await?;
-        let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
-        // `Semaphore::new` panics above MAX_PERMITS (2^61 on 64-bit).
-        let kms_slots = Semaphore::new(config.limits.max_kms_in_flight.min(Semaphore::MAX_PERMITS));
         Ok(Proxy {
             listener,
             local_addr,
             shared: Shared {
-                config,
+                live: Arc::new(Live::new(config)),
                 backend,
                 next_connection: AtomicU64::new(1),
                 credentials: None,
-                tunnel_slots,
-                kms_slots,
                 clock: Arc::new(SystemClock),
             },
         })
@@ -147,6 +155,11 @@ impl Proxy {
         &self.local_addr
     }
 
+    /// A handle that reloads this proxy's configuration while it runs.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.shared.live.clone())
+    }
+
     /// Serves until `shutdown` completes, then shuts down gracefully (see the
     /// [module docs](self)) and returns once every connection is closed.
     pub async fn run_until<F>(self, shutdown: F) -> Result<()>
@@ -159,14 +172,14 @@ impl Proxy {
             shared,
         } = self;
         let shared = Arc::new(shared);
+        let config = shared.config();
         tracing::info!(
-            targets = %shared.config.tunnels.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
-            max_tunnels = shared.config.tunnels.max_tunnels,
+            targets = %config.tunnels.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            max_tunnels = config.tunnels.max_tunnels,
             credentials = shared.credentials.is_some(),
             "tunnel targets and credentials"
         );
-        let limits = shared.config.limits.clone();
-        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        drop(config);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         tracing::info!(address = %local_addr, "listening");
@@ -177,7 +190,7 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok((io, peer)) => {
                         let conn = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-                        match slots.clone().try_acquire_owned() {
+                        match shared.live.connections.semaphore().clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let shared = shared.clone();
                                 let stop = stop_rx.clone();
@@ -189,7 +202,8 @@ impl Proxy {
                                 });
                             }
                             Err(_) => {
-                                tracing::warn!(conn, %peer, max = limits.max_connections, "connection refused: at the connection limit");
+                                let max = shared.config().limits.max_connections;
+                                tracing::warn!(conn, %peer, max, "connection refused: at the connection limit");
                                 connections.spawn(refuse(io));
                             }
                         }
@@ -204,9 +218,10 @@ impl Proxy {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+        let drain_timeout = shared.config().limits.drain_timeout;
         tracing::info!(
             connections = connections.len(),
-            drain_timeout_ms = limits.drain_timeout.as_millis(),
+            drain_timeout_ms = drain_timeout.as_millis(),
             "shutting down: no new connections, draining"
         );
         listener.cleanup();
@@ -215,7 +230,7 @@ impl Proxy {
         // only guards against a connection stuck writing to a peer that does
         // not read.
         let all_closed = async { while connections.join_next().await.is_some() {} };
-        let grace = limits.drain_timeout + Duration::from_secs(2);
+        let grace = drain_timeout + Duration::from_secs(2);
         if tokio::time::timeout(grace, all_closed).await.is_err() {
             tracing::warn!(
                 connections = connections.len(),
@@ -230,6 +245,7 @@ impl Proxy {
     /// Runs the proxy on a background task.
     pub fn spawn(self) -> ProxyHandle {
         let local_addr = self.local_addr.clone();
+        let reloader = self.reloader();
         let (tx, mut rx) = watch::channel(false);
         let task = tokio::spawn(self.run_until(async move {
             // Err: the handle was dropped, which also means stop.
@@ -237,6 +253,7 @@ impl Proxy {
         }));
         ProxyHandle {
             local_addr,
+            reloader,
             stop: tx,
             task,
         }
@@ -248,6 +265,7 @@ impl Proxy {
 #[derive(Debug)]
 pub struct ProxyHandle {
     local_addr: Address,
+    reloader: Reloader,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
 }
@@ -256,6 +274,11 @@ impl ProxyHandle {
     /// The address the proxy listens on.
     pub fn local_addr(&self) -> &Address {
         &self.local_addr
+    }
+
+    /// A handle that reloads the running proxy's configuration.
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
 
     /// Starts the graceful shutdown (returns at once; see
