@@ -364,7 +364,9 @@ pub fn serve(args: &ServeArgs, stdout: &mut dyn Write, stderr: &mut dyn Write) -
             return exit::USAGE;
         }
     };
-    match crate::server::launch::serve_until_signal(settings, stdout) {
+    let overrides = args.overrides();
+    let reload = std::sync::Arc::new(move || ServeSettings::resolve(&overrides));
+    match crate::server::launch::serve_until_signal(settings, reload, stdout) {
         Ok(()) => exit::OK,
         Err(e) => {
             let _ = writeln!(stderr, "error: {e}");

@@ -100,6 +100,17 @@ fn unit_exec_start_parses_with_the_real_cli() {
     assert!(!args.dangerous_forward_without_recipient);
 }
 
+/// `systemctl reload` sends the main process SIGHUP, which reloads
+/// proxy.toml (the `sighup_reloads_the_configuration_file` test in
+/// serve_cli.rs); it must not restart the proxy.
+#[test]
+fn unit_reload_sends_sighup() {
+    assert_eq!(
+        service_values(&unit_text(), "ExecReload"),
+        ["/bin/kill -HUP $MAINPID"]
+    );
+}
+
 #[test]
 fn the_documented_install_puts_the_example_where_the_unit_reads_it() {
     let install = format!("install -D -m 0644 parent-proxy/examples/proxy.toml {INSTALLED_CONFIG}");

@@ -225,3 +225,116 @@ fn serve_bind_failure_exits_1() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
 }
+
+/// Collects a child's standard error on a thread, so a test can wait for a
+/// log line while the child runs.
+struct StderrLines(std::sync::Arc<std::sync::Mutex<String>>);
+
+impl StderrLines {
+    fn collect(child: &mut Child) -> StderrLines {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = text.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        StderrLines(text)
+    }
+
+    /// Waits until `needle` has been logged `times` times.
+    async fn wait_for(&self, needle: &str, times: usize) {
+        for _ in 0..500 {
+            if self.0.lock().unwrap().matches(needle).count() >= times {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("no {needle:?} (x{times}) in:\n{}", self.0.lock().unwrap());
+    }
+}
+
+/// SIGHUP reloads the configuration file: an invalid file is logged and the
+/// current configuration kept; a valid one applies to the next request on
+/// a connection that was open before.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_configuration_file() {
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    let allowing = |key: &str| {
+        format!(
+            "listen = \"tcp://127.0.0.1:0\"\n\
+             [kms]\nendpoint = \"http://127.0.0.1:{dead_port}\"\nregion = \"us-east-1\"\nmax_attempts = 1\n\
+             [policy]\nallowed_keys = [\"{key}\"]\n"
+        )
+    };
+    std::fs::write(&file, allowing("alias/app")).unwrap();
+    let mut child = proxy_command()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .spawn()
+        .unwrap();
+    let logs = StderrLines::collect(&mut child);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr: Address = line
+        .trim()
+        .strip_prefix("listening: ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // Forwarded (and Unavailable: nothing listens at KMS), or refused.
+    let mut c = support::Client::handshake(&addr).await;
+    let mut next_id = 0;
+    let mut outcome = async |c: &mut support::Client, key: &str| {
+        next_id += 1;
+        c.request(next_id, None, support::describe(key)).await;
+        let e = c.refusal(next_id).await;
+        match e.code() {
+            ErrorCode::Unavailable => "forwarded",
+            ErrorCode::PolicyDenied if e.message().starts_with("KeyNotAllowed:") => "refused",
+            _ => panic!("{e}"),
+        }
+    };
+    assert_eq!(outcome(&mut c, "alias/app").await, "forwarded");
+    assert_eq!(outcome(&mut c, "alias/other").await, "refused");
+
+    // Invalid: logged, and the old rules stay.
+    std::fs::write(&file, "[policy]\nallowed_keys = 7\n").unwrap();
+    hangup();
+    logs.wait_for("configuration reload failed", 1).await;
+    assert_eq!(outcome(&mut c, "alias/app").await, "forwarded");
+    assert_eq!(outcome(&mut c, "alias/other").await, "refused");
+
+    // Valid: the next request follows the new file.
+    std::fs::write(&file, allowing("alias/other")).unwrap();
+    hangup();
+    logs.wait_for("configuration reloaded", 1).await;
+    assert_eq!(outcome(&mut c, "alias/other").await, "forwarded");
+    assert_eq!(outcome(&mut c, "alias/app").await, "refused");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+}

@@ -128,7 +128,7 @@ impl Connection {
     }
 
     pub(super) async fn run(mut self, io: Box<dyn Io>) {
-        let limits = self.shared.config.limits.clone();
+        let limits = self.shared.config().limits.clone();
         let (rd, wr) = tokio::io::split(io);
         // Bounded: when the enclave stops reading, the writer blocks, the
         // queue fills and the reader stops reading too.
@@ -167,8 +167,8 @@ impl Connection {
                 let (rd, early) = reader.into_parts();
                 let ctx = crate::tunnel::TunnelContext {
                     connection: self.id,
-                    settings: self.shared.config.tunnels.clone(),
-                    slots: self.shared.tunnel_slots.clone(),
+                    settings: self.shared.config().tunnels.clone(),
+                    slots: self.shared.live.tunnels.semaphore().clone(),
                     metrics: self.shared.metrics.clone(),
                     stop: self.stop.clone(),
                     drain_timeout: limits.drain_timeout,
@@ -185,7 +185,7 @@ impl Connection {
         reader: &mut FramedReader<R>,
         tx: &mpsc::Sender<Message>,
     ) -> Option<u16> {
-        let timeout = self.shared.config.limits.handshake_timeout;
+        let timeout = self.shared.config().limits.handshake_timeout;
         let first = tokio::select! {
             r = tokio::time::timeout(timeout, reader.next_frame()) => r,
             () = stopped(&mut self.stop) => return None,
@@ -248,7 +248,7 @@ impl Connection {
         requests: &mut Requests,
         version: u16,
     ) -> Option<(String, u16)> {
-        let limits = self.shared.config.limits.clone();
+        let limits = self.shared.config().limits.clone();
         let conn = self.id;
         // The enclave may still send requests.
         let mut reading = true;
@@ -387,7 +387,7 @@ impl Connection {
     /// the connection's loop (bounded by the default request timeout): the
     /// chain caches credentials, so this is fast but for the first call.
     async fn credentials(&self, id: u64) -> Result<AwsCredentialsWire, WireError> {
-        let timeout = self.shared.config.limits.default_request_timeout;
+        let timeout = self.shared.config().limits.default_request_timeout;
         let metrics = &self.shared.metrics;
         let refused = |refusal: Refusal| {
             metrics.refused(&refusal);

@@ -1,12 +1,15 @@
 //! `serve`'s start-up: the AWS configuration (region, credentials), the
 //! KMS backend, the signal handlers, binding (and the metrics listener,
 //! `metrics: URL`), `listening: ADDRESS` on standard output, then serving
-//! until SIGINT or SIGTERM.
+//! until SIGINT or SIGTERM, reloading the configuration on SIGHUP.
 
 use std::io::Write;
 use std::sync::Arc;
 
-use super::{Proxy, shutdown_signal};
+use aws_config::Region;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::{Proxy, Reloader, shutdown_signal};
 use crate::admission::AdmissionPolicy;
 use crate::backend::{SdkKmsBackend, load_sdk_config};
 use crate::credentials::AwsConfigCredentials;
@@ -16,11 +19,25 @@ use crate::metrics::ready::{Readiness, ReadinessConfig, Upstream};
 use crate::settings::{KmsSettings, ServeSettings};
 use crate::tunnel::{TunnelSettings, TunnelTarget};
 
+/// How `serve` reads its settings again on SIGHUP: the same file and flags
+/// as at start ([`ServeSettings::resolve`]).
+pub type ReloadSettings = Arc<dyn Fn() -> Result<ServeSettings> + Send + Sync>;
+
 /// Runs the proxy with `settings` until SIGINT/SIGTERM, printing
 /// `listening: ADDRESS` on `stdout` once bound (the launcher and tests read
 /// the real address from there), after `metrics: http://ADDRESS/metrics`
 /// when the metrics listener is on. Installs the log subscriber first.
-pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Result<()> {
+///
+/// On SIGHUP it calls `reload` and serves with the result from the next
+/// request on ([`Reloader::reload`]: the admission policy, allowlists,
+/// allowed images, tunnel targets and limits). Settings that are invalid are
+/// logged and the current ones kept. The listening address, `[kms]`, the
+/// log format, `[credentials]` and the metrics listener need a restart.
+pub fn serve_until_signal(
+    settings: ServeSettings,
+    reload: ReloadSettings,
+    stdout: &mut dyn Write,
+) -> Result<()> {
     // A subscriber may already be installed (tests calling `run` twice).
     let _ = crate::audit::init_logging(settings.log_format);
     log_allowed_images(&settings.proxy.admission);
@@ -37,10 +54,12 @@ pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Re
     } = settings;
     let bound = runtime.block_on(async {
         let sdk_config = load_sdk_config(&kms).await;
-        add_region_kms_target(&mut proxy.tunnels, &sdk_config);
+        let region = sdk_config.region().cloned();
+        add_region_kms_target(&mut proxy.tunnels, region.as_ref());
         let backend = SdkKmsBackend::from_sdk_config(&sdk_config);
-        let signal = shutdown_signal()?;
-        let upstreams = upstreams(&kms, &sdk_config, &proxy.tunnels);
+        let stop = shutdown_signal()?;
+        let hangup = signal(SignalKind::hangup())?;
+        let upstreams = upstreams(&kms, region.as_ref(), &proxy.tunnels);
         let mut proxy = Proxy::bind(proxy, backend).await?;
         let metrics = match metrics_listen {
             None => None,
@@ -61,26 +80,27 @@ pub fn serve_until_signal(settings: ServeSettings, stdout: &mut dyn Write) -> Re
                 None => tracing::warn!("no AWS credential provider: GetCredentials is refused"),
             }
         }
-        Ok::<_, crate::Error>((proxy, metrics, signal))
+        Ok::<_, crate::Error>((proxy, metrics, stop, hangup, region))
     });
-    let (proxy, metrics, signal) =
+    let (proxy, metrics, stop, hangup, region) =
         bound.inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     if let Some(server) = metrics {
         writeln!(stdout, "metrics: http://{}/metrics", server.local_addr())?;
         // Ends with the runtime, once the proxy has stopped.
         runtime.spawn(server.run());
     }
+    runtime.spawn(reload_on_hangup(hangup, proxy.reloader(), reload, region));
     writeln!(stdout, "listening: {}", proxy.local_addr())?;
     stdout.flush()?;
     runtime
-        .block_on(proxy.run_until(signal))
+        .block_on(proxy.run_until(stop))
         .inspect_err(|e| tracing::error!(error = %e, "server failed"))
 }
 
 /// Allows tunnels to the KMS endpoint of the region the proxy runs in (from
 /// `--region`, `[kms] region` or the AWS chain), if it knows one.
-fn add_region_kms_target(tunnels: &mut TunnelSettings, sdk_config: &aws_config::SdkConfig) {
-    let Some(region) = sdk_config.region() else {
+fn add_region_kms_target(tunnels: &mut TunnelSettings, region: Option<&Region>) {
+    let Some(region) = region else {
         tracing::warn!("no AWS region: no default tunnel target (add one with --tunnel)");
         return;
     };
@@ -99,7 +119,7 @@ fn add_region_kms_target(tunnels: &mut TunnelSettings, sdk_config: &aws_config::
 /// mode), without repeats.
 fn upstreams(
     kms: &KmsSettings,
-    sdk_config: &aws_config::SdkConfig,
+    region: Option<&Region>,
     tunnels: &TunnelSettings,
 ) -> Vec<Upstream> {
     let mut upstreams = Vec::new();
@@ -111,8 +131,7 @@ fn upstreams(
             }
         },
         None => {
-            let region = sdk_config.region().map(|r| r.as_ref().to_owned());
-            if let Some(target) = region.as_deref().and_then(TunnelTarget::region_kms) {
+            if let Some(target) = region.and_then(|r| TunnelTarget::region_kms(r.as_ref())) {
                 upstreams.push(Upstream::new(target.host(), target.port()));
             }
         }
@@ -126,7 +145,38 @@ fn upstreams(
     upstreams
 }
 
-/// Logs, at start, which enclave images the proxy admits (one line per
+/// Reloads on every SIGHUP until the runtime stops (see
+/// [`serve_until_signal`]).
+async fn reload_on_hangup(
+    mut hangup: Signal,
+    reloader: Reloader,
+    reload: ReloadSettings,
+    region: Option<Region>,
+) {
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        let reload = reload.clone();
+        // Reads files: off the async workers.
+        let settings = match tokio::task::spawn_blocking(move || reload()).await {
+            Ok(Ok(settings)) => settings,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
+                continue;
+            }
+        };
+        let mut proxy = settings.proxy;
+        add_region_kms_target(&mut proxy.tunnels, region.as_ref());
+        log_allowed_images(&proxy.admission);
+        reloader.reload(proxy);
+        tracing::info!("configuration reloaded");
+    }
+}
+
+/// Logs, at start and on reload, which enclave images the proxy admits (one line per
 /// image, with its full PCR values), so that the journal shows what a
 /// `denied:PcrMismatch` was checked against.
 fn log_allowed_images(policy: &AdmissionPolicy) {
@@ -157,35 +207,27 @@ mod tests {
     #[test]
     fn the_region_adds_its_kms_endpoint_as_a_tunnel_target() {
         let mut tunnels = TunnelSettings::default();
-        let none = aws_config::SdkConfig::builder().build();
-        add_region_kms_target(&mut tunnels, &none);
+        add_region_kms_target(&mut tunnels, None);
         assert!(tunnels.allowed.is_empty(), "no region, no default target");
-        let eu = aws_config::SdkConfig::builder()
-            .region(aws_config::Region::new("eu-west-1"))
-            .build();
-        add_region_kms_target(&mut tunnels, &eu);
+        add_region_kms_target(&mut tunnels, Some(&Region::new("eu-west-1")));
         assert!(tunnels.allows("kms.eu-west-1.amazonaws.com", 443));
         assert_eq!(tunnels.allowed.len(), 1);
-        let odd = aws_config::SdkConfig::builder()
-            .region(aws_config::Region::new("eu-west-1.evil.example"))
-            .build();
-        add_region_kms_target(&mut tunnels, &odd);
+        add_region_kms_target(&mut tunnels, Some(&Region::new("eu-west-1.evil.example")));
         assert_eq!(tunnels.allowed.len(), 1);
     }
 
     #[test]
     fn readiness_checks_the_kms_endpoint_and_the_tunnel_targets() {
-        let eu = aws_config::SdkConfig::builder()
-            .region(aws_config::Region::new("eu-west-1"))
-            .build();
+        let eu = Some(Region::new("eu-west-1"));
+        let eu = eu.as_ref();
         let mut tunnels = TunnelSettings::default();
-        add_region_kms_target(&mut tunnels, &eu);
+        add_region_kms_target(&mut tunnels, eu);
         tunnels
             .allowed
             .insert("kms-fips.eu-west-1.amazonaws.com:443".parse().unwrap());
         let names = |u: Vec<Upstream>| u.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(
-            names(upstreams(&KmsSettings::default(), &eu, &tunnels)),
+            names(upstreams(&KmsSettings::default(), eu, &tunnels)),
             [
                 "kms.eu-west-1.amazonaws.com:443",
                 "kms-fips.eu-west-1.amazonaws.com:443"
@@ -196,10 +238,9 @@ mod tests {
             ..KmsSettings::default()
         };
         assert_eq!(
-            names(upstreams(&mock, &eu, &TunnelSettings::default())),
+            names(upstreams(&mock, eu, &TunnelSettings::default())),
             ["127.0.0.1:4566"]
         );
-        let none = aws_config::SdkConfig::builder().build();
-        assert!(upstreams(&KmsSettings::default(), &none, &TunnelSettings::default()).is_empty());
+        assert!(upstreams(&KmsSettings::default(), None, &TunnelSettings::default()).is_empty());
     }
 }

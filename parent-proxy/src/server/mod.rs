@@ -5,7 +5,8 @@
 //! - this module: the listener loop, [`Proxy`] and [`ProxyHandle`];
 //! - `connection`: one enclave connection (handshake, request loop, drain);
 //! - `request`: one request (admission, backend, audit line);
-//! - [`launch`]: `serve`'s start-up (AWS config, signals, `listening:`).
+//! - [`launch`]: `serve`'s start-up (AWS config, signals, `listening:`);
+//! - `live`: the configuration in force and its reload ([`Reloader`]).
 //!
 //! Per connection (protocol: [`keybroker_common::protocol`]):
 //!
@@ -38,6 +39,10 @@
 //! requests finish within [`ServerLimits::drain_timeout`] (the rest are
 //! answered `Shutdown`), tunnels keep relaying until the same deadline, then
 //! the connections close and `run_until` returns.
+//!
+//! Reload ([`Reloader::reload`]; `serve` on SIGHUP): the new configuration
+//! applies from the next request, connection and tunnel on; requests in
+//! flight finish under the one they started with.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,7 +52,7 @@ use std::time::Duration;
 use keybroker_common::address::Address;
 use keybroker_common::protocol::{Message, WireError};
 use keybroker_framing::FramedWriter;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::backend::KmsBackend;
@@ -58,10 +63,14 @@ use crate::listener::{Io, Listener};
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 pub use crate::settings::{ProxyConfig, ServerLimits};
+pub use live::Reloader;
 
 mod connection;
 pub mod launch;
+mod live;
 mod request;
+
+use live::Live;
 
 use connection::Connection;
 
@@ -70,20 +79,24 @@ pub const SERVER_ID: &str = concat!("keybroker-proxy/", env!("CARGO_PKG_VERSION"
 
 /// State shared by all connections.
 struct Shared {
-    config: ProxyConfig,
+    /// The configuration in force and the limits sized by it.
+    live: Arc<Live>,
     backend: Arc<dyn KmsBackend>,
     next_connection: AtomicU64,
     /// `None`: `GetCredentials` is answered `PolicyDenied`.
     credentials: Option<Arc<dyn CredentialSource>>,
-    /// One permit per open tunnel ([`crate::tunnel::TunnelSettings::max_tunnels`]).
-    tunnel_slots: Arc<Semaphore>,
-    /// One permit per KMS call in flight, across all connections
-    /// ([`ServerLimits::max_kms_in_flight`]).
-    kms_slots: Semaphore,
     /// The time attestation documents are checked at.
     clock: Arc<dyn Clock>,
     /// Where connections, requests, tunnels and refusals are counted.
     metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// The configuration in force now (a snapshot: a reload does not change
+    /// it under the caller).
+    fn config(&self) -> Arc<ProxyConfig> {
+        self.live.config()
+    }
 }
 
 /// A bound, not yet running proxy. [`Proxy::bind`], then
@@ -113,21 +126,16 @@ impl Proxy {
     pub async fn bind_shared(config: ProxyConfig, backend: Arc<dyn KmsBackend>) -> Result<Proxy> {
         let (listener, local_addr) =
             Listener::bind(&config.listen, config.allow_non_loopback).await?;
-        let tunnel_slots = Arc::new(Semaphore::new(config.tunnels.max_tunnels));
-        // `Semaphore::new` panics above MAX_PERMITS (2^61 on 64-bit).
-        let kms_slots = Semaphore::new(config.limits.max_kms_in_flight.min(Semaphore::MAX_PERMITS));
         let metrics = Arc::new(Metrics::new());
         metrics.observe_verification_cache(config.admission.verification_cache.clone());
         Ok(Proxy {
             listener,
             local_addr,
             shared: Shared {
-                config,
+                live: Arc::new(Live::new(config)),
                 backend,
                 next_connection: AtomicU64::new(1),
                 credentials: None,
-                tunnel_slots,
-                kms_slots,
                 clock: Arc::new(SystemClock),
                 metrics,
             },
@@ -152,7 +160,8 @@ impl Proxy {
     /// [`Proxy::metrics`]), e.g. a registry the caller serves or reads; it
     /// then reports this proxy's verified-document cache.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        metrics.observe_verification_cache(self.shared.config.admission.verification_cache.clone());
+        metrics
+            .observe_verification_cache(self.shared.config().admission.verification_cache.clone());
         self.shared.metrics = metrics;
         self
     }
@@ -168,6 +177,16 @@ impl Proxy {
         &self.local_addr
     }
 
+    /// A handle that reloads this proxy's configuration while it runs.
+    /// (Take it after [`Proxy::with_metrics`]: it reports the new
+    /// configuration's cache to the metrics the proxy has then.)
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            live: self.shared.live.clone(),
+            metrics: self.shared.metrics.clone(),
+        }
+    }
+
     /// Serves until `shutdown` completes, then shuts down gracefully (see the
     /// [module docs](self)) and returns once every connection is closed.
     pub async fn run_until<F>(self, shutdown: F) -> Result<()>
@@ -180,14 +199,14 @@ impl Proxy {
             shared,
         } = self;
         let shared = Arc::new(shared);
+        let config = shared.config();
         tracing::info!(
-            targets = %shared.config.tunnels.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
-            max_tunnels = shared.config.tunnels.max_tunnels,
+            targets = %config.tunnels.allowed.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            max_tunnels = config.tunnels.max_tunnels,
             credentials = shared.credentials.is_some(),
             "tunnel targets and credentials"
         );
-        let limits = shared.config.limits.clone();
-        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        drop(config);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         tracing::info!(address = %local_addr, "listening");
@@ -199,7 +218,7 @@ impl Proxy {
                     Ok((io, peer)) => {
                         let conn = shared.next_connection.fetch_add(1, Ordering::Relaxed);
                         shared.metrics.connection_accepted();
-                        match slots.clone().try_acquire_owned() {
+                        match shared.live.connections.semaphore().clone().try_acquire_owned() {
                             Ok(permit) => {
                                 let shared = shared.clone();
                                 let stop = stop_rx.clone();
@@ -213,7 +232,8 @@ impl Proxy {
                                 });
                             }
                             Err(_) => {
-                                tracing::warn!(conn, %peer, max = limits.max_connections, "connection refused: at the connection limit");
+                                let max = shared.config().limits.max_connections;
+                                tracing::warn!(conn, %peer, max, "connection refused: at the connection limit");
                                 shared.metrics.refused(&Refusal::ConnectionLimit);
                                 connections.spawn(refuse(io));
                             }
@@ -229,9 +249,10 @@ impl Proxy {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
+        let drain_timeout = shared.config().limits.drain_timeout;
         tracing::info!(
             connections = connections.len(),
-            drain_timeout_ms = limits.drain_timeout.as_millis(),
+            drain_timeout_ms = drain_timeout.as_millis(),
             "shutting down: no new connections, draining"
         );
         shared.metrics.set_draining();
@@ -241,7 +262,7 @@ impl Proxy {
         // only guards against a connection stuck writing to a peer that does
         // not read.
         let all_closed = async { while connections.join_next().await.is_some() {} };
-        let grace = limits.drain_timeout + Duration::from_secs(2);
+        let grace = drain_timeout + Duration::from_secs(2);
         if tokio::time::timeout(grace, all_closed).await.is_err() {
             tracing::warn!(
                 connections = connections.len(),
@@ -256,6 +277,7 @@ impl Proxy {
     /// Runs the proxy on a background task.
     pub fn spawn(self) -> ProxyHandle {
         let local_addr = self.local_addr.clone();
+        let reloader = self.reloader();
         let (tx, mut rx) = watch::channel(false);
         let task = tokio::spawn(self.run_until(async move {
             // Err: the handle was dropped, which also means stop.
@@ -263,6 +285,7 @@ impl Proxy {
         }));
         ProxyHandle {
             local_addr,
+            reloader,
             stop: tx,
             task,
         }
@@ -274,6 +297,7 @@ impl Proxy {
 #[derive(Debug)]
 pub struct ProxyHandle {
     local_addr: Address,
+    reloader: Reloader,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
 }
@@ -282,6 +306,11 @@ impl ProxyHandle {
     /// The address the proxy listens on.
     pub fn local_addr(&self) -> &Address {
         &self.local_addr
+    }
+
+    /// A handle that reloads the running proxy's configuration.
+    pub fn reloader(&self) -> &Reloader {
+        &self.reloader
     }
 
     /// Starts the graceful shutdown (returns at once; see

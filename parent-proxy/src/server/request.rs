@@ -10,7 +10,7 @@ use keybroker_common::protocol::{Message, WireError};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::Shared;
+use super::{ProxyConfig, Shared};
 use crate::admission::{Admitted, Denial, Rule, check_response};
 use crate::audit::{AuditRecord, Outcome, peer};
 use crate::refusal::Refusal;
@@ -28,7 +28,9 @@ pub(super) async fn handle_request(
 ) -> u64 {
     let started = Instant::now();
     let _in_flight = shared.metrics.request_started();
-    let limits = &shared.config.limits;
+    // This request's rules, whatever a reload does while it runs.
+    let config = shared.config();
+    let limits = &config.limits;
     let budget = timeout_ms
         .map_or(limits.default_request_timeout, |ms| {
             Duration::from_millis(u64::from(ms))
@@ -39,18 +41,17 @@ pub(super) async fn handle_request(
     let key_id = request.key_id().map(str::to_owned);
 
     let now = shared.clock.now();
-    let admission = &shared.config.admission;
-    let decision = if admission.verifies_attestation() && request.recipient().is_some() {
+    let decision = if config.admission.verifies_attestation() && request.recipient().is_some() {
         // Chain and signature verification (ECDSA P-384): off the async
         // workers.
-        let policy_owner = shared.clone();
-        tokio::task::spawn_blocking(move || policy_owner.config.admission.admit(request, len, now))
+        let policy_owner = config.clone();
+        tokio::task::spawn_blocking(move || policy_owner.admission.admit(request, len, now))
             .await
             .map_err(|e| Refusal::AdmissionFailed {
                 reason: e.to_string(),
             })
     } else {
-        Ok(admission.admit(request, len, now))
+        Ok(config.admission.admit(request, len, now))
     };
 
     let (caller_pcr0, attestation_verified, result, denied) = match decision {
@@ -66,7 +67,7 @@ pub(super) async fn handle_request(
                 deadline,
                 budget,
             };
-            let (result, denied) = call.forward(&shared, decision.verdict).await;
+            let (result, denied) = call.forward(&shared, &config, decision.verdict).await;
             (
                 decision.caller_pcr0,
                 decision.attestation_verified,
@@ -109,6 +110,7 @@ impl Call {
     async fn forward(
         &self,
         shared: &Shared,
+        config: &ProxyConfig,
         verdict: Result<Admitted, Denial>,
     ) -> (Result<KmsResponse, WireError>, Option<Rule>) {
         let Call {
@@ -131,9 +133,9 @@ impl Call {
         };
         // The permit is held until KMS answers or the deadline passes (the
         // call is then dropped), or until this task is aborted.
-        let Ok(_permit) = shared.kms_slots.try_acquire() else {
+        let Ok(_permit) = shared.live.kms.semaphore().try_acquire() else {
             let refusal = Refusal::KmsBusy {
-                limit: shared.config.limits.max_kms_in_flight,
+                limit: config.limits.max_kms_in_flight,
             };
             shared.metrics.refused(&refusal);
             return (Err(refusal.into()), None);
