@@ -27,7 +27,7 @@ use keybroker_proxy::backend::FnBackend;
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig};
 use keybroker_test_support::pki::{TestPki, pcrs_filled, sign_with};
-use support::{Client, Logs, describe, described};
+use support::{Client, Logs, describe, described, random};
 
 /// The fake line in the text format. Its timestamp is in 1999, so no real
 /// line has it.
@@ -118,14 +118,6 @@ fn raw_request_with_variant(name: &str) -> Vec<u8> {
     let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
     frame
-}
-
-fn random(doc: Vec<u8>) -> KmsRequest {
-    KmsRequest::GenerateRandom(GenerateRandomRequest {
-        number_of_bytes: Some(32),
-        custom_key_store_id: None,
-        recipient: Some(RecipientInfo::new(doc)),
-    })
 }
 
 fn denied(msg: Option<Message>) -> WireError {

@@ -26,7 +26,7 @@ use keybroker_common::protocol::{ErrorCode, Message};
 use keybroker_proxy::backend::{BackendFuture, KmsBackend};
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig};
-use support::{Client, Nsm};
+use support::{Client, Nsm, image, random};
 use tokio::sync::Semaphore;
 
 /// Answers `GenerateRandom` with a `CiphertextForRecipient` once `gate`
@@ -56,21 +56,6 @@ impl KmsBackend for Gated {
             }))
         })
     }
-}
-
-fn image(name: &str, pcr0: u8, pcr2: u8) -> AllowedImage {
-    AllowedImage::new([(0, vec![pcr0; 48]), (2, vec![pcr2; 48])].into())
-        .unwrap()
-        .with_name(name)
-        .unwrap()
-}
-
-fn random(doc: Vec<u8>) -> KmsRequest {
-    KmsRequest::GenerateRandom(GenerateRandomRequest {
-        number_of_bytes: Some(32),
-        custom_key_store_id: None,
-        recipient: Some(RecipientInfo::new(doc)),
-    })
 }
 
 fn config_admitting(nsm: &Nsm, images: Vec<AllowedImage>) -> ProxyConfig {

@@ -23,7 +23,7 @@ use keybroker_common::secret::SecretBytes;
 use keybroker_proxy::backend::{BackendFuture, KmsBackend};
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
-use support::{Client, Nsm, describe, described, echoed};
+use support::{Client, Nsm, describe, described, echoed, image, random};
 use tokio::sync::Semaphore;
 
 /// Behaviour chosen by the request's key id:
@@ -640,22 +640,6 @@ async fn serves_on_a_unix_socket() {
         .unwrap_err();
     assert!(matches!(err, keybroker_proxy::Error::Bind { .. }), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Allowed image `name`: PCR0 and PCR2 of 48 bytes each.
-fn image(name: &str, pcr0: u8, pcr2: u8) -> AllowedImage {
-    AllowedImage::new([(0, vec![pcr0; 48]), (2, vec![pcr2; 48])].into())
-        .unwrap()
-        .with_name(name)
-        .unwrap()
-}
-
-fn random(doc: Vec<u8>) -> KmsRequest {
-    KmsRequest::GenerateRandom(GenerateRandomRequest {
-        number_of_bytes: Some(32),
-        custom_key_store_id: None,
-        recipient: Some(RecipientInfo::new(doc)),
-    })
 }
 
 #[tokio::test]

@@ -36,6 +36,25 @@ pub fn described(key: &str) -> KmsResponse {
     })
 }
 
+/// A `GenerateRandom` request (32 bytes) with `doc` as its `Recipient`.
+pub fn random(doc: Vec<u8>) -> KmsRequest {
+    KmsRequest::GenerateRandom(GenerateRandomRequest {
+        number_of_bytes: Some(32),
+        custom_key_store_id: None,
+        recipient: Some(RecipientInfo::new(doc)),
+    })
+}
+
+/// Allowed image `name`: PCR0 and PCR2 of 48 bytes each.
+pub fn image(name: &str, pcr0: u8, pcr2: u8) -> keybroker_proxy::measurements::AllowedImage {
+    keybroker_proxy::measurements::AllowedImage::new(
+        [(0, vec![pcr0; 48]), (2, vec![pcr2; 48])].into(),
+    )
+    .unwrap()
+    .with_name(name)
+    .unwrap()
+}
+
 /// The key id a DescribeKey response echoes.
 pub fn echoed(resp: &KmsResponse) -> String {
     match resp {
