@@ -134,7 +134,7 @@ async fn serve(metrics: Arc<Metrics>, readiness: ReadinessConfig) -> SocketAddr 
     let server = MetricsServer::bind(
         "127.0.0.1:0".parse().unwrap(),
         metrics.clone(),
-        Readiness::new(readiness, metrics),
+        Arc::new(Readiness::new(readiness, metrics)),
     )
     .await
     .unwrap();

@@ -52,7 +52,7 @@ impl std::fmt::Debug for MetricsServer {
 
 struct State {
     metrics: Arc<Metrics>,
-    readiness: Readiness,
+    readiness: Arc<Readiness>,
 }
 
 impl MetricsServer {
@@ -61,7 +61,7 @@ impl MetricsServer {
     pub async fn bind(
         addr: SocketAddr,
         metrics: Arc<Metrics>,
-        readiness: Readiness,
+        readiness: Arc<Readiness>,
     ) -> Result<MetricsServer> {
         if !addr.ip().is_loopback() {
             tracing::warn!(

@@ -134,6 +134,9 @@ impl ReadinessConfig {
 /// The readiness check of one proxy.
 pub struct Readiness {
     config: ReadinessConfig,
+    /// The upstreams checked now: `config.upstreams` until
+    /// [`Readiness::set_upstreams`] (a configuration reload) replaces them.
+    upstreams: std::sync::RwLock<Vec<Upstream>>,
     metrics: Arc<Metrics>,
     /// The last upstream check: when, and its answer. Locked while a check
     /// runs, so concurrent probes share one.
@@ -153,15 +156,27 @@ impl Readiness {
     /// proxy's).
     pub fn new(config: ReadinessConfig, metrics: Arc<Metrics>) -> Self {
         Readiness {
+            upstreams: std::sync::RwLock::new(config.upstreams.clone()),
             config,
             metrics,
             last: Mutex::new(None),
         }
     }
 
-    /// What is checked.
+    /// What is checked (the upstreams as at start).
     pub fn config(&self) -> &ReadinessConfig {
         &self.config
+    }
+
+    /// Checks `upstreams` from now on (after a reload changed the tunnel
+    /// targets); a cached answer about the old ones is dropped.
+    pub async fn set_upstreams(&self, upstreams: Vec<Upstream>) {
+        let mut last = self.last.lock().await;
+        *self
+            .upstreams
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = upstreams;
+        *last = None;
     }
 
     /// `Ok` when ready, else why not (one short line).
@@ -185,12 +200,17 @@ impl Readiness {
 
     /// Tries every upstream at once; `Ok` as soon as one connects.
     async fn check_upstreams(&self) -> Result<(), String> {
-        if self.config.upstreams.is_empty() {
+        let upstreams = self
+            .upstreams
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if upstreams.is_empty() {
             return Err("no upstream configured (no KMS endpoint, region or tunnel)".to_owned());
         }
         let timeout = self.config.connect_timeout;
         let mut attempts = JoinSet::new();
-        for upstream in &self.config.upstreams {
+        for upstream in &upstreams {
             let upstream = upstream.clone();
             attempts.spawn(async move {
                 let target = (upstream.host.clone(), upstream.port);

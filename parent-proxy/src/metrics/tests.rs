@@ -352,6 +352,26 @@ async fn ready_needs_a_reachable_upstream() {
     assert!(uncached.check().await.is_err());
 }
 
+/// A reload that changes the tunnel targets changes what `/readyz` checks,
+/// at once (a cached answer about the old targets is dropped).
+#[tokio::test]
+async fn a_reload_replaces_the_upstreams() {
+    let metrics = Arc::new(Metrics::new());
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Upstream::new("127.0.0.1", upstream.local_addr().unwrap().port());
+    let down = Upstream::new("127.0.0.1", closed_port().await);
+    let readiness = Readiness::new(
+        ReadinessConfig {
+            cache_for: Duration::from_secs(3600),
+            ..ReadinessConfig::new(vec![down])
+        },
+        metrics,
+    );
+    assert!(readiness.check().await.is_err());
+    readiness.set_upstreams(vec![up]).await;
+    assert_eq!(readiness.check().await, Ok(()));
+}
+
 #[tokio::test]
 async fn ready_can_require_an_enclave_connection() {
     let metrics = Arc::new(Metrics::new());
@@ -399,9 +419,13 @@ async fn the_listener_serves_metrics_health_and_readiness() {
     metrics.request_finished(Operation::DescribeKey, &Outcome::Ok, Duration::ZERO);
     let down = Upstream::new("127.0.0.1", closed_port().await);
     let readiness = Readiness::new(config(vec![down]), metrics.clone());
-    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), metrics.clone(), readiness)
-        .await
-        .unwrap();
+    let server = MetricsServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        metrics.clone(),
+        Arc::new(readiness),
+    )
+    .await
+    .unwrap();
     let addr = server.local_addr();
     assert!(addr.ip().is_loopback() && addr.port() != 0);
     let task = tokio::spawn(server.run());

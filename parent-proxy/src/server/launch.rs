@@ -61,17 +61,18 @@ pub fn serve_until_signal(
         let hangup = signal(SignalKind::hangup())?;
         let upstreams = upstreams(&kms, region.as_ref(), &proxy.tunnels);
         let mut proxy = Proxy::bind(proxy, backend).await?;
-        let metrics = match metrics_listen {
-            None => None,
+        let (metrics, readiness) = match metrics_listen {
+            None => (None, None),
             Some(addr) => {
-                let readiness = Readiness::new(
+                let readiness = Arc::new(Readiness::new(
                     ReadinessConfig {
                         requires_enclave: ready_requires_enclave,
                         ..ReadinessConfig::new(upstreams)
                     },
                     proxy.metrics(),
-                );
-                Some(MetricsServer::bind(addr, proxy.metrics(), readiness).await?)
+                ));
+                let server = MetricsServer::bind(addr, proxy.metrics(), readiness.clone()).await?;
+                (Some(server), Some(readiness))
             }
         };
         if credentials {
@@ -80,16 +81,23 @@ pub fn serve_until_signal(
                 None => tracing::warn!("no AWS credential provider: GetCredentials is refused"),
             }
         }
-        Ok::<_, crate::Error>((proxy, metrics, stop, hangup, region))
+        let reloading = Reloading {
+            reloader: proxy.reloader(),
+            reload,
+            kms,
+            region,
+            readiness,
+        };
+        Ok::<_, crate::Error>((proxy, metrics, stop, hangup, reloading))
     });
-    let (proxy, metrics, stop, hangup, region) =
+    let (proxy, metrics, stop, hangup, reloading) =
         bound.inspect_err(|e| tracing::error!(error = %e, "cannot start"))?;
     if let Some(server) = metrics {
         writeln!(stdout, "metrics: http://{}/metrics", server.local_addr())?;
         // Ends with the runtime, once the proxy has stopped.
         runtime.spawn(server.run());
     }
-    runtime.spawn(reload_on_hangup(hangup, proxy.reloader(), reload, region));
+    runtime.spawn(reloading.on_hangup(hangup));
     writeln!(stdout, "listening: {}", proxy.local_addr())?;
     stdout.flush()?;
     runtime
@@ -145,33 +153,49 @@ fn upstreams(
     upstreams
 }
 
-/// Reloads on every SIGHUP until the runtime stops (see
-/// [`serve_until_signal`]).
-async fn reload_on_hangup(
-    mut hangup: Signal,
+/// What a reload needs: how to read the settings again, what of the start
+/// stays (the KMS settings, the region), and what follows the new settings
+/// (the proxy, the readiness check's upstreams).
+struct Reloading {
     reloader: Reloader,
     reload: ReloadSettings,
+    kms: KmsSettings,
     region: Option<Region>,
-) {
-    while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP received: reloading the configuration");
-        let reload = reload.clone();
+    readiness: Option<Arc<Readiness>>,
+}
+
+impl Reloading {
+    /// Reloads on every SIGHUP until the runtime stops (see
+    /// [`serve_until_signal`]).
+    async fn on_hangup(self, mut hangup: Signal) {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            self.reload_once().await;
+        }
+    }
+
+    async fn reload_once(&self) {
+        let reload = self.reload.clone();
         // Reads files: off the async workers.
         let settings = match tokio::task::spawn_blocking(move || reload()).await {
             Ok(Ok(settings)) => settings,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
-                continue;
+                return;
             }
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
-                continue;
+                return;
             }
         };
         let mut proxy = settings.proxy;
-        add_region_kms_target(&mut proxy.tunnels, region.as_ref());
+        add_region_kms_target(&mut proxy.tunnels, self.region.as_ref());
         log_allowed_images(&proxy.admission);
-        reloader.reload(proxy);
+        if let Some(readiness) = &self.readiness {
+            let upstreams = upstreams(&self.kms, self.region.as_ref(), &proxy.tunnels);
+            readiness.set_upstreams(upstreams).await;
+        }
+        self.reloader.reload(proxy);
         tracing::info!("configuration reloaded");
     }
 }
