@@ -1013,3 +1013,46 @@ async fn a_proxy_without_a_common_version_is_unavailable() {
     };
     assert!(reason.contains("7..=9"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_while_connects_while_the_keys_are_made() {
+    let (keys, verifier) = keys().await;
+    let proxy = FakeProxy::tcp(kms_handler(verifier, Duration::ZERO)).await;
+    let connections = proxy.connections.clone();
+    // The keys are "made" only once the proxy has accepted the client's
+    // connection: a client that connected only after its keys existed
+    // would never get there. (The timeout only keeps such a regression from
+    // hanging the test run.)
+    let pending_keys = async move {
+        while connections.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(keys)
+    };
+    let client = tokio::time::timeout(
+        Duration::from_secs(60),
+        Client::connect_while(config(&proxy), pending_keys),
+    )
+    .await
+    .expect("the client did not connect before its keys existed")
+    .unwrap();
+    assert!(client.is_connected());
+    let dk = client
+        .generate_data_key(GenerateDataKeyRequest {
+            key_id: Some("alias/app".into()),
+            key_spec: Some(DataKeySpec::Aes256),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dk.plaintext.len(), 32);
+    // The keys' error is the client's.
+    let failing = std::future::ready(Err(Error::Nsm {
+        request: "open",
+        detail: "cannot open /dev/nsm".into(),
+    }));
+    let err = Client::connect_while(config(&proxy), failing)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Nsm { .. }), "{err}");
+}

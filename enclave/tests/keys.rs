@@ -1,11 +1,15 @@
 //! Recipient key rotation: by use count, by age, without waiting, and
 //! retirement of old keys.
+// The gated NSM below is test code outside `#[test]` functions.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use keybroker_enclave::nsm::{Nsm, Request, Response};
 use keybroker_enclave::{RecipientKeys, RecipientKeysConfig};
 use support::*;
 
@@ -38,10 +42,133 @@ async fn documents_verify_and_carry_the_public_key() {
     );
     let stats = keys.stats();
     assert_eq!((stats.current_generation, stats.rotations), (1, 0));
-    assert!(
-        stats.generated >= 2,
-        "a spare is ready before the first request"
+    // The spare follows the first pair in the background.
+    wait_until("spare", || keys.stats().spare_ready).await;
+    assert_eq!(keys.stats().generated, 2);
+}
+
+/// A mock NSM that holds every attestation after the first until
+/// [`GatedNsm::release`]: the spare's, so a test sees what happens while it
+/// is still being made.
+struct GatedNsm {
+    inner: keybroker_enclave::MockNsm,
+    attestations: AtomicU64,
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl GatedNsm {
+    fn new() -> Arc<Self> {
+        let ca = keybroker_enclave::MockCa::generate().unwrap();
+        Arc::new(Self {
+            inner: keybroker_enclave::MockNsm::new(
+                &ca,
+                keybroker_enclave::MockNsmConfig::default(),
+            )
+            .unwrap(),
+            attestations: AtomicU64::new(0),
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+        })
+    }
+
+    fn attestations(&self) -> u64 {
+        self.attestations.load(Ordering::SeqCst)
+    }
+
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl Nsm for GatedNsm {
+    fn process(&self, request: Request) -> Response {
+        if matches!(request, Request::Attestation { .. })
+            && self.attestations.fetch_add(1, Ordering::SeqCst) >= 1
+        {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        self.inner.process(request)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_pair_does_not_wait_for_the_spare() {
+    let nsm = GatedNsm::new();
+    // `new` returns while the spare's attestation is held: it made one pair.
+    // (The timeout only keeps a regression from hanging the test run.)
+    let keys = tokio::time::timeout(
+        Duration::from_secs(120),
+        RecipientKeys::new(
+            nsm.clone(),
+            RecipientKeysConfig {
+                max_uses: 1,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("RecipientKeys::new waited for the spare")
+    .unwrap();
+    assert_eq!(keys.current().generation(), 1);
+    // The spare is started only once the first pair exists, and is pending.
+    wait_until("the spare's attestation", || nsm.attestations() == 2).await;
+    let stats = keys.stats();
+    assert!(!stats.spare_ready, "{stats:?}");
+    assert_eq!(stats.generated, 2, "{stats:?}");
+    // Requests do not wait for it either: past its use limit, the first
+    // pair is handed out again and counted as over-used.
+    assert_eq!(keys.acquire().generation(), 1);
+    assert_eq!(keys.acquire().generation(), 1);
+    assert_eq!(keys.stats().overused, 1);
+    // Once the spare exists it takes over, and a new spare follows.
+    nsm.release();
+    wait_until("rotation to the spare", || keys.current().generation() == 2).await;
+    wait_until("the next spare", || keys.stats().spare_ready).await;
+    let stats = keys.stats();
+    assert_eq!((stats.generated, stats.rotations), (3, 1), "{stats:?}");
+    assert_eq!(keys.acquire().generation(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_attests_with_the_nsm_it_opens_and_reports_its_failure() {
+    let ca = keybroker_enclave::MockCa::generate().unwrap();
+    let verifier =
+        keybroker_common::attestation::Verifier::from_trusted_roots([ca.root_der()]).unwrap();
+    let keys = RecipientKeys::open(
+        move || {
+            let nsm =
+                keybroker_enclave::MockNsm::new(&ca, keybroker_enclave::MockNsmConfig::default())?;
+            Ok(Arc::new(nsm) as Arc<dyn Nsm>)
+        },
+        RecipientKeysConfig::default(),
+    )
+    .await
+    .unwrap();
+    let pair = keys.current();
+    let verified = verifier.verify(pair.attestation_document(), now()).unwrap();
+    assert_eq!(
+        verified.document().public_key.as_deref(),
+        Some(pair.public_key_spki_der())
     );
+    wait_until("spare", || keys.stats().spare_ready).await;
+    // An NSM that does not open is the error, as `NsmDevice::open` reports it.
+    let err = RecipientKeys::open(
+        || {
+            Err(keybroker_enclave::Error::Nsm {
+                request: "open",
+                detail: "cannot open /dev/nsm".into(),
+            })
+        },
+        RecipientKeysConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, keybroker_enclave::Error::Nsm { .. }), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,30 +10,53 @@ use crate::e2e::Mode;
 use crate::nsm::{Nsm, NsmDevice};
 use crate::{Client, ClientConfig, Error, RecipientKeys, RecipientKeysConfig};
 
-/// The client for a subcommand: NSM, recipient keys, connection.
+/// The client for a subcommand: NSM, recipient keys, connection. The NSM
+/// is opened and the connection made while the first recipient key is
+/// being generated ([`RecipientKeys::open`], [`Client::connect_while`]), so
+/// the first request waits for one key generation, not for the sum.
 pub(super) async fn connect(args: &BrokerArgs) -> Result<Client, Error> {
-    let (nsm, _) = open_nsm(args.nsm.mock_nsm_ca.as_ref())?;
-    let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default()).await?;
-    connect_with(args, keys).await
+    let mock_ca = args.nsm.mock_nsm_ca.clone();
+    let keys = RecipientKeys::open(
+        move || open_nsm(mock_ca.as_ref()).map(|(nsm, _)| nsm),
+        RecipientKeysConfig::default(),
+    );
+    connect_while(args, keys).await
 }
 
 /// The connection for a subcommand, with `keys` already made: waits up to
 /// the connect timeout for the first connection (broker mode) or the first
 /// credentials (e2e mode).
 pub(super) async fn connect_with(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
-    let client = new_client(args, keys)?;
-    client
-        .wait_connected(client.config().connect_timeout)
-        .await?;
-    Ok(client)
+    connect_while(args, std::future::ready(Ok(keys))).await
+}
+
+/// The connection for a subcommand in the mode the image's settings give,
+/// made while `keys` completes; waits up to the connect timeout as
+/// [`connect_with`].
+async fn connect_while<F>(args: &BrokerArgs, keys: F) -> Result<Client, Error>
+where
+    F: Future<Output = Result<RecipientKeys, Error>>,
+{
+    let config = client_config(args);
+    let settings = args.kms_settings()?;
+    match settings.mode() {
+        Mode::Broker => {
+            // Refuses vsock-proxy relays given in broker mode.
+            settings.parent_link(&args.proxy)?;
+            Client::connect_while(config, keys).await
+        }
+        Mode::E2e => {
+            let e2e = settings.e2e_config(args.trust_roots()?)?;
+            let link = settings.parent_link(&args.proxy)?;
+            Client::connect_e2e_while(config, e2e, link, keys).await
+        }
+    }
 }
 
 /// A client in the mode the image's settings give, connecting in the
 /// background.
 pub(super) fn new_client(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
-    let mut config = ClientConfig::new(args.proxy.clone());
-    config.request_timeout = Duration::from_millis(args.timeout_ms);
-    config.connect_timeout = config.connect_timeout.min(config.request_timeout);
+    let config = client_config(args);
     let settings = args.kms_settings()?;
     match settings.mode() {
         Mode::Broker => {
@@ -47,6 +70,14 @@ pub(super) fn new_client(args: &BrokerArgs, keys: RecipientKeys) -> Result<Clien
             Client::new_e2e(config, e2e, link, keys)
         }
     }
+}
+
+/// The deadlines of the command line.
+fn client_config(args: &BrokerArgs) -> ClientConfig {
+    let mut config = ClientConfig::new(args.proxy.clone());
+    config.request_timeout = Duration::from_millis(args.timeout_ms);
+    config.connect_timeout = config.connect_timeout.min(config.request_timeout);
+    config
 }
 
 #[cfg(not(feature = "mock-nsm"))]

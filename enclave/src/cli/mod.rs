@@ -148,11 +148,24 @@ where
     let result = match cli.command {
         Command::MockNsm(cmd) => nsm::mock_nsm_command(cmd),
         Command::Attestation(args) => attestation(&args).and_then(|v| print_json(&v)),
-        command => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| Error::io("start the tokio runtime", e))
-            .and_then(|rt| rt.block_on(run_async(command))),
+        command => {
+            let one_shot = !matches!(command, Command::Serve(_));
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::io("start the tokio runtime", e))
+                .and_then(|rt| {
+                    let result = rt.block_on(run_async(command));
+                    // A one-shot command has written its output: it exits
+                    // without waiting for background work, such as the
+                    // spare recipient key that is still being generated
+                    // (`serve` has drained before it returns).
+                    if one_shot {
+                        rt.shutdown_background();
+                    }
+                    result
+                })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,8 +15,9 @@ use crate::{Client, Error, RecipientKeys, RecipientKeysConfig};
 /// Start-up follows what a Nitro Enclave gives the program (DESIGN.md, "How
 /// an enclave starts"): it runs as root with a fresh tmpfs on `/run` and
 /// `lo` down, and when it exits the enclave is gone. So, in this order:
-/// 1. the NSM and the first recipient key pair (a missing NSM is fatal:
-///    exit code 4);
+/// 1. the NSM and the first recipient key pair, the NSM opened while the
+///    key is being generated (a missing NSM is fatal: exit code 4); the
+///    spare pair follows in the background;
 /// 2. the connection to the parent proxy starts in the background and is
 ///    retried with backoff for as long as it takes; until it is up, requests
 ///    wait within their deadline and then get `DependencyTimeoutException`
@@ -36,8 +37,12 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
         (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8000))),
         (listen, _) => listen,
     };
-    let (nsm, _) = open_nsm(args.broker.nsm.mock_nsm_ca.as_ref())?;
-    let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default()).await?;
+    let mock_ca = args.broker.nsm.mock_nsm_ca.clone();
+    let keys = RecipientKeys::open(
+        move || open_nsm(mock_ca.as_ref()).map(|(nsm, _)| nsm),
+        RecipientKeysConfig::default(),
+    )
+    .await?;
     let client = new_client(&args.broker, keys)?;
     let readiness = tokio::spawn(log_readiness(client.clone()));
     let mut builder = KmsEndpoint::new(client)

@@ -161,6 +161,20 @@ enum Link {
     E2e(Arc<E2eTransport>),
 }
 
+impl Link {
+    /// Waits until a connection is established (broker mode) or
+    /// credentials are cached (e2e mode), up to `timeout`.
+    async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
+        match self {
+            Link::E2e(t) => t.prefetch_credentials(timeout).await,
+            Link::Broker(b) => match tokio::time::timeout(timeout, b.connection()).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(b.unavailable()),
+            },
+        }
+    }
+}
+
 /// Broker mode's counters (e2e mode has its own, [`crate::e2e`]).
 #[derive(Default)]
 struct Counters {
@@ -294,18 +308,92 @@ impl Client {
         Ok(client)
     }
 
+    /// [`Client::connect`] while the recipient keys are still being made:
+    /// the connection is established while `keys` runs (typically
+    /// [`RecipientKeys::open`], whose RSA key generation dominates a cold
+    /// start), so start-up waits for the slower of the two, not for both
+    /// one after the other.
+    ///
+    /// # Errors
+    /// The error of `keys` (as soon as it happens); [`Error::Unavailable`]
+    /// as [`Client::connect`]; [`Error::InvalidArgument`] outside a tokio
+    /// runtime.
+    pub async fn connect_while<F>(config: ClientConfig, keys: F) -> Result<Self, Error>
+    where
+        F: Future<Output = Result<RecipientKeys, Error>>,
+    {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::InvalidArgument("Client::connect_while needs a tokio runtime".into())
+        })?;
+        let counters = Arc::new(Counters::default());
+        let link = Link::Broker(BrokerLink::spawn(&handle, &config, counters.clone()));
+        Self::assemble_while(config, counters, link, keys).await
+    }
+
+    /// [`Client::connect_e2e`] while the recipient keys are still being
+    /// made: the credentials are fetched, and the first connection to KMS
+    /// opened (tunnel, TLS handshake), while `keys` runs (as
+    /// [`Client::connect_while`]).
+    ///
+    /// # Errors
+    /// The error of `keys`; otherwise as [`Client::connect_e2e`].
+    pub async fn connect_e2e_while<F>(
+        config: ClientConfig,
+        e2e: E2eConfig,
+        link: Arc<dyn ParentLink>,
+        keys: F,
+    ) -> Result<Self, Error>
+    where
+        F: Future<Output = Result<RecipientKeys, Error>>,
+    {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::InvalidArgument("Client::connect_e2e_while needs a tokio runtime".into())
+        })?;
+        let transport = Arc::new(E2eTransport::new(e2e, link)?);
+        let warm_up = handle.spawn({
+            let (transport, timeout) = (transport.clone(), config.connect_timeout);
+            async move { transport.warm_up(timeout).await }
+        });
+        let link = Link::E2e(transport);
+        let client = Self::assemble_while(config, Arc::new(Counters::default()), link, keys).await;
+        if client.is_ok() {
+            // The first call then finds the connection in the pool.
+            let _ = warm_up.await;
+        } else {
+            warm_up.abort();
+        }
+        client
+    }
+
+    /// Waits for `keys` and for `link`'s first connection together.
+    async fn assemble_while<F>(
+        config: ClientConfig,
+        counters: Arc<Counters>,
+        link: Link,
+        keys: F,
+    ) -> Result<Self, Error>
+    where
+        F: Future<Output = Result<RecipientKeys, Error>>,
+    {
+        let (keys, ()) = tokio::try_join!(keys, link.wait_connected(config.connect_timeout))?;
+        let timeout = config.request_timeout;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                keys,
+                counters,
+                link,
+            }),
+            timeout,
+        })
+    }
+
     /// Waits until a connection is established, up to `timeout`.
     ///
     /// # Errors
     /// [`Error::Unavailable`] with the last connection error.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<(), Error> {
-        match &self.inner.link {
-            Link::E2e(t) => t.prefetch_credentials(timeout).await,
-            Link::Broker(b) => match tokio::time::timeout(timeout, b.connection()).await {
-                Ok(r) => r.map(|_| ()),
-                Err(_) => Err(b.unavailable()),
-            },
-        }
+        self.inner.link.wait_connected(timeout).await
     }
 
     /// Whether a usable connection exists right now.

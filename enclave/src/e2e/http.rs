@@ -199,6 +199,19 @@ impl Pool {
         }
     }
 
+    /// Opens one connection ahead of the first request and keeps it idle
+    /// in the pool. A failure is only logged: the first request connects
+    /// again and reports it.
+    pub(crate) async fn warm_up(&self, link: &dyn ParentLink, timeout: Duration) {
+        match self.connect(link, timeout).await {
+            Ok(sender) => self.put_back(sender),
+            Err(SendFailure::NotSent(e) | SendFailure::Fatal(e) | SendFailure::Lost(e)) => {
+                tracing::debug!(error = %e, "KMS connection warm-up failed");
+            }
+            Err(SendFailure::TooLarge) => {}
+        }
+    }
+
     /// A new connection: tunnel, TLS handshake (verified), HTTP/1.1.
     async fn connect(
         &self,

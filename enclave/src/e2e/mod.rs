@@ -303,6 +303,12 @@ impl E2eTransport {
         Ok(())
     }
 
+    /// Opens the first connection to KMS (tunnel and TLS handshake) ahead of
+    /// the first call, within `timeout`; a failure is left to that call.
+    pub(crate) async fn warm_up(&self, timeout: Duration) {
+        self.pool.warm_up(&*self.link, timeout).await;
+    }
+
     /// Rewrites the request's `KeyId` to the full allowed ARN (key pinning);
     /// returns what was sent.
     fn pin_request(&self, request: &mut KmsRequest) -> Result<Option<String>, Error> {
