@@ -433,8 +433,14 @@ async fn access_denied_logs_the_statement_and_condition_with_expected_and_actual
         "Recipient": {"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
                       "AttestationDocument": base64::engine::general_purpose::STANDARD.encode(&doc)}
     });
-    let e = tracing::subscriber::with_default(subscriber, || kms.call("GenerateDataKey", &body))
-        .unwrap_err();
+    let e = tracing::subscriber::with_default(subscriber, || {
+        // Another test's thread may have cached this callsite's interest
+        // as "never" (no subscriber there) while this one was being set:
+        // ask every callsite again, so the warning reaches this subscriber.
+        tracing::callsite::rebuild_interest_cache();
+        kms.call("GenerateDataKey", &body)
+    })
+    .unwrap_err();
     assert_eq!(e.code, "AccessDeniedException");
     let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(log.contains("WARN"), "{log}");

@@ -88,7 +88,11 @@ impl Logs {
             false,
             move || LogWriter(logs.0.clone()),
         );
-        tracing::subscriber::set_default(subscriber)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // A callsite another test's thread reached first, with no
+        // subscriber there, may have cached "never": ask every one again.
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     pub fn text(&self) -> String {
