@@ -18,8 +18,7 @@ cd "$(dirname "$0")/.."
 # (standard support) and the package's newest.
 versions=(1.31.0 "")
 
-if ! command -v kubernetes-validate >/dev/null 2>&1 \
-    && ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
+if ! python3 -c 'import kubernetes_validate' >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate
 fi

@@ -350,8 +350,24 @@ fn the_proxy_command_line_parses_and_builds_a_setup_with_metrics_on() {
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", r.name);
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{}", r.name);
         assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{}", r.name);
-        for c in r.pod()["spec"]["containers"].as_array().unwrap() {
+        let containers = r.pod()["spec"]["containers"].as_array().unwrap();
+        for c in containers {
             assert_ne!(c["securityContext"]["privileged"], true, "{}", r.name);
+        }
+        // Pod Security admission refuses an unconfined seccomp profile at
+        // "baseline" and above: a namespace enforcing it would refuse the Pod.
+        let unconfined = containers
+            .iter()
+            .any(|c| c["securityContext"]["seccompProfile"]["type"] == "Unconfined");
+        for ns in r.all("Namespace") {
+            let level = &ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"];
+            if unconfined {
+                assert_eq!(
+                    *level, "privileged",
+                    "{}: an unconfined seccomp profile needs the privileged level",
+                    r.name
+                );
+            }
         }
     }
 }
