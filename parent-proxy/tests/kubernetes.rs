@@ -837,7 +837,7 @@ fn the_config_reloader_makes_the_proxy_reload() {
     wait_for(
         &reloader_out,
         "config-reloader: watching",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     // Unchanged: no signal.
     std::thread::sleep(Duration::from_millis(500));
@@ -852,12 +852,12 @@ fn the_config_reloader_makes_the_proxy_reload() {
     let staged = dir.path().join("proxy.toml.new");
     std::fs::write(&staged, file("alias/b")).unwrap();
     std::fs::rename(&staged, &config).unwrap();
-    let sent = wait_for(&reloader_out, "sent SIGHUP", Duration::from_secs(10));
+    let sent = wait_for(&reloader_out, "sent SIGHUP", Duration::from_secs(30));
     assert!(sent.contains(&name), "{sent}");
     wait_for(
         &proxy_logs,
         "configuration reloaded",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     assert!(
         proxy.try_wait().unwrap().is_none(),
