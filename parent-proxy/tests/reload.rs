@@ -26,7 +26,7 @@ use keybroker_common::protocol::{ErrorCode, Message};
 use keybroker_proxy::backend::{BackendFuture, KmsBackend};
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig};
-use support::{Client, Nsm, image, random};
+use support::{Client, Nsm, image, random, wait_calls};
 use tokio::sync::Semaphore;
 
 /// Answers `GenerateRandom` with a `CiphertextForRecipient` once `gate`
@@ -63,16 +63,6 @@ fn config_admitting(nsm: &Nsm, images: Vec<AllowedImage>) -> ProxyConfig {
     cfg.admission.allowed_images = images;
     cfg.admission.verifier.add_trusted_root(&nsm.root).unwrap();
     cfg
-}
-
-async fn wait_calls(backend: &Gated, n: usize) {
-    for _ in 0..1000 {
-        if backend.calls.load(Ordering::SeqCst) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("fewer than {n} KMS calls");
 }
 
 /// The ids of the next `n` responses on `c` (they arrive in completion
@@ -114,7 +104,7 @@ async fn reload_applies_to_the_next_request_and_loses_nothing_in_flight() {
         b.request(id, Some(30_000), random(nsm.document(0xAA, 0xA2)))
             .await;
     }
-    wait_calls(&backend, 6).await;
+    wait_calls(&backend.calls, 6).await;
 
     // v1 is revoked, v2 admitted.
     proxy
@@ -131,7 +121,7 @@ async fn reload_applies_to_the_next_request_and_loses_nothing_in_flight() {
     assert_eq!(backend.calls.load(Ordering::SeqCst), 6);
     // ...and a v2 one is forwarded.
     b.request(10, None, random(nsm.document(0xBB, 0xB2))).await;
-    wait_calls(&backend, 7).await;
+    wait_calls(&backend.calls, 7).await;
 
     // Nothing in flight was lost: KMS answers, every request gets its answer.
     backend.gate.add_permits(7);
@@ -155,7 +145,7 @@ async fn reload_lowers_a_limit_while_it_is_in_use() {
         c.request(id, Some(30_000), random(nsm.document(0xAA, 0xA2)))
             .await;
     }
-    wait_calls(&backend, 2).await;
+    wait_calls(&backend.calls, 2).await;
 
     let mut lower = config_admitting(&nsm, vec![image("v1", 0xAA, 0xA2)]);
     lower.limits.max_kms_in_flight = 1;

@@ -36,6 +36,20 @@ fn proxy_command() -> Command {
     cmd
 }
 
+/// The address of the `listening: ADDRESS` line the proxy prints first.
+/// The pipe stays open (in `child`), so later output does not hit a closed
+/// pipe.
+fn listening_address(child: &mut Child) -> Address {
+    let mut stdout = BufReader::new(child.stdout.as_mut().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    line.trim()
+        .strip_prefix("listening: ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap()
+}
+
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -76,15 +90,7 @@ async fn serve_relays_audits_and_stops_on_sigterm() {
         ])
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr: Address = line
-        .trim()
-        .strip_prefix("listening: ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let addr = listening_address(&mut child);
 
     let mut c = support::Client::handshake(&addr).await;
     c.request(1, None, support::describe("alias/app")).await;
@@ -284,15 +290,7 @@ async fn sighup_reloads_the_configuration_file() {
         .spawn()
         .unwrap();
     let logs = StderrLines::collect(&mut child);
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let addr: Address = line
-        .trim()
-        .strip_prefix("listening: ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
+    let addr = listening_address(&mut child);
     let hangup = || {
         let status = Command::new("kill")
             .args(["-HUP", &child.id().to_string()])

@@ -23,7 +23,7 @@ use keybroker_common::secret::SecretBytes;
 use keybroker_proxy::backend::{BackendFuture, KmsBackend};
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::server::{Proxy, ProxyConfig, ProxyHandle};
-use support::{Client, Nsm, describe, described, echoed, image, random};
+use support::{Client, Nsm, describe, described, echoed, image, random, wait_calls};
 use tokio::sync::Semaphore;
 
 /// Behaviour chosen by the request's key id:
@@ -321,17 +321,6 @@ async fn busy_over_the_in_flight_limit() {
     proxy.shutdown_and_wait().await.unwrap();
 }
 
-/// Waits until the fake backend has been called `n` times.
-async fn wait_calls(fake: &Fake, n: usize) {
-    for _ in 0..1000 {
-        if fake.calls.load(Ordering::SeqCst) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("fewer than {n} KMS calls");
-}
-
 /// The bound on KMS calls holds across connections: with two calls in
 /// flight (on two connections, each far below its own limit), a third
 /// connection's request and a second request on the first connection are
@@ -348,7 +337,7 @@ async fn kms_calls_in_flight_are_bounded_across_connections() {
     let mut c = Client::handshake(&addr).await;
     a.request(1, None, describe("block")).await;
     b.request(1, None, describe("block")).await;
-    wait_calls(&fake, 2).await;
+    wait_calls(&fake.calls, 2).await;
 
     c.request(1, None, describe("now")).await;
     let (id, result) = response(c.recv().await);

@@ -195,16 +195,26 @@ impl Client {
             .map_err(|_| Error::InvalidArgument("Client::new needs a tokio runtime".into()))?;
         let counters = Arc::new(Counters::default());
         let link = BrokerLink::spawn(&handle, &config, counters.clone());
+        Ok(Self::assemble(config, keys, counters, Link::Broker(link)))
+    }
+
+    /// The client over `link`, with the request timeout of `config`.
+    fn assemble(
+        config: ClientConfig,
+        keys: RecipientKeys,
+        counters: Arc<Counters>,
+        link: Link,
+    ) -> Self {
         let timeout = config.request_timeout;
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 config,
                 keys,
                 counters,
-                link: Link::Broker(link),
+                link,
             }),
             timeout,
-        })
+        }
     }
 
     /// A client in end-to-end mode ([`crate::e2e`]): HTTPS to the KMS
@@ -222,16 +232,8 @@ impl Client {
         keys: RecipientKeys,
     ) -> Result<Self, Error> {
         let transport = E2eTransport::new(e2e, link)?;
-        let timeout = config.request_timeout;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                keys,
-                counters: Arc::new(Counters::default()),
-                link: Link::E2e(Arc::new(transport)),
-            }),
-            timeout,
-        })
+        let link = Link::E2e(Arc::new(transport));
+        Ok(Self::assemble(config, keys, Arc::default(), link))
     }
 
     /// [`Client::new_e2e`], then fetches credentials from the parent within
@@ -376,16 +378,7 @@ impl Client {
         F: Future<Output = Result<RecipientKeys, Error>>,
     {
         let (keys, ()) = tokio::try_join!(keys, link.wait_connected(config.connect_timeout))?;
-        let timeout = config.request_timeout;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                config,
-                keys,
-                counters,
-                link,
-            }),
-            timeout,
-        })
+        Ok(Self::assemble(config, keys, counters, link))
     }
 
     /// Waits until a connection is established, up to `timeout`.

@@ -177,12 +177,12 @@ impl Reloading {
     async fn reload_once(&self) {
         let reload = self.reload.clone();
         // Reads files: off the async workers.
-        let settings = match tokio::task::spawn_blocking(move || reload()).await {
-            Ok(Ok(settings)) => settings,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
-                return;
-            }
+        let settings = tokio::task::spawn_blocking(move || reload())
+            .await
+            .map_err(|e| crate::Error::Task(e.to_string()))
+            .and_then(|settings| settings);
+        let settings = match settings {
+            Ok(settings) => settings,
             Err(e) => {
                 tracing::error!(error = %e, "configuration reload failed; keeping the current configuration");
                 return;

@@ -55,6 +55,18 @@ pub fn image(name: &str, pcr0: u8, pcr2: u8) -> keybroker_proxy::measurements::A
     .unwrap()
 }
 
+/// Waits until a fake backend's call counter reaches `n` (polling, up to
+/// 10 s).
+pub async fn wait_calls(calls: &std::sync::atomic::AtomicUsize, n: usize) {
+    for _ in 0..1000 {
+        if calls.load(std::sync::atomic::Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} KMS calls");
+}
+
 /// The key id a DescribeKey response echoes.
 pub fn echoed(resp: &KmsResponse) -> String {
     match resp {
