@@ -73,6 +73,7 @@ pub mod mock_nsm;
 pub mod nsm;
 pub mod parent;
 pub mod retry;
+pub mod telemetry;
 pub mod transport;
 
 pub use client::{

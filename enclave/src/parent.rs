@@ -1,8 +1,10 @@
-//! The enclave side of protocol version 2 (end-to-end mode, issue 10): AWS
-//! credentials from the parent proxy, and byte tunnels through it.
+//! The enclave side of protocol versions 2 and 3: AWS credentials from the
+//! parent proxy and byte tunnels through it (end-to-end mode, issue 10),
+//! and the enclave's metrics report (issue 13).
 //!
 //! Each call opens a new connection to the proxy and performs the `Hello`
-//! handshake offering only version 2 and later (a version 1 proxy answers
+//! handshake offering only the versions that have its message (2 and later,
+//! 3 and later for [`send_report`]; an older proxy answers
 //! `Error{UnsupportedVersion}`). Frames are read exactly (length prefix,
 //! then that many bytes), so after `TunnelOpened` not one tunnelled byte
 //! has been consumed and the stream is handed over as it is.
@@ -25,6 +27,9 @@ use crate::transport::{self, BoxStream};
 
 /// The first protocol version with credentials and tunnels.
 pub const MIN_PARENT_VERSION: u16 = 2;
+
+/// The first protocol version with the enclave's metrics report.
+pub const MIN_METRICS_VERSION: u16 = 3;
 
 /// Largest frame read from the proxy on these connections: a `Credentials`
 /// answer with the largest session token fits with room to spare.
@@ -78,6 +83,45 @@ impl From<AwsCredentialsWire> for AwsCredentials {
     }
 }
 
+/// Opens a new connection to the proxy, handshakes (version 3 or later),
+/// sends `Metrics{report}` and `Goodbye`, and waits for the proxy to close
+/// the connection, which it does once it has read both.
+///
+/// # Errors
+/// [`Error::Unavailable`] if the proxy cannot be reached or does not close
+/// within `timeout`; [`Error::Common`] with the proxy's error
+/// (`UnsupportedVersion` from a proxy older than version 3, or its refusal
+/// of the report); [`Error::InvalidArgument`] for a report that does not
+/// pass [`keybroker_common::protocol::EnclaveReport::validate`].
+pub async fn send_report(
+    proxy: &Address,
+    report: protocol::EnclaveReport,
+    timeout: Duration,
+) -> Result<(), Error> {
+    report
+        .validate()
+        .map_err(|e| Error::InvalidArgument(format!("metrics report: {e}")))?;
+    within(timeout, format!("the proxy at {proxy}"), async {
+        let mut stream = handshake(proxy, MIN_METRICS_VERSION).await?;
+        send(
+            &mut stream,
+            &[Message::Metrics { report }, Message::Goodbye],
+        )
+        .await?;
+        match read_exact_message(&mut stream, protocol::Limits::new(MAX_REPLY_LEN)).await {
+            Ok(None) => Ok(()),
+            Ok(Some(Message::Error { error })) => Err(Error::Common(error.into())),
+            Ok(Some(other)) => Err(unexpected("the end of the connection", &other)),
+            Err(ReadError::Protocol(e)) => Err(e.into()),
+            Err(ReadError::Io(e)) => Err(Error::io("read from the proxy", e)),
+            // The end of the stream in the middle of a frame: the proxy
+            // closed after reading the report.
+            Err(_) => Ok(()),
+        }
+    })
+    .await
+}
+
 /// Opens a new connection to the proxy, handshakes, asks for credentials.
 ///
 /// # Errors
@@ -91,8 +135,12 @@ pub async fn fetch_credentials(
     timeout: Duration,
 ) -> Result<AwsCredentials, Error> {
     within(timeout, format!("the proxy at {proxy}"), async {
-        let mut stream = handshake(proxy).await?;
-        send(&mut stream, &Message::GetCredentials { id: CREDENTIALS_ID }).await?;
+        let mut stream = handshake(proxy, MIN_PARENT_VERSION).await?;
+        send(
+            &mut stream,
+            &[Message::GetCredentials { id: CREDENTIALS_ID }],
+        )
+        .await?;
         match read_frame(&mut stream).await? {
             Message::Credentials {
                 id: CREDENTIALS_ID,
@@ -132,12 +180,12 @@ pub async fn open_tunnel(
         .and_then(|()| protocol::check_tunnel_port(port))
         .map_err(|e| Error::InvalidArgument(format!("tunnel target: {e}")))?;
     within(timeout, format!("the proxy at {proxy}"), async {
-        let mut stream = handshake(proxy).await?;
+        let mut stream = handshake(proxy, MIN_PARENT_VERSION).await?;
         let open = Message::OpenTunnel {
             host: host.to_owned(),
             port,
         };
-        send(&mut stream, &open).await?;
+        send(&mut stream, &[open]).await?;
         match read_frame(&mut stream).await? {
             Message::TunnelOpened => Ok(stream),
             Message::Error { error } => Err(Error::Common(error.into())),
@@ -166,18 +214,19 @@ pub(crate) async fn within<T>(
 
 /// Connects and performs the handshake, offering versions
 /// [`MIN_PARENT_VERSION`] and later.
-async fn handshake(proxy: &Address) -> Result<BoxStream, Error> {
+/// Connects and handshakes, offering versions `min` to the latest.
+async fn handshake(proxy: &Address, min: u16) -> Result<BoxStream, Error> {
     let mut stream = transport::connect(proxy)
         .await
         .map_err(|e| Error::Unavailable {
             reason: e.to_string(),
         })?;
-    let offered = VersionRange::new(MIN_PARENT_VERSION, protocol::PROTOCOL_VERSION);
+    let offered = VersionRange::new(min, protocol::PROTOCOL_VERSION);
     let hello = Message::Hello {
         versions: offered,
         client: CLIENT_ID.to_owned(),
     };
-    send(&mut stream, &hello).await?;
+    send(&mut stream, &[hello]).await?;
     match read_frame(&mut stream).await? {
         Message::HelloAck { version, .. } => {
             protocol::check_hello_ack(offered, version)?;
@@ -189,9 +238,12 @@ async fn handshake(proxy: &Address) -> Result<BoxStream, Error> {
 }
 
 /// Writes the frame of `msg` and flushes.
-async fn send(stream: &mut BoxStream, msg: &Message) -> Result<(), Error> {
+/// Writes `messages` in one flush.
+async fn send(stream: &mut BoxStream, messages: &[Message]) -> Result<(), Error> {
     let mut writer = FramedWriter::new(stream);
-    writer.queue(msg)?;
+    for msg in messages {
+        writer.queue(msg)?;
+    }
     writer
         .flush()
         .await
@@ -240,6 +292,17 @@ mod tests {
         replies: Vec<Message>,
         then: &'static [u8],
     ) -> (Address, tokio::task::JoinHandle<Vec<u8>>) {
+        fake_for(false, replies, then).await
+    }
+
+    /// A proxy that answers the `Hello` (which must offer version 2 and
+    /// later, or 3 and later for `metrics`) with `replies` and `then`, and
+    /// returns what it read after the `Hello`.
+    async fn fake_for(
+        metrics: bool,
+        replies: Vec<Message>,
+        then: &'static [u8],
+    ) -> (Address, tokio::task::JoinHandle<Vec<u8>>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = Address::Tcp(l.local_addr().unwrap().to_string());
         let task = tokio::spawn(async move {
@@ -256,7 +319,7 @@ mod tests {
             let Message::Hello { versions, .. } = hello else {
                 panic!("{hello:?}")
             };
-            assert_eq!(versions.min, 2);
+            assert_eq!(versions.min, if metrics { 3 } else { 2 });
             let mut out = Vec::new();
             for m in replies {
                 protocol::encode_into(&m, &mut out).unwrap();
@@ -347,6 +410,56 @@ mod tests {
         assert_eq!(&sent[open.len()..], b"raw");
         dec.push(&sent[..open.len()]);
         assert!(dec.next_message().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_report_offers_version_3_and_ends_with_goodbye() {
+        let report = protocol::EnclaveReport {
+            decrypt_failures: 2,
+            ..report_of("i-mock-enc1")
+        };
+        let ack = Message::HelloAck {
+            version: 3,
+            server: "fake".into(),
+        };
+        let (addr, task) = fake_for(true, vec![ack], b"").await;
+        send_report(&addr, report.clone(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let sent = task.await.unwrap();
+        let mut dec = protocol::FrameDecoder::default();
+        dec.push(&sent);
+        assert_eq!(
+            dec.next_message().unwrap(),
+            Some(Message::Metrics { report })
+        );
+        assert_eq!(dec.next_message().unwrap(), Some(Message::Goodbye));
+
+        // A version 2 proxy refuses the handshake: a typed error, and it
+        // never sees the report.
+        let refusal = WireError::new(ErrorCode::UnsupportedVersion, "supported 1..=2");
+        let (addr, task) = fake_for(true, vec![Message::Error { error: refusal }], b"").await;
+        let e = send_report(&addr, report_of("e"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.remote_error().map(|(c, _)| c),
+            Some(ErrorCode::UnsupportedVersion),
+            "{e}"
+        );
+        assert!(task.await.unwrap().is_empty(), "nothing after the Hello");
+        // A report that would not pass the proxy's checks is not sent.
+        let e = send_report(&addr, report_of("a b"), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    }
+
+    fn report_of(enclave: &str) -> protocol::EnclaveReport {
+        protocol::EnclaveReport {
+            enclave: enclave.into(),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]

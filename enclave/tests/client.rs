@@ -624,6 +624,54 @@ async fn wrong_length_or_foreign_key_plaintext_gets_the_rejection_value() {
         assert_eq!(call(key).await, first, "{key}: deterministic");
     }
     assert_ne!(call("short").await, call("foreign").await);
+    // Nor are they counted as decryption failures: the parent reads that
+    // counter in the enclave's metrics.
+    assert_eq!(client.stats().decrypt_failures, 0);
+}
+
+/// A `CiphertextForRecipient` that does not parse, or is missing, is an
+/// error and counts as a decryption failure, in the client's counters and
+/// in the metrics report the enclave sends to the proxy.
+#[tokio::test]
+async fn unparseable_or_missing_ciphertext_for_recipient_counts_as_a_decrypt_failure() {
+    let (keys, _) = keys().await;
+    let handler: Handler = Arc::new(move |s| {
+        let KmsRequest::GenerateDataKey(r) = &s.request else {
+            panic!()
+        };
+        let cfr = match r.key_id.as_deref() {
+            Some("garbage") => Some(Blob(vec![0x30, 0x03, 1, 2, 3])),
+            _ => None,
+        };
+        Action::Reply {
+            delay: Duration::ZERO,
+            result: Ok(KmsResponse::GenerateDataKey(GenerateDataKeyResponse {
+                key_id: Some(ARN.into()),
+                ciphertext_blob: Some(Blob(vec![0; 8])),
+                ciphertext_for_recipient: cfr,
+                ..Default::default()
+            })),
+        }
+    });
+    let proxy = FakeProxy::tcp(handler).await;
+    let client = Client::connect(config(&proxy), keys).await.unwrap();
+    for key in ["garbage", "missing"] {
+        let e = client
+            .generate_data_key(GenerateDataKeyRequest {
+                key_id: Some(key.into()),
+                key_spec: Some(DataKeySpec::Aes256),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(!e.is_retryable(), "{key}: {e}");
+    }
+    assert_eq!(client.stats().decrypt_failures, 2);
+    let reporter = keybroker_enclave::telemetry::Reporter::new(client).unwrap();
+    let report = reporter.report();
+    assert_eq!(report.decrypt_failures, 2);
+    assert!(report.enclave.starts_with("i-mock"), "{}", report.enclave);
+    assert_eq!(report.keys.generated, 2, "the first pair and its spare");
 }
 
 /// The padding-oracle attack of a broker-mode parent (issue 11): it lets
@@ -675,6 +723,14 @@ async fn a_parents_padding_probes_cannot_be_told_apart() {
         endpoint_status: u16,
         endpoint_decrypts: usize,
         cached: usize,
+        /// What the enclave's metrics report tells the parent: decryption
+        /// failures counted, endpoint requests, cache lookups.
+        reported: (
+            u64,
+            Vec<keybroker_common::protocol::EndpointCount>,
+            u64,
+            u64,
+        ),
     }
     let decrypts = || {
         proxy
@@ -685,6 +741,7 @@ async fn a_parents_padding_probes_cannot_be_told_apart() {
     };
     let mut observed = Vec::new();
     for probe in ["alias/valid", "alias/invalid"] {
+        let failures_before = client.stats().decrypt_failures;
         let cache = DataKeyCache::new(CachingConfig::new(Duration::from_secs(60))).unwrap();
         let envelope = Envelope::new(client.clone(), probe).with_cache(cache.clone());
         let mut decrypts_per_open = Vec::new();
@@ -706,9 +763,8 @@ async fn a_parents_padding_probes_cannot_be_told_apart() {
         })
         .unwrap();
         let before = decrypts();
-        let answer = KmsEndpoint::new(client.clone())
-            .call(Some("TrentService.Decrypt"), &body)
-            .await;
+        let endpoint = KmsEndpoint::new(client.clone());
+        let answer = endpoint.call(Some("TrentService.Decrypt"), &body).await;
         let endpoint_decrypts = decrypts() - before;
         let response: DecryptResponse = serde_json::from_slice(answer.body()).unwrap();
         let len = response.plaintext.unwrap().len();
@@ -745,6 +801,12 @@ async fn a_parents_padding_probes_cannot_be_told_apart() {
             endpoint_status: answer.status,
             endpoint_decrypts,
             cached: cache.stats().entries,
+            reported: (
+                client.stats().decrypt_failures - failures_before,
+                endpoint.stats().snapshot(),
+                cache.stats().hits,
+                cache.stats().misses,
+            ),
         });
     }
     assert_eq!(observed[0], observed[1]);
@@ -760,6 +822,14 @@ async fn a_parents_padding_probes_cannot_be_told_apart() {
         (o.endpoint_status, o.endpoint_decrypts, o.cached),
         (200, 1, 0)
     );
+    // The metrics report: no decryption failure (implicit rejection), one
+    // Decrypt answered 200 by the endpoint, two cache misses.
+    let decrypt_ok = keybroker_common::protocol::EndpointCount {
+        operation: keybroker_common::protocol::EndpointOperation::Decrypt,
+        outcome: keybroker_common::protocol::EndpointOutcome::Ok,
+        count: 1,
+    };
+    assert_eq!(o.reported, (0, vec![decrypt_ok], 0, 2));
 
     // The honest answer still opens.
     let honest = Envelope::new(client.clone(), "alias/app");

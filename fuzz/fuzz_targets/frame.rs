@@ -3,7 +3,9 @@
 //! Properties checked on arbitrary bytes:
 //! - decoding never panics, and never consumes more than it was given (every
 //!   kind, including the version 2 credentials and tunnel messages, whose
-//!   host and credential checks run on decode and encode alike);
+//!   host and credential checks run on decode and encode alike, and the
+//!   version 3 metrics report, whose enclave id and tables are checked the
+//!   same way);
 //! - every decoded message re-encodes, and the re-encoding decodes to a
 //!   message that encodes to the same bytes (encode is a fixed point);
 //! - the streaming `FrameDecoder`, fed in small chunks, yields exactly the

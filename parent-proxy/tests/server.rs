@@ -202,14 +202,106 @@ async fn unsupported_version_is_refused() {
     let (proxy, _) = start(config()).await;
     let mut c = Client::connect(proxy.local_addr()).await;
     c.send(&Message::Hello {
-        versions: VersionRange::new(3, 4),
+        versions: VersionRange::new(4, 5),
         client: "future".into(),
     })
     .await;
     let err = fatal_error(c.recv().await);
     assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
-    assert!(err.message().contains("3..=4"), "{err}");
+    assert!(err.message().contains("4..=5"), "{err}");
     assert_eq!(c.recv().await, None, "closed after the Error");
+    proxy.shutdown_and_wait().await.unwrap();
+}
+
+/// The enclave's metrics report (version 3): refused on a version 2
+/// connection; accepted, unanswered, and served labelled by enclave on a
+/// version 3 one; and a flood of made-up enclave ids is bounded.
+#[tokio::test]
+async fn enclave_reports_need_version_3_and_are_served_bounded() {
+    use keybroker_common::protocol::{EnclaveReport, KeyCounts};
+    use keybroker_proxy::metrics::Metrics;
+    use keybroker_proxy::metrics::enclaves::MAX_REPORTING_ENCLAVES;
+
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Proxy::bind(config(), Arc::new(Fake::default()))
+        .await
+        .unwrap()
+        .with_metrics(metrics.clone())
+        .spawn();
+    let report = |enclave: &str| EnclaveReport {
+        enclave: enclave.into(),
+        keys: KeyCounts {
+            generated: 2,
+            ..KeyCounts::default()
+        },
+        decrypt_failures: 4,
+        ..EnclaveReport::default()
+    };
+
+    let mut old = Client::connect(proxy.local_addr()).await;
+    old.send(&Message::Hello {
+        versions: VersionRange::new(1, 2),
+        client: "v2-enclave".into(),
+    })
+    .await;
+    assert!(matches!(
+        old.recv().await,
+        Some(Message::HelloAck { version: 2, .. })
+    ));
+    old.send(&Message::Metrics {
+        report: report("i-old-enc1"),
+    })
+    .await;
+    let err = fatal_error(old.recv().await);
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+    assert!(err.message().contains("Metrics"), "{err}");
+
+    let mut c = Client::handshake(proxy.local_addr()).await;
+    c.send(&Message::Metrics {
+        report: report("i-0abc-enc1"),
+    })
+    .await;
+    // Not answered: the next thing on the connection is a request's answer.
+    c.request(1, None, describe("alias/app")).await;
+    assert_eq!(response(c.recv().await).0, 1);
+    let text = metrics.encode().unwrap();
+    assert!(
+        text.contains("keybroker_enclave_decrypt_failures_total{enclave=\"i-0abc-enc1\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "keybroker_enclave_recipient_keys_generated_total{enclave=\"i-0abc-enc1\"} 2"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("i-old-enc1"), "{text}");
+
+    // One peer making up ids: the proxy keeps at most the bound.
+    for i in 0..MAX_REPORTING_ENCLAVES + 10 {
+        c.send(&Message::Metrics {
+            report: report(&format!("fake-{i}")),
+        })
+        .await;
+    }
+    c.send(&Message::Goodbye).await;
+    assert_eq!(c.recv().await, None, "closed after Goodbye");
+    let text = metrics.encode().unwrap();
+    let served = text
+        .lines()
+        .filter(|l| l.starts_with("keybroker_enclave_decrypt_failures_total{"))
+        .count();
+    assert_eq!(served, MAX_REPORTING_ENCLAVES);
+    assert!(
+        text.contains("keybroker_proxy_enclave_reports_total{result=\"over_limit\"} 11"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "keybroker_proxy_enclaves_reporting {MAX_REPORTING_ENCLAVES}"
+        )),
+        "{text}"
+    );
     proxy.shutdown_and_wait().await.unwrap();
 }
 

@@ -530,12 +530,19 @@ impl Stack {
 
     /// Starts the enclave's KMS-compatible endpoint (`keybroker-enclave
     /// serve` with the mock NSM) on a free loopback port; its address is the
-    /// endpoint URL (`http://127.0.0.1:PORT`).
+    /// endpoint URL (`http://127.0.0.1:PORT`). It reports its metrics to the
+    /// proxy every second, so they show at `proxy-metrics:` at once.
     ///
     /// # Errors
     /// [`Error::Io`] if it does not come up.
     pub async fn start_enclave_endpoint(&self) -> Result<Component, Error> {
-        let mut args = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+        let mut args = vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-interval-ms".into(),
+            "1000".into(),
+        ];
         args.extend(self.enclave_args());
         Component::start("enclave", &args, "listening: ", self.work.path()).await
     }

@@ -141,6 +141,44 @@ fn local_up_prints_endpoints_and_stops_on_sigterm() {
         body.contains("keybroker_proxy_tunnel_bytes_total{direction=\"to_target\"}"),
         "{body}"
     );
+    // The enclave's own metrics reach the proxy over the control channel
+    // (every second in the local stack): the endpoint's GenerateDataKey,
+    // the TLS handshakes of e2e mode, the NSM's attestations, labelled by
+    // the enclave's module id.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = http_get(metrics);
+        if body.contains("keybroker_enclave_endpoint_requests_total{") {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no enclave metrics in:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let sample = |prefix: &str| {
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        body.contains("keybroker_enclave_endpoint_requests_total{enclave=\"i-mock"),
+        "{body}"
+    );
+    assert!(
+        sample("keybroker_enclave_endpoint_requests_total{") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        sample("keybroker_enclave_tls_handshakes_total{") >= 1.0,
+        "{body}"
+    );
+    assert!(
+        sample("keybroker_enclave_nsm_request_duration_seconds_count{") >= 1.0,
+        "{body}"
+    );
     let base = metrics.trim_end_matches("/metrics");
     assert_eq!(http_get(&format!("{base}/healthz")), (200, "ok".to_owned()));
     assert_eq!(

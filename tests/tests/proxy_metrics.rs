@@ -3,7 +3,9 @@
 //! recording into a registry served by the real metrics listener; requests
 //! that succeed and one the proxy denies; `/metrics` scraped before and
 //! after and parsed by the Prometheus Python client's text parser
-//! (`tests/python/parse_metrics.py`); `/healthz` and `/readyz`.
+//! (`tests/python/parse_metrics.py`); `/healthz` and `/readyz`; and the
+//! enclave's own metrics, which its reporter sends over the control channel
+//! and the proxy serves labelled by enclave.
 //!
 //! Skipped with a note when python3 or `prometheus_client` is missing; under
 //! `CI=true` a python3 without it fails the test (CI installs it).
@@ -21,8 +23,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keybroker_common::kms::{GenerateDataKeyRequest, KmsRequest};
-use keybroker_enclave::MockCa;
+use keybroker_common::kms::{EncryptionContext, GenerateDataKeyRequest, KmsRequest};
+use keybroker_enclave::envelope::{CachingConfig, DataKeyCache, Envelope};
+use keybroker_enclave::telemetry::{NsmTimings, Reporter, TimedNsm};
+use keybroker_enclave::{
+    Client, ClientConfig, KmsEndpoint, MockCa, MockNsm, MockNsmConfig, Nsm, RecipientKeys,
+    RecipientKeysConfig,
+};
 use keybroker_harness::testkit::{InProcessStack, PCR0, gdk};
 use keybroker_proxy::measurements::AllowedImage;
 use keybroker_proxy::metrics::Metrics;
@@ -301,5 +308,191 @@ async fn readyz_says_why_it_is_not_ready() {
             "not ready: upstream unreachable (127.0.0.1:{closed}"
         )),
         "{body}"
+    );
+}
+
+/// An enclave as `serve` assembles it: the mock NSM timed, a client, the
+/// KMS endpoint, and a reporter; plus a data-key cache as an app adds one.
+struct Enclave {
+    client: Client,
+    endpoint: KmsEndpoint,
+    envelope: Envelope<Client>,
+    reporter: Reporter,
+}
+
+async fn enclave(s: &InProcessStack, key: &str) -> Enclave {
+    let timings = Arc::new(NsmTimings::default());
+    let nsm = MockNsm::new(&s.ca, MockNsmConfig::default().with_pcr(0, PCR0)).unwrap();
+    let nsm: Arc<dyn Nsm> = Arc::new(TimedNsm::new(Arc::new(nsm), timings.clone()));
+    let keys = RecipientKeys::new(nsm, RecipientKeysConfig::default())
+        .await
+        .unwrap();
+    let client = Client::connect(ClientConfig::new(s.addr.clone()), keys)
+        .await
+        .unwrap();
+    let endpoint = KmsEndpoint::new(client.clone());
+    let cache = DataKeyCache::new(CachingConfig::new(Duration::from_secs(300))).unwrap();
+    let envelope = Envelope::new(client.clone(), key).with_cache(cache.clone());
+    let reporter = Reporter::new(client.clone())
+        .unwrap()
+        .nsm(timings)
+        .endpoint(endpoint.stats())
+        .cache(cache);
+    Enclave {
+        client,
+        endpoint,
+        envelope,
+        reporter,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enclave_metrics_reach_the_proxy_labelled_by_enclave() {
+    if !have_parser() {
+        return;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let s = InProcessStack::builder()
+        .metrics(metrics.clone())
+        .start()
+        .await
+        .unwrap();
+    let addr = serve(
+        metrics.clone(),
+        ReadinessConfig::new(vec![Upstream::from_url(&s.kms.endpoint()).unwrap()]),
+    )
+    .await;
+    let a = enclave(&s, &s.key_arn).await;
+    let b = enclave(&s, &s.key_arn).await;
+    let (id_a, id_b) = (a.reporter.enclave_id(), b.reporter.enclave_id());
+    assert_ne!(id_a, id_b, "each NSM has its own module id");
+
+    // Enclave a: three data keys through its endpoint, one refused
+    // operation, two messages sealed under one cached data key.
+    let body = serde_json::json!({"KeyId": s.key_arn, "KeySpec": "AES_256"}).to_string();
+    let mut plaintexts = Vec::new();
+    for _ in 0..3 {
+        let answer = a
+            .endpoint
+            .call(Some("TrentService.GenerateDataKey"), body.as_bytes())
+            .await;
+        assert_eq!(answer.status, 200);
+        let v: Value = serde_json::from_slice(answer.body()).unwrap();
+        plaintexts.push(v["Plaintext"].as_str().unwrap().to_owned());
+    }
+    let refused = a
+        .endpoint
+        .call(
+            Some("TrentService.Encrypt"),
+            br#"{"KeyId":"k","Plaintext":"AA=="}"#,
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    let context = EncryptionContext::from([("tenant".to_owned(), "1".to_owned())]);
+    for message in [&b"one"[..], b"two"] {
+        a.envelope.seal(message, &context).await.unwrap();
+    }
+    // Enclave b: one data key from its client.
+    b.client.generate_data_key(gdk(&s.key_arn)).await.unwrap();
+
+    let (_, text) = get(addr, "/metrics").await;
+    let before = parse(text).await;
+    assert_eq!(
+        before.value("keybroker_proxy_enclaves_reporting", &[]),
+        0.0,
+        "nothing reported yet"
+    );
+    a.reporter.send().await.unwrap();
+    b.reporter.send().await.unwrap();
+
+    let (_, text) = get(addr, "/metrics").await;
+    // No key material in the scrape: not the data keys the endpoint gave
+    // out (base64, as KMS sends them, or hex).
+    for p in &plaintexts {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+        assert!(!text.contains(p.as_str()) && !text.contains(&hex::encode(&raw)));
+    }
+    let m = parse(text).await;
+    let of = |id: &str, name: &str, more: &[(&str, &str)]| {
+        let mut labels = vec![("enclave", id)];
+        labels.extend_from_slice(more);
+        m.value(name, &labels)
+    };
+    assert_eq!(m.value("keybroker_proxy_enclaves_reporting", &[]), 2.0);
+    assert_eq!(
+        m.value(
+            "keybroker_proxy_enclave_reports_total",
+            &[("result", "accepted")]
+        ),
+        2.0
+    );
+    let requests = "keybroker_enclave_endpoint_requests_total";
+    let gdk_ok = [("operation", "GenerateDataKey"), ("outcome", "ok")];
+    assert_eq!(of(id_a, requests, &gdk_ok), 3.0);
+    assert_eq!(
+        of(
+            id_a,
+            requests,
+            &[("operation", "Unsupported"), ("outcome", "client_error")]
+        ),
+        1.0
+    );
+    assert_eq!(of(id_b, requests, &gdk_ok), 0.0, "b used no endpoint");
+    let lookups = "keybroker_enclave_data_key_cache_lookups_total";
+    assert_eq!(of(id_a, lookups, &[("result", "miss")]), 1.0);
+    assert_eq!(of(id_a, lookups, &[("result", "hit")]), 1.0);
+    // Each enclave made a first key pair and a spare, each attested once
+    // by its NSM, and timed.
+    for id in [id_a, id_b] {
+        let generated = of(id, "keybroker_enclave_recipient_keys_generated_total", &[]);
+        assert!(generated >= 1.0, "{id}: {generated}");
+        let nsm = "keybroker_enclave_nsm_request_duration_seconds_count";
+        let attested = of(id, nsm, &[("request", "Attestation")]);
+        assert!(attested >= 1.0, "{id}: {attested}");
+        let inf = of(
+            id,
+            "keybroker_enclave_nsm_request_duration_seconds_bucket",
+            &[("request", "Attestation"), ("le", "+Inf")],
+        );
+        assert_eq!(inf, attested);
+        assert_eq!(of(id, "keybroker_enclave_decrypt_failures_total", &[]), 0.0);
+        assert_eq!(
+            of(id, "keybroker_enclave_tls_handshakes_total", &[]),
+            0.0,
+            "broker mode"
+        );
+        assert_eq!(
+            of(id, "keybroker_enclave_recipient_key_overuse_total", &[]),
+            0.0
+        );
+    }
+
+    // A later report replaces the earlier one: the counters move.
+    a.endpoint
+        .call(Some("TrentService.GenerateDataKey"), body.as_bytes())
+        .await;
+    a.reporter.send().await.unwrap();
+    let (_, text) = get(addr, "/metrics").await;
+    let m = parse(text).await;
+    assert_eq!(
+        m.value(requests, &[("enclave", id_a), gdk_ok[0], gdk_ok[1]]),
+        4.0
+    );
+    assert_eq!(m.value("keybroker_proxy_enclaves_reporting", &[]), 2.0);
+}
+
+/// A report to a proxy that is gone fails with `Unavailable`, within the
+/// client's connect timeout (the reporter logs it and tries again later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_to_a_proxy_that_is_gone_is_unavailable() {
+    let s = InProcessStack::builder().start().await.unwrap();
+    let a = enclave(&s, &s.key_arn).await;
+    let InProcessStack { proxy, .. } = s;
+    proxy.shutdown_and_wait().await.unwrap();
+    let e = a.reporter.send().await.unwrap_err();
+    assert!(
+        matches!(e, keybroker_enclave::Error::Unavailable { .. }),
+        "{e}"
     );
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod aws_json;
 mod brokered;
-mod enums;
+pub(crate) mod enums;
 mod error;
 mod error_code;
 mod shapes;

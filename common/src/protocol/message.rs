@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cbor::scan_item;
 use super::v2::{AwsCredentialsWire, check_tunnel_host, check_tunnel_port};
+use super::v3::EnclaveReport;
 use super::{MAX_NESTING_DEPTH, ProtocolError, VersionRange, WireError};
 use crate::kms::{KmsRequest, KmsResponse};
 
@@ -94,6 +95,14 @@ pub enum Message {
     /// frame the connection carries the tunnelled bytes, unframed, in both
     /// directions until either side closes; the proxy never parses them.
     TunnelOpened,
+    /// Client -> proxy (version 3), any time after the handshake, not
+    /// answered: the enclave's counters since it started, which the proxy
+    /// serves at `/metrics` labelled by [`EnclaveReport::enclave`].
+    Metrics {
+        /// The counters (checked by [`EnclaveReport::validate`] on encode
+        /// and decode).
+        report: EnclaveReport,
+    },
 }
 
 /// The type of a [`Message`], with its wire value.
@@ -119,6 +128,8 @@ pub enum MessageKind {
     OpenTunnel,
     /// [`Message::TunnelOpened`] (10, version 2).
     TunnelOpened,
+    /// [`Message::Metrics`] (11, version 3).
+    Metrics,
 }
 
 impl MessageKind {
@@ -135,6 +146,7 @@ impl MessageKind {
             Self::Credentials => 8,
             Self::OpenTunnel => 9,
             Self::TunnelOpened => 10,
+            Self::Metrics => 11,
         }
     }
 
@@ -148,6 +160,7 @@ impl MessageKind {
             | Self::Error
             | Self::Goodbye => 1,
             Self::GetCredentials | Self::Credentials | Self::OpenTunnel | Self::TunnelOpened => 2,
+            Self::Metrics => 3,
         }
     }
 
@@ -178,6 +191,7 @@ impl MessageKind {
             Self::Credentials => "Credentials",
             Self::OpenTunnel => "OpenTunnel",
             Self::TunnelOpened => "TunnelOpened",
+            Self::Metrics => "Metrics",
         }
     }
 }
@@ -202,6 +216,7 @@ impl Message {
             Self::Credentials { .. } => MessageKind::Credentials,
             Self::OpenTunnel { .. } => MessageKind::OpenTunnel,
             Self::TunnelOpened => MessageKind::TunnelOpened,
+            Self::Metrics { .. } => MessageKind::Metrics,
         }
     }
 
@@ -234,7 +249,7 @@ impl Message {
     }
 
     /// Checks the fields with limits beyond the frame's: tunnel host and
-    /// port, credentials.
+    /// port, credentials, the enclave's report.
     fn check_fields(&self) -> Result<(), ProtocolError> {
         match self {
             Self::OpenTunnel { host, port } => {
@@ -244,6 +259,7 @@ impl Message {
             Self::Credentials {
                 result: Ok(creds), ..
             } => creds.validate(),
+            Self::Metrics { report } => report.validate(),
             _ => Ok(()),
         }
     }
@@ -306,6 +322,11 @@ struct OpenTunnelP<S> {
 
 #[derive(Serialize, Deserialize)]
 struct TunnelOpenedP {}
+
+#[derive(Serialize, Deserialize)]
+struct MetricsP<R> {
+    report: R,
+}
 
 /// Appends the CBOR body of `msg` to `out`.
 pub(crate) fn encode_body(msg: &Message, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
@@ -371,6 +392,9 @@ pub(crate) fn encode_body(msg: &Message, out: &mut Vec<u8>) -> Result<(), Protoc
             &mut *out,
         ),
         Message::TunnelOpened => ciborium::into_writer(&(kind, TunnelOpenedP {}), &mut *out),
+        Message::Metrics { report } => {
+            ciborium::into_writer(&(kind, MetricsP { report }), &mut *out)
+        }
     };
     r.map_err(|e| ProtocolError::Encode(truncate_detail(&e.to_string())))
 }
@@ -520,6 +544,10 @@ impl<'de> Visitor<'de> for BodyVisitor {
             10 => {
                 let TunnelOpenedP {} = payload(&mut seq, &self)?;
                 Message::TunnelOpened
+            }
+            11 => {
+                let p: MetricsP<EnclaveReport> = payload(&mut seq, &self)?;
+                Message::Metrics { report: p.report }
             }
             other => {
                 let _: IgnoredAny = payload(&mut seq, &self)?;

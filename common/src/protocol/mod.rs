@@ -34,11 +34,12 @@
 //! | 8 | [`Message::Credentials`] (v2) | `{id, result: {"Ok": {access_key_id, secret_access_key, session_token?, expiration_ms?}} / {"Err": WireError}}` |
 //! | 9 | [`Message::OpenTunnel`] (v2) | `{host, port}` |
 //! | 10 | [`Message::TunnelOpened`] (v2) | `{}` |
+//! | 11 | [`Message::Metrics`] (v3) | `{report: {enclave, keys, nsm, decrypt_failures, endpoint, cache, tls_handshakes}}` ([`EnclaveReport`]) |
 //!
-//! Kinds 7 to 10 exist from version 2 on ([`MessageKind::since_version`]);
-//! on a connection that negotiated version 1 either side refuses them
-//! ([`ProtocolError::NotInVersion`]), so version 1 peers keep working for
-//! broker requests. `OpenTunnel.host` is a DNS name or IP literal of at most
+//! Kinds 7 to 10 exist from version 2 on, kind 11 from version 3
+//! ([`MessageKind::since_version`]); on a connection that negotiated an
+//! earlier version either side refuses them ([`ProtocolError::NotInVersion`]),
+//! so older peers keep working for what they know. `OpenTunnel.host` is a DNS name or IP literal of at most
 //! [`MAX_HOST_LEN`] bytes ([`check_tunnel_host`]); credentials are bounded
 //! and visible ASCII ([`AwsCredentialsWire::validate`]); both are checked on
 //! encode and decode.
@@ -65,6 +66,11 @@
 //!    raw bytes to `host:port` (if its allowlist has that target); the proxy
 //!    answers `TunnelOpened` and from then on the connection is no longer
 //!    framed, or `Error` and closes.
+//! 5. Version 3: the enclave may send `Metrics{report}`, its counters
+//!    ([`EnclaveReport`], bounded by [`EnclaveReport::validate`]); nothing
+//!    answers it. The enclave sends it on a connection of its own followed
+//!    by `Goodbye`, so a version 2 proxy (which refuses the handshake the
+//!    reporter offers, versions 3 and later) never sees it.
 //!
 //! Plaintext key material never crosses this wire: encoding or decoding a
 //! response that carries `Plaintext`/`PrivateKeyPlaintext` fails with
@@ -76,6 +82,7 @@ mod errors;
 mod frame;
 mod message;
 mod v2;
+mod v3;
 
 use core::fmt;
 
@@ -92,10 +99,16 @@ pub use v2::{
     MAX_SECRET_ACCESS_KEY_LEN, MAX_SESSION_TOKEN_LEN, MIN_ACCESS_KEY_ID_LEN, check_tunnel_host,
     check_tunnel_port,
 };
+pub use v3::{
+    CacheCounts, EnclaveReport, EndpointCount, EndpointOperation, EndpointOutcome, KeyCounts,
+    MAX_ENCLAVE_ID_LEN, MAX_ENDPOINT_ENTRIES, NSM_LATENCY_BOUNDS_US, NSM_LATENCY_BUCKETS,
+    NsmLatency, NsmRequest, check_enclave_id,
+};
 
 /// The protocol version this build speaks best.
-/// Version 2 adds credentials and tunnels (kinds 7 to 10).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 2 adds credentials and tunnels (kinds 7 to 10), version 3 the
+/// enclave's metrics report (kind 11).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: VersionRange = VersionRange {
@@ -317,7 +330,7 @@ mod tests {
 
     #[test]
     fn negotiation_without_overlap_fails() {
-        let offered = VersionRange::new(3, 4);
+        let offered = VersionRange::new(4, 5);
         assert_eq!(
             negotiate(offered),
             Err(ProtocolError::UnsupportedVersion {
@@ -329,7 +342,7 @@ mod tests {
         assert!(negotiate(VersionRange::new(1, 0)).is_err());
         assert!(negotiate(VersionRange::new(0, 0)).is_err());
         let msg = negotiate(offered).unwrap_err().to_string();
-        assert!(msg.contains("3..=4") && msg.contains("1..=2"), "{msg}");
+        assert!(msg.contains("4..=5") && msg.contains("1..=3"), "{msg}");
     }
 
     #[test]

@@ -173,6 +173,17 @@ pub struct ServeArgs {
     /// whose init starts the image's command as root whatever its `USER`.
     #[arg(long, env = "KEYBROKER_USER", value_name = "UID:GID", value_parser = parse_run_as)]
     pub user: Option<RunAs>,
+    /// Send the enclave's metrics to the proxy every MS milliseconds (the
+    /// proxy serves them at its /metrics, labelled by enclave); 0: never.
+    /// They hold counts only, but in e2e mode they tell the parent how many
+    /// requests of each operation the apps made.
+    #[arg(
+        long,
+        env = "KEYBROKER_METRICS_INTERVAL_MS",
+        value_name = "MS",
+        default_value_t = 15_000
+    )]
+    pub metrics_interval_ms: u64,
 }
 
 fn parse_run_as(s: &str) -> Result<RunAs, String> {

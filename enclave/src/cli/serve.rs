@@ -1,12 +1,15 @@
 //! `serve`: the KMS endpoint ([`crate::endpoint`]) until SIGINT or SIGTERM.
 
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::args::ServeArgs;
 use super::connect::{new_client, open_nsm};
 use crate::endpoint::KmsEndpoint;
 use crate::endpoint::server::termination_signal;
+use crate::nsm::Nsm;
+use crate::telemetry::{NsmTimings, Reporter, TimedNsm};
 use crate::{Client, Error, RecipientKeys, RecipientKeysConfig};
 
 /// `serve`: the KMS endpoint until SIGINT/SIGTERM. Prints one
@@ -27,7 +30,10 @@ use crate::{Client, Error, RecipientKeys, RecipientKeysConfig};
 ///    is created (owned by `--user`) when it does not exist, the listeners
 ///    are bound and the socket given to `--user`;
 /// 4. privileges are dropped, then requests are served
-///    ([`crate::endpoint::server`] does 3, 4 and the serving).
+///    ([`crate::endpoint::server`] does 3, 4 and the serving);
+/// 5. every `--metrics-interval-ms`, and once more at shutdown, the
+///    enclave's counters go to the proxy ([`crate::telemetry`]), unless the
+///    parent runs the stock vsock-proxy (which has nowhere to put them).
 ///
 /// # Errors
 /// NSM and binding failures; a non-loopback address without
@@ -38,14 +44,33 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
         (listen, _) => listen,
     };
     let mock_ca = args.broker.nsm.mock_nsm_ca.clone();
-    let keys = RecipientKeys::open(
-        move || open_nsm(mock_ca.as_ref()).map(|(nsm, _)| nsm),
-        RecipientKeysConfig::default(),
-    )
-    .await?;
+    let timings = Arc::new(NsmTimings::default());
+    let open = {
+        let timings = timings.clone();
+        move || {
+            let (nsm, _) = open_nsm(mock_ca.as_ref())?;
+            Ok::<Arc<dyn Nsm>, Error>(Arc::new(TimedNsm::new(nsm, timings)))
+        }
+    };
+    let keys = RecipientKeys::open(open, RecipientKeysConfig::default()).await?;
     let client = new_client(&args.broker, keys)?;
     let readiness = tokio::spawn(log_readiness(client.clone()));
-    let mut builder = KmsEndpoint::new(client)
+    let endpoint = KmsEndpoint::new(client.clone());
+    let settings = args.broker.kms_settings()?;
+    let stock_vsock_proxy =
+        settings.vsock_proxy_kms.is_some() || settings.vsock_proxy_imds.is_some();
+    let reporter = match args.metrics_interval_ms {
+        0 => None,
+        _ if stock_vsock_proxy => None,
+        ms => Some(
+            Reporter::new(client)?
+                .nsm(timings)
+                .endpoint(endpoint.stats())
+                .interval(Duration::from_millis(ms)),
+        ),
+    };
+    let reporting = reporter.clone().map(Reporter::spawn);
+    let mut builder = endpoint
         .server()
         .allow_non_loopback(args.allow_non_loopback)
         .loopback_up(true)
@@ -66,6 +91,14 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
     let _ = std::io::stdout().flush();
     let result = server.run_until(termination_signal()?).await;
     readiness.abort();
+    drop(reporting);
+    if let Some(reporter) = reporter {
+        // The counts since the last report (best effort: the proxy may be
+        // gone too).
+        if let Err(e) = reporter.send().await {
+            tracing::debug!(error = %e, "last enclave metrics report failed");
+        }
+    }
     result
 }
 

@@ -125,6 +125,11 @@ pub struct ClientStats {
     pub retries: u64,
     /// Requests waiting for an answer right now (broker mode).
     pub in_flight: usize,
+    /// Answers whose `CiphertextForRecipient` was missing or did not parse
+    /// (or that carried plaintext): never one that parsed but did not
+    /// decrypt, which implicit rejection makes indistinguishable from one
+    /// that did (module docs).
+    pub decrypt_failures: u64,
 }
 
 /// The broker client (see the [module docs](self)). Cheap to clone; the
@@ -175,12 +180,14 @@ impl Link {
     }
 }
 
-/// Broker mode's counters (e2e mode has its own, [`crate::e2e`]).
+/// Broker mode's counters (e2e mode has its own, [`crate::e2e`]), and
+/// both modes' decryption failures.
 #[derive(Default)]
 struct Counters {
     connections: AtomicU64,
     requests_sent: AtomicU64,
     retries: AtomicU64,
+    decrypt_failures: AtomicU64,
 }
 
 impl Client {
@@ -420,6 +427,7 @@ impl Client {
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         let c = &self.inner.counters;
+        let decrypt_failures = c.decrypt_failures.load(Ordering::Relaxed);
         match &self.inner.link {
             Link::Broker(b) => {
                 let in_flight = b.in_flight();
@@ -428,6 +436,7 @@ impl Client {
                     requests_sent: c.requests_sent.load(Ordering::Relaxed),
                     retries: c.retries.load(Ordering::Relaxed),
                     in_flight,
+                    decrypt_failures,
                     ..ClientStats::default()
                 }
             }
@@ -440,6 +449,7 @@ impl Client {
                     requests_sent: t.counters.requests_sent.load(Ordering::Relaxed),
                     retries: t.counters.retries.load(Ordering::Relaxed),
                     in_flight: 0,
+                    decrypt_failures,
                 }
             }
         }

@@ -204,11 +204,20 @@ impl Client {
         let pair = self.inner.keys.acquire();
         *slot = Some(pair.recipient());
         let mut r = self.relay(request).await?;
-        refuse_plaintext(R::OP, R::has_plaintext(&r))?;
-        let cfr = R::ciphertext_for_recipient(&mut r);
-        let cfr = required(R::OP, cfr, "no CiphertextForRecipient")?;
-        let plaintext = open(pair, cfr, expected_len).await?;
-        Ok((r, plaintext))
+        let opened = async {
+            refuse_plaintext(R::OP, R::has_plaintext(&r))?;
+            let cfr = R::ciphertext_for_recipient(&mut r);
+            let cfr = required(R::OP, cfr, "no CiphertextForRecipient")?;
+            open(pair, cfr, expected_len).await
+        }
+        .await;
+        if opened.is_err() {
+            self.inner
+                .counters
+                .decrypt_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok((r, opened?))
     }
 
     /// KMS `GenerateDataKeyWithoutPlaintext`, relayed as is.

@@ -64,6 +64,8 @@ pub mod server;
 pub use privileges::RunAs;
 pub use server::{BoundServer, ServerBuilder};
 
+use crate::telemetry::EndpointStats;
+
 /// Default limit on a request body. The largest legitimate KMS request the
 /// endpoint relays is one carrying an app's own `Recipient` (an attestation
 /// document of up to 256 KiB, base64-encoded).
@@ -80,6 +82,7 @@ struct Inner {
     client: Client,
     max_body_bytes: usize,
     requests: AtomicU64,
+    stats: Arc<EndpointStats>,
 }
 
 /// One answer of the endpoint: HTTP status and JSON body. The body may hold
@@ -128,6 +131,7 @@ impl KmsEndpoint {
                 client,
                 max_body_bytes,
                 requests: AtomicU64::new(0),
+                stats: Arc::default(),
             }),
         }
     }
@@ -135,10 +139,18 @@ impl KmsEndpoint {
     /// Answers one KMS call given its `X-Amz-Target` value and JSON body:
     /// the protocol-independent core of the HTTP handler.
     pub async fn call(&self, target: Option<&str>, body: &[u8]) -> EndpointResponse {
-        match self.dispatch(target, body).await {
+        let reply = match self.dispatch(target, body).await {
             Ok(body) => EndpointResponse { status: 200, body },
             Err(e) => EndpointResponse::error(&e),
-        }
+        };
+        self.inner.stats.record(target, reply.status);
+        reply
+    }
+
+    /// The requests answered so far, by operation and outcome (for the
+    /// enclave's metrics report, [`crate::telemetry::Reporter::endpoint`]).
+    pub fn stats(&self) -> Arc<EndpointStats> {
+        self.inner.stats.clone()
     }
 
     async fn dispatch(

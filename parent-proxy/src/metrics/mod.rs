@@ -26,6 +26,11 @@
 //! | `attestation_cache_lookups_total` | counter | `result` (`hit`, `miss`) |
 //! | `attestation_cache_entries` | gauge | |
 //! | `credential_refreshes_total` | counter | `result` (`success`, `failure`) |
+//! | `enclave_reports_total` | counter | `result` (`accepted`, `over_limit`) |
+//! | `enclaves_reporting` | gauge | |
+//!
+//! With them, the enclaves' own series (`keybroker_enclave_*`, labelled by
+//! `enclave`), from the reports the enclaves send ([`enclaves`]).
 //!
 //! Each request is counted once, where its audit line is written; each
 //! refusal where it is decided (one refusal is not counted: `Unencodable`,
@@ -50,7 +55,7 @@ use std::time::Duration;
 
 use keybroker_common::attestation::VerificationCache;
 use keybroker_common::kms::Operation;
-use keybroker_common::protocol::{ErrorCode, WireError};
+use keybroker_common::protocol::{EnclaveReport, ErrorCode, WireError};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -62,7 +67,9 @@ use prometheus_client::registry::Registry;
 use crate::admission::Rule;
 use crate::audit::Outcome;
 use crate::refusal::Refusal;
+use enclaves::{EnclaveReports, Stored};
 
+pub mod enclaves;
 pub mod http;
 pub mod ready;
 
@@ -138,6 +145,8 @@ pub struct Metrics {
     /// handed out; `None` before the first.
     last_credentials_expiry: Mutex<Option<u64>>,
     cache: Arc<CacheCollector>,
+    enclave_reports: Family<ResultLabels, Counter>,
+    enclaves: Arc<EnclaveReports>,
     /// The proxy is shutting down (not a series: `/readyz` answers 503).
     draining: AtomicBool,
 }
@@ -231,6 +240,15 @@ impl Metrics {
         );
         let cache = Arc::new(CacheCollector::default());
         registry.register_collector(Box::new(cache.clone()));
+        let enclave_reports = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "keybroker_proxy_enclave_reports",
+            "Metrics reports from enclaves: accepted, or over_limit (from a new enclave while \
+             the most are kept)",
+            enclave_reports.clone(),
+        );
+        let enclaves = Arc::new(EnclaveReports::default());
+        registry.register_collector(Box::new(enclaves.clone()));
         Metrics {
             registry,
             requests,
@@ -246,6 +264,8 @@ impl Metrics {
             credential_refreshes,
             last_credentials_expiry: Mutex::new(None),
             cache,
+            enclave_reports,
+            enclaves,
             draining: AtomicBool::new(false),
         }
     }
@@ -319,6 +339,18 @@ impl Metrics {
         self.kms_errors
             .get_or_create(&CodeLabels { code: "timeout" })
             .inc();
+    }
+
+    /// An enclave sent its metrics: they replace its previous report and
+    /// are served from the next scrape ([`enclaves`]).
+    pub fn enclave_report(&self, report: EnclaveReport) -> Stored {
+        let stored = self.enclaves.store(report, std::time::Instant::now());
+        self.enclave_reports
+            .get_or_create(&ResultLabels {
+                result: stored.as_str(),
+            })
+            .inc();
+        stored
     }
 
     /// The listener accepted a connection.

@@ -21,6 +21,7 @@ use super::request::handle_request;
 use super::{SERVER_ID, Shared};
 use crate::audit::{AuditRecord, CredentialsRecord, Outcome, peer};
 use crate::listener::Io;
+use crate::metrics::enclaves::Stored;
 use crate::refusal::Refusal;
 use crate::text::short;
 
@@ -327,6 +328,14 @@ impl Connection {
                                 };
                                 let _ = tx.send(Message::Credentials { id, result }).await;
                             }
+                            Message::Metrics { report } => {
+                                // The id passed `check_enclave_id`: safe to log as is.
+                                tracing::debug!(conn, enclave = %report.enclave, "Metrics from the enclave");
+                                let stored = self.shared.metrics.enclave_report(report);
+                                if stored == Stored::OverLimit {
+                                    tracing::debug!(conn, "enclave report dropped: too many enclaves reporting");
+                                }
+                            }
                             Message::OpenTunnel { host, port } if was_first => {
                                 tracing::debug!(conn, host = peer(&host), port, "OpenTunnel");
                                 return Some((host, port));
@@ -340,7 +349,7 @@ impl Connection {
                                 let expected = if other.kind() == MessageKind::OpenTunnel {
                                     "OpenTunnel only as the first message after the handshake"
                                 } else {
-                                    "Request, GetCredentials or Goodbye"
+                                    "Request, GetCredentials, Metrics or Goodbye"
                                 };
                                 let e = ProtocolError::UnexpectedMessage {
                                     expected,

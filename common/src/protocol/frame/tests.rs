@@ -1,4 +1,8 @@
 use super::super::{AwsCredentialsWire, MAX_HOST_LEN, MAX_SESSION_TOKEN_LEN};
+use super::super::{
+    CacheCounts, EnclaveReport, EndpointCount, EndpointOperation, EndpointOutcome, KeyCounts,
+    NSM_LATENCY_BUCKETS, NsmLatency, NsmRequest,
+};
 use super::super::{ErrorCode, MessageKind, VersionRange, WireError};
 use super::*;
 use crate::kms::*;
@@ -185,7 +189,58 @@ fn all_messages() -> Vec<Message> {
         });
     }
     v.extend(v2_messages());
+    v.extend(v3_messages());
     v
+}
+
+/// A full report: every field set, the largest endpoint table.
+fn report() -> EnclaveReport {
+    let mut endpoint = Vec::new();
+    for (i, operation) in EndpointOperation::ALL.into_iter().enumerate() {
+        for outcome in EndpointOutcome::ALL {
+            endpoint.push(EndpointCount {
+                operation,
+                outcome,
+                count: i as u64,
+            });
+        }
+    }
+    EnclaveReport {
+        enclave: "i-0123456789abcdef0-enc0123456789abcdef".into(),
+        keys: KeyCounts {
+            generated: 4,
+            rotations: 2,
+            overused: 1,
+        },
+        nsm: NsmRequest::ALL
+            .into_iter()
+            .map(|request| NsmLatency {
+                request,
+                buckets: vec![u64::MAX; NSM_LATENCY_BUCKETS],
+                sum_us: 12,
+            })
+            .collect(),
+        decrypt_failures: 3,
+        endpoint,
+        cache: CacheCounts {
+            hits: 10,
+            misses: 1,
+        },
+        tls_handshakes: 5,
+    }
+}
+
+/// One of each version 3 message.
+fn v3_messages() -> Vec<Message> {
+    vec![
+        Message::Metrics { report: report() },
+        Message::Metrics {
+            report: EnclaveReport {
+                enclave: "e".into(),
+                ..EnclaveReport::default()
+            },
+        },
+    ]
 }
 
 fn credentials() -> AwsCredentialsWire {
@@ -709,6 +764,92 @@ fn v2_kinds_have_their_wire_values_and_version() {
         e.to_string(),
         "OpenTunnel is not a message of protocol version 1"
     );
+}
+
+#[test]
+fn v3_metrics_has_its_wire_value_and_version_and_is_checked_both_ways() {
+    for m in v3_messages() {
+        assert_eq!((m.kind().to_wire(), m.kind().since_version()), (11, 3));
+        assert_eq!(
+            m.kind().check_version(2),
+            Err(ProtocolError::NotInVersion {
+                kind: MessageKind::Metrics,
+                version: 2
+            })
+        );
+        assert_eq!(m.kind().check_version(3), Ok(()));
+    }
+    // The encoder refuses an id that could break a label...
+    let mut bad = report();
+    bad.enclave = "x\"} 1\nkeybroker_fake{a=\"".into();
+    let e = encode(&Message::Metrics {
+        report: bad.clone(),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProtocolError::InvalidField {
+                field: "enclave",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // ... and so does the decoder, given the same payload built by hand.
+    let body = {
+        let mut out = Vec::new();
+        ciborium::into_writer(
+            &(11u8, std::collections::BTreeMap::from([("report", &bad)])),
+            &mut out,
+        )
+        .unwrap();
+        out
+    };
+    let e = decode_frame(&frame(&body), &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProtocolError::InvalidField {
+                field: "enclave",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A name outside the fixed tables is refused, not carried along.
+    let mut value = ciborium::Value::serialized(&report()).unwrap();
+    if let ciborium::Value::Map(fields) = &mut value {
+        for (k, v) in fields.iter_mut() {
+            if k.as_text() == Some("endpoint") {
+                *v = ciborium::Value::Array(vec![ciborium::Value::Map(vec![
+                    ("operation".into(), "Encrypt".into()),
+                    ("outcome".into(), "ok".into()),
+                    ("count".into(), 1.into()),
+                ])]);
+            }
+        }
+    }
+    let body = cbor(&ciborium::Value::Array(vec![
+        11.into(),
+        ciborium::Value::Map(vec![("report".into(), value)]),
+    ]));
+    assert!(matches!(
+        decode_frame(&frame(&body), &Limits::default()),
+        Err(ProtocolError::Malformed(_))
+    ));
+    // Unknown fields are ignored and missing ones are zero: `{enclave}` alone.
+    let body = cbor(&ciborium::Value::Array(vec![
+        11.into(),
+        ciborium::Value::Map(vec![(
+            "report".into(),
+            ciborium::Value::Map(vec![
+                ("enclave".into(), "e".into()),
+                ("future_counter".into(), 9.into()),
+            ]),
+        )]),
+    ]));
+    assert_eq!(complete(&frame(&body)).0, v3_messages()[1]);
 }
 
 /// `[9, {host, port}]` built by hand, bypassing the encoder's checks.
