@@ -12,6 +12,9 @@ use crate::nsm::Nsm;
 use crate::telemetry::{NsmTimings, Reporter, TimedNsm};
 use crate::{Client, Error, RecipientKeys, RecipientKeysConfig};
 
+/// How long the report at shutdown may take.
+const LAST_REPORT_WITHIN: Duration = Duration::from_secs(2);
+
 /// `serve`: the KMS endpoint until SIGINT/SIGTERM. Prints one
 /// `listening: URL` line per listener on stdout once it accepts.
 ///
@@ -93,10 +96,12 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
     readiness.abort();
     drop(reporting);
     if let Some(reporter) = reporter {
-        // The counts since the last report (best effort: the proxy may be
-        // gone too).
-        if let Err(e) = reporter.send().await {
-            tracing::debug!(error = %e, "last enclave metrics report failed");
+        // The counts since the last report: best effort, and briefly (the
+        // proxy may be going away too).
+        match tokio::time::timeout(LAST_REPORT_WITHIN, reporter.send()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "last enclave metrics report failed"),
+            Err(_) => tracing::debug!("last enclave metrics report timed out"),
         }
     }
     result
