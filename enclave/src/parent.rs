@@ -108,15 +108,10 @@ pub async fn send_report(
             &[Message::Metrics { report }, Message::Goodbye],
         )
         .await?;
-        match read_exact_message(&mut stream, protocol::Limits::new(MAX_REPLY_LEN)).await {
-            Ok(None) => Ok(()),
-            Ok(Some(Message::Error { error })) => Err(Error::Common(error.into())),
-            Ok(Some(other)) => Err(unexpected("the end of the connection", &other)),
-            Err(ReadError::Protocol(e)) => Err(e.into()),
-            Err(ReadError::Io(e)) => Err(Error::io("read from the proxy", e)),
-            // The end of the stream in the middle of a frame: the proxy
-            // closed after reading the report.
-            Err(_) => Ok(()),
+        match read_frame_or_end(&mut stream).await? {
+            None => Ok(()),
+            Some(Message::Error { error }) => Err(Error::Common(error.into())),
+            Some(other) => Err(unexpected("the end of the connection", &other)),
         }
     })
     .await
@@ -212,9 +207,8 @@ pub(crate) async fn within<T>(
         })
 }
 
-/// Connects and performs the handshake, offering versions
-/// [`MIN_PARENT_VERSION`] and later.
-/// Connects and handshakes, offering versions `min` to the latest.
+/// Connects and performs the handshake, offering versions `min`
+/// ([`MIN_PARENT_VERSION`], [`MIN_METRICS_VERSION`]) to the latest.
 async fn handshake(proxy: &Address, min: u16) -> Result<BoxStream, Error> {
     let mut stream = transport::connect(proxy)
         .await
@@ -237,8 +231,7 @@ async fn handshake(proxy: &Address, min: u16) -> Result<BoxStream, Error> {
     }
 }
 
-/// Writes the frame of `msg` and flushes.
-/// Writes `messages` in one flush.
+/// Writes the frames of `messages` and flushes once.
 async fn send(stream: &mut BoxStream, messages: &[Message]) -> Result<(), Error> {
     let mut writer = FramedWriter::new(stream);
     for msg in messages {
@@ -253,19 +246,23 @@ async fn send(stream: &mut BoxStream, messages: &[Message]) -> Result<(), Error>
 /// Reads exactly one frame (never a byte more) and decodes it. The body may
 /// hold credentials, so its buffer is zeroized.
 async fn read_frame(stream: &mut BoxStream) -> Result<Message, Error> {
-    // What `read_exact` reported before the framing crate read the frames.
-    let eof = || {
+    read_frame_or_end(stream).await?.ok_or_else(|| {
+        // What `read_exact` reported before the framing crate read the frames.
         Error::io(
             "read from the proxy",
             std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "early eof"),
         )
-    };
+    })
+}
+
+/// [`read_frame`], or `None` at the end of the stream (before the frame or
+/// in the middle of it).
+async fn read_frame_or_end(stream: &mut BoxStream) -> Result<Option<Message>, Error> {
     match read_exact_message(stream, protocol::Limits::new(MAX_REPLY_LEN)).await {
-        Ok(Some(message)) => Ok(message),
+        Ok(Some(message)) => Ok(Some(message)),
         Err(ReadError::Protocol(e)) => Err(e.into()),
         Err(ReadError::Io(e)) => Err(Error::io("read from the proxy", e)),
-        // The end of the stream, before the frame or in the middle of it.
-        Ok(None) | Err(_) => Err(eof()),
+        Ok(None) | Err(_) => Ok(None),
     }
 }
 

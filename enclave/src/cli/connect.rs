@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::args::BrokerArgs;
-use crate::e2e::Mode;
+use crate::e2e::{KmsSettings, Mode};
 use crate::nsm::{Nsm, NsmDevice};
 use crate::{Client, ClientConfig, Error, RecipientKeys, RecipientKeysConfig};
 
@@ -53,11 +53,14 @@ where
     }
 }
 
-/// A client in the mode the image's settings give, connecting in the
-/// background.
-pub(super) fn new_client(args: &BrokerArgs, keys: RecipientKeys) -> Result<Client, Error> {
+/// A client in the mode of `settings` (the image's, from
+/// [`BrokerArgs::kms_settings`]), connecting in the background.
+pub(super) fn new_client(
+    args: &BrokerArgs,
+    settings: &KmsSettings,
+    keys: RecipientKeys,
+) -> Result<Client, Error> {
     let config = client_config(args);
-    let settings = args.kms_settings()?;
     match settings.mode() {
         Mode::Broker => {
             // Refuses vsock-proxy relays given in broker mode.

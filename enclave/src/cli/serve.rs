@@ -56,15 +56,13 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Error> {
         }
     };
     let keys = RecipientKeys::open(open, RecipientKeysConfig::default()).await?;
-    let client = new_client(&args.broker, keys)?;
+    let settings = args.broker.kms_settings()?;
+    let client = new_client(&args.broker, &settings, keys)?;
     let readiness = tokio::spawn(log_readiness(client.clone()));
     let endpoint = KmsEndpoint::new(client.clone());
-    let settings = args.broker.kms_settings()?;
-    let stock_vsock_proxy =
-        settings.vsock_proxy_kms.is_some() || settings.vsock_proxy_imds.is_some();
     let reporter = match args.metrics_interval_ms {
         0 => None,
-        _ if stock_vsock_proxy => None,
+        _ if settings.stock_vsock_proxy() => None,
         ms => Some(
             Reporter::new(client)?
                 .nsm(timings)

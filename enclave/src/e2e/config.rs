@@ -102,6 +102,13 @@ impl KmsSettings {
         }
     }
 
+    /// Whether the parent runs AWS's stock `vsock-proxy` relays instead of
+    /// `keybroker-proxy` (either relay is set): then there is no proxy to
+    /// ask for credentials or to send the enclave's metrics to.
+    pub fn stock_vsock_proxy(&self) -> bool {
+        self.vsock_proxy_kms.is_some() || self.vsock_proxy_imds.is_some()
+    }
+
     /// How e2e mode reaches the parent: `keybroker-proxy` at `proxy`, or,
     /// when `vsock-proxy-kms` is set, two stock `vsock-proxy` relays
     /// ([`VsockProxyLink`]; `vsock-proxy-imds` is then required).
@@ -120,7 +127,7 @@ impl KmsSettings {
         };
         let kms = parse("vsock-proxy-kms", &self.vsock_proxy_kms)?;
         let imds = parse("vsock-proxy-imds", &self.vsock_proxy_imds)?;
-        if (kms.is_some() || imds.is_some()) && self.mode() == Mode::Broker {
+        if self.stock_vsock_proxy() && self.mode() == Mode::Broker {
             return Err(Error::InvalidArgument(
                 "--vsock-proxy-kms and --vsock-proxy-imds are for e2e mode".into(),
             ));
